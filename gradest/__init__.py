@@ -1,0 +1,47 @@
+"""gradest: gradients of expectations, ∇θ E_{x∼p_θ}[f(x)], for PyTorch.
+
+Every estimator builds a *surrogate*: a tensor whose value is the Monte Carlo estimate of E[f] and
+whose autograd gradient is the estimator. See ``gradest.expectation``.
+"""
+
+from gradest._validation import is_validation_enabled, set_validation
+from gradest.estimators import (
+    Baseline,
+    Constant,
+    ControlVariate,
+    Critic,
+    Draw,
+    Enumerate,
+    Estimator,
+    ImplicitReparam,
+    LeaveOneOut,
+    MovingAverage,
+    OptimalConstant,
+    Pathwise,
+    ScoreFunction,
+)
+from gradest.expect import expectation
+from gradest.surrogate import magic_box, straight_through
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "expectation",
+    "magic_box",
+    "straight_through",
+    "set_validation",
+    "is_validation_enabled",
+    "Estimator",
+    "Draw",
+    "Pathwise",
+    "ImplicitReparam",
+    "ScoreFunction",
+    "Enumerate",
+    "Baseline",
+    "Constant",
+    "MovingAverage",
+    "LeaveOneOut",
+    "OptimalConstant",
+    "Critic",
+    "ControlVariate",
+]

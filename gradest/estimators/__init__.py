@@ -1,0 +1,20 @@
+"""Gradient estimators: each a rule for building a surrogate (see ``base.py``)."""
+
+from gradest.estimators.base import Draw, Estimator, default_for
+from gradest.estimators.baselines import (
+    Baseline,
+    Constant,
+    ControlVariate,
+    Critic,
+    LeaveOneOut,
+    MovingAverage,
+    OptimalConstant,
+)
+from gradest.estimators.enumerate import Enumerate
+from gradest.estimators.pathwise import ImplicitReparam, Pathwise
+from gradest.estimators.score_function import ScoreFunction
+
+__all__ = [
+    "Draw", "Estimator", "default_for", "Baseline", "Constant", "ControlVariate", "Critic", "LeaveOneOut",
+    "MovingAverage", "OptimalConstant", "Enumerate", "ImplicitReparam", "Pathwise", "ScoreFunction",
+]

@@ -1,0 +1,78 @@
+"""The estimator contract: ``check`` the arguments, ``draw`` the points, build the ``surrogate``.
+
+Every estimator answers three questions, in this order:
+
+1. ``check(dist, n)``: can this rule handle this family and sample count? Raise the documented error.
+2. ``draw(dist, n)``: where must the cost ``f`` be evaluated? A :class:`Draw` holds the points
+   ``value`` of shape ``[m, *B, *E]`` (``m = n`` for Monte Carlo rules, the support size for
+   enumeration) and whatever the rule needs later (log-probabilities, noise, relaxed copies).
+3. ``surrogate(draw, cost)``: combine the costs ``[m, *B]`` into a tensor of shape ``[*B]`` whose value
+   is the estimate of E[f] and whose gradient is the estimator.
+
+:func:`gradest.expectation` makes these three calls; so does every node of a graph.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+__all__ = ["Draw", "Estimator", "default_for"]
+
+
+class Draw(NamedTuple):
+    """Where an estimator wants the cost evaluated, and what it needs to combine the costs.
+
+    Attributes:
+        value: ``[m, *B, *E]`` the points f is evaluated at.
+        log_prob: ``[m, *B]`` log-probabilities for score terms, or None for purely pathwise rules.
+        dist: the distribution the points came from (baselines and control variates may read it).
+        extra: rule-specific tensors (noise, antithetic partners, relaxed copies, weights ...).
+    """
+
+    value: Tensor
+    log_prob: Tensor | None
+    dist: Distribution
+    extra: dict[str, Tensor]
+
+
+class Estimator(nn.Module):
+    """Base class of gradient estimators. Subclasses implement ``check``, ``draw`` and ``surrogate``.
+
+    Estimators are ``nn.Module``s even when stateless, so state nests (a baseline's running mean is
+    in ``state_dict()``), moves with ``.to(device)`` and joins a user's model through ``add_module``.
+    """
+
+    unbiased: ClassVar[bool] = True
+    """A claim that the test registry checks against exact gradients."""
+
+    def check(self, dist: Distribution, n: int) -> None:
+        """Raise ``NotImplementedError``/``ValueError`` if this rule cannot handle ``dist`` with ``n``."""
+
+    def draw(self, dist: Distribution, n: int) -> Draw:
+        raise NotImplementedError(f"{type(self).__name__} does not implement draw()")
+
+    def surrogate(self, draw: Draw, cost: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement surrogate()")
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+def default_for(dist: Distribution, n: int) -> Estimator:
+    """The estimator used when none is given.
+
+    ``Pathwise()`` when the family has ``rsample`` (lowest variance for smooth costs), else
+    ``ScoreFunction(LeaveOneOut())`` when ``n > 1``, else plain ``ScoreFunction()``.
+    """
+    from gradest.estimators.baselines import LeaveOneOut
+    from gradest.estimators.pathwise import Pathwise
+    from gradest.estimators.score_function import ScoreFunction
+
+    if dist.has_rsample:
+        return Pathwise()
+    if n > 1:
+        return ScoreFunction(LeaveOneOut())
+    return ScoreFunction()
