@@ -172,27 +172,57 @@ class OptimalConstant(Baseline):
 
     .. math::
         b^*_j = \frac{\mathbb{E}[f(x)\, s_j(x)^2]}{\mathbb{E}[s_j(x)^2]}, \qquad
-        \hat b_{ij} = \frac{\sum_{k\ne i} f_k s_{kj}^2}{\sum_{k\ne i} s_{kj}^2}
+        \hat b_{ij} = \frac{A_j + \sum_{k\ne i} f_k s_{kj}^2}{C_j + \sum_{k\ne i} s_{kj}^2}
 
-    estimated leave-one-out, so that sample i's baseline never sees its own cost. The correction
-    :math:`-\sum_i \hat b_{ij} s_{ij}` enters the gradient of φ_j and flows from there to θ by the chain
-    rule (φ = φ(θ), e.g. the logits an encoder outputs).
+    The moments are estimated leave-one-out over the current n samples, so that sample i's baseline
+    never sees its own cost, plus (with ``decay``) running sums A_j, C_j of earlier calls, read before
+    the current call updates them: :math:`A_j \leftarrow \delta A_j + \sum_i f_i s_{ij}^2`. The
+    correction :math:`-\sum_i \hat b_{ij} s_{ij}` enters the gradient of φ_j and flows from there to θ
+    by the chain rule (φ = φ(θ), e.g. the logits an encoder outputs).
 
-    Requires: n ≥ 2; a family rebuildable from its constructor parameters. Costs one extra
-    backward pass through ``log_prob``.
+    Requires: n ≥ 2 without ``decay``; a family rebuildable from its constructor parameters, whose
+    parameter shapes stay fixed across calls when ``decay`` is set. Costs one extra backward pass
+    through ``log_prob``.
     Bias: none. Note: first derivatives only (second derivatives see no baseline).
+
+    Args:
+        decay: δ in [0, 1) for running moments across calls, or None for the current call only.
 
     References:
         Mohamed et al. (2020). Monte Carlo Gradient Estimation in Machine Learning, §7.4. JMLR.
         arXiv:1906.10652.
     """
 
+    def __init__(self, decay: float | None = None) -> None:
+        super().__init__()
+        self.decay = None if decay is None else check_unit_interval("OptimalConstant", "decay", decay, open_right=True)
+        self.register_buffer("num", torch.zeros(0))
+        self.register_buffer("den", torch.zeros(0))
+
     def check(self, dist: Distribution, n: int) -> None:
-        if n < 2:
+        if n < 2 and self.decay is None:
             raise ValueError(
                 f"OptimalConstant: n={n} gives no other sample to estimate the baseline from; "
-                "use n >= 2, or MovingAverage(decay) for single samples."
+                "use n >= 2, or OptimalConstant(decay=0.9) to keep running moments across calls."
             )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        for name in ("num", "den"):  # the running moments take the shape of the checkpoint's
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _running(self, size: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        if self.num.numel() == 0:
+            self.num = torch.zeros(size, dtype=like.dtype, device=like.device)
+            self.den = torch.zeros(size, dtype=like.dtype, device=like.device)
+        elif self.num.numel() != size:
+            raise ValueError(
+                f"OptimalConstant: the distribution now has {size} parameter coordinates but the running "
+                f"moments hold {self.num.numel()}; with decay set, keep parameter shapes fixed (or use "
+                "decay=None, or a fresh OptimalConstant per shape)."
+            )
+        return self.num.to(like), self.den.to(like)
 
     def term(self, draw: Draw, cost: Tensor, box: Tensor) -> Tensor:
         dist, x = draw.dist, draw.value
@@ -207,17 +237,30 @@ class OptimalConstant(Baseline):
             lp = _rebuild(dist, {**params, **leaves}).log_prob(x)
             scores = torch.autograd.grad(lp.sum(), list(leaves.values()))
         c = stop_gradient(cost)
-        scaled = {}
-        for (k, p), s in zip(live.items(), scores):
-            f = c.reshape(c.shape + (1,) * (s.dim() - c.dim()))
-            s2 = s.square()
-            num = (f * s2).sum(0, keepdim=True) - f * s2
-            den = s2.sum(0, keepdim=True) - s2
-            b = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0)
+        s2 = torch.cat([s.square().reshape(n, -1) for s in scores], 1)  # [n, P]
+        fs2 = torch.cat([(c.reshape(c.shape + (1,) * (s.dim() - c.dim())) * s.square()).reshape(n, -1)
+                         for s in scores], 1)
+        num = fs2.sum(0) - fs2
+        den = s2.sum(0) - s2
+        if self.decay is not None:
+            run_num, run_den = self._running(s2.shape[1], s2)
+            num, den = num + run_num, den + run_den
+            with torch.no_grad():
+                self.num.mul_(self.decay).add_(fs2.sum(0).to(self.num))
+                self.den.mul_(self.decay).add_(s2.sum(0).to(self.den))
+        b = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0)
+        scaled, start = {}, 0
+        for k, p in live.items():
+            size = p.numel()
             p_n = p.expand(n, *p.shape)
-            scaled[k] = straight_through(p_n, b * p_n)   # value φ, gradient scaled by b
+            b_k = b[:, start : start + size].reshape(p_n.shape)
+            scaled[k] = straight_through(p_n, b_k * p_n)  # value φ, gradient scaled by b
+            start += size
         lp_b = _rebuild(dist, {**params, **scaled}).log_prob(x)
         return 1 - magic_box(lp_b)
+
+    def extra_repr(self) -> str:
+        return f"decay={self.decay}"
 
 
 class Critic(Baseline):

@@ -1,0 +1,5 @@
+import sys
+
+from gradest.cli import main
+
+sys.exit(main())
