@@ -62,6 +62,8 @@ class Constant(Baseline):
         b: a number or a tensor broadcastable to ``dist.batch_shape``.
     """
 
+    b: Tensor
+
     def __init__(self, b: float | Tensor) -> None:
         super().__init__()
         if not isinstance(b, (int, float, Tensor)) or isinstance(b, bool):
@@ -89,6 +91,9 @@ class MovingAverage(Baseline):
     References:
         Williams (1992); Mnih & Gregor (2014). arXiv:1402.0030.
     """
+
+    mean: Tensor
+    weight: Tensor
 
     def __init__(self, decay: float = 0.9) -> None:
         super().__init__()
@@ -150,7 +155,7 @@ def _rebuild(dist: Distribution, params: dict[str, Tensor]) -> Distribution:
         base = _rebuild(dist.base_dist, params)
         return Independent(base, dist.reinterpreted_batch_ndims, validate_args=False)
     try:
-        return type(dist)(**params, validate_args=False)
+        return type(dist)(**params, validate_args=False)  # type: ignore[arg-type]
     except (TypeError, ValueError) as e:
         raise NotImplementedError(
             f"OptimalConstant: cannot rebuild dist={describe(dist)} from its parameters {sorted(params)} "
@@ -192,6 +197,9 @@ class OptimalConstant(Baseline):
         Mohamed et al. (2020). Monte Carlo Gradient Estimation in Machine Learning, §7.4. JMLR.
         arXiv:1906.10652.
     """
+
+    num: Tensor
+    den: Tensor
 
     def __init__(self, decay: float | None = None) -> None:
         super().__init__()

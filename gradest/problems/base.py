@@ -13,6 +13,9 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from gradest.estimators.base import Estimator
+from gradest.expect import expectation
+
 __all__ = ["Problem", "gradient_draws"]
 
 
@@ -24,17 +27,15 @@ class Problem:
     """
 
     name: str = "problem"
+    dist: Callable[..., Distribution]
+    """``dist(*params)``: the distribution p_θ at the given parameters."""
+    objective: Callable[..., Tensor]
+    """``objective(*params)``: the exact J(θ), differentiable in the parameters."""
 
     def initial(self) -> tuple[Tensor, ...]:
         raise NotImplementedError
 
-    def dist(self, *params: Tensor) -> Distribution:
-        raise NotImplementedError
-
     def f(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def objective(self, *params: Tensor) -> Tensor:
         raise NotImplementedError
 
     def params(self, replications: int | None = None, dtype: torch.dtype = torch.float64) -> tuple[Tensor, ...]:
@@ -62,7 +63,7 @@ class Problem:
 
 def gradient_draws(
     problem: Problem,
-    estimator: Callable[[], object] | object,
+    estimator: Estimator | Callable[[], Estimator],
     *,
     n: int = 1,
     replications: int = 1000,
@@ -75,15 +76,12 @@ def gradient_draws(
     Estimator, or a factory returning one (called once; state such as a moving average persists
     across ``calls``, as it would across training steps).
     """
-    from gradest.estimators.base import Estimator
-    from gradest.expect import expectation
-
     est = estimator if isinstance(estimator, Estimator) else estimator()
     out = []
     for _ in range(calls):
         params = problem.params(replications, dtype=dtype)
         s = expectation(problem.f, problem.dist(*params), est, n=n)
         grads = torch.autograd.grad(s.sum(), params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-        out.append(torch.cat([g.reshape(replications, -1) for g in grads], 1))
+        flat = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        out.append(torch.cat([g.reshape(replications, -1) for g in flat], 1))
     return torch.cat(out, 0)
