@@ -7,7 +7,8 @@ Every estimator answers three questions, in this order:
    ``value`` of shape ``[m, *B, *E]`` (``m = n`` for Monte Carlo rules, the support size for
    enumeration) and whatever the rule needs later (log-probabilities, noise, relaxed copies).
 3. ``surrogate(draw, cost)``: combine the costs ``[m, *B]`` into a tensor of shape ``[*B]`` whose value
-   is the estimate of E[f] and whose gradient is the estimator.
+   is the estimate of E[f] and whose gradient is the estimator; it is built from ``weight``,
+   ``correction`` and ``reduce`` (see :class:`Estimator`), which a graph composes across nodes.
 
 :func:`gradest.expectation` makes these three calls; so does every node of a graph.
 """
@@ -39,7 +40,23 @@ class Draw(NamedTuple):
 
 
 class Estimator(nn.Module):
-    """Base class of gradient estimators. Subclasses implement ``check``, ``draw`` and ``surrogate``.
+    """Base class of gradient estimators.
+
+    A rule is given by ``check`` and ``draw`` and three small pieces that say how the costs at the
+    drawn points become a surrogate. For one node (``expectation``) they combine as
+
+    .. math:: s = \mathrm{reduce}\bigl(\mathrm{weight}\cdot \mathrm{cost} + \mathrm{correction}(\mathrm{cost})\bigr)
+
+    and a ``Graph`` multiplies each cost by the weights of every node it depends on, adds each
+    node's correction computed from the costs downstream of it, and reduces over every node's
+    sample dimension (``graph/compose.py``). So each rule has exactly one implementation.
+
+    - ``weight(draw)``: ``[m, *B]`` multiplicative weight of the costs, or None for 1. Its value is 1
+      for Monte Carlo rules (a DiCE magic box carrying the score) and p(x) for enumeration.
+    - ``correction(draw, cost)``: ``[m, *B]`` zero-valued additive term (baselines, control variates,
+      auxiliary losses), or None.
+    - ``reduce(draw, x)``: ``[m, ...] -> [...]`` over the node's sample dimension: a mean for Monte
+      Carlo rules, a sum for enumeration.
 
     Estimators are ``nn.Module``s even when stateless, so state nests (a baseline's running mean is
     in ``state_dict()``), moves with ``.to(device)`` and joins a user's model through ``add_module``.
@@ -54,8 +71,26 @@ class Estimator(nn.Module):
     def draw(self, dist: Distribution, n: int) -> Draw:
         raise NotImplementedError(f"{type(self).__name__} does not implement draw()")
 
+    def weight(self, draw: Draw) -> Tensor | None:
+        """Multiplicative weight ``[m, *B]`` of the costs at the drawn points (None: 1)."""
+        return None
+
+    def correction(self, draw: Draw, cost: Tensor) -> Tensor | None:
+        """Zero-valued additive term ``[m, *B]`` built from the costs (None: nothing)."""
+        return None
+
+    def reduce(self, draw: Draw, x: Tensor) -> Tensor:
+        """Reduce over the node's sample dimension (dim 0): the Monte Carlo mean."""
+        return x.mean(0)
+
     def surrogate(self, draw: Draw, cost: Tensor) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} does not implement surrogate()")
+        """The one-node surrogate ``[*B]`` from the costs ``[m, *B]`` at ``draw.value``."""
+        w = self.weight(draw)
+        s = cost if w is None else cost * w
+        c = self.correction(draw, cost)
+        if c is not None:
+            s = s + c
+        return self.reduce(draw, s)
 
     def extra_repr(self) -> str:
         return ""

@@ -68,8 +68,10 @@ class Enumerate(Estimator):
 
     def __init__(self, *, budget: int = 2**16) -> None:
         super().__init__()
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"Enumerate: budget={budget!r} must be a positive int; 65536 is the default.")
+        if isinstance(budget, bool) or not isinstance(budget, int):
+            raise TypeError(f"Enumerate: budget={budget!r} must be an int; 65536 is the default.")
+        if budget < 1:
+            raise ValueError(f"Enumerate: budget={budget} must be >= 1; 65536 is the default.")
         self.budget = budget
 
     def check(self, dist: Distribution, n: int) -> None:
@@ -95,9 +97,12 @@ class Enumerate(Estimator):
             value = dist.enumerate_support(expand=True)
         return Draw(value, dist.log_prob(value), dist, {})
 
-    def surrogate(self, draw: Draw, cost: Tensor) -> Tensor:
+    def weight(self, draw: Draw) -> Tensor:
         assert draw.log_prob is not None
-        return (torch.exp(draw.log_prob) * cost).sum(0)
+        return torch.exp(draw.log_prob)
+
+    def reduce(self, draw: Draw, x: Tensor) -> Tensor:
+        return x.sum(0)
 
     def extra_repr(self) -> str:
         return f"budget={self.budget}"

@@ -53,9 +53,6 @@ class Pathwise(Estimator):
     def draw(self, dist: Distribution, n: int) -> Draw:
         return Draw(dist.rsample((n,)), None, dist, {})
 
-    def surrogate(self, draw: Draw, cost: Tensor) -> Tensor:
-        return cost.mean(0)
-
 
 def _has_cdf(dist: Distribution) -> bool:
     return type(dist).cdf is not Distribution.cdf
@@ -102,6 +99,3 @@ class ImplicitReparam(Estimator):
         density = torch.exp(base.log_prob(x))
         value = straight_through(x, -base.cdf(x) / stop_gradient(density))
         return Draw(value, None, dist, {})
-
-    def surrogate(self, draw: Draw, cost: Tensor) -> Tensor:
-        return cost.mean(0)

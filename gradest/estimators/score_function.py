@@ -66,12 +66,13 @@ class ScoreFunction(Estimator):
 
     def draw(self, dist: Distribution, n: int) -> Draw:
         value = dist.sample((n,))
-        return Draw(value, dist.log_prob(value), dist, {})
+        log_prob = dist.log_prob(value)
+        return Draw(value, log_prob, dist, {"box": magic_box(log_prob)})
 
-    def surrogate(self, draw: Draw, cost: Tensor) -> Tensor:
-        assert draw.log_prob is not None
-        box = magic_box(draw.log_prob)
-        s = cost * box
-        if self.baseline is not None:
-            s = s + self.baseline.term(draw, cost, box)
-        return s.mean(0)
+    def weight(self, draw: Draw) -> Tensor:
+        return draw.extra["box"]
+
+    def correction(self, draw: Draw, cost: Tensor) -> Tensor | None:
+        if self.baseline is None:
+            return None
+        return self.baseline.term(draw, cost, draw.extra["box"])
