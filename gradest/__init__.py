@@ -21,12 +21,14 @@ from gradest.estimators import (
     ScoreFunction,
 )
 from gradest.expect import expectation
+from gradest.graph import Graph
 from gradest.surrogate import magic_box, straight_through
 
 __version__ = "0.1.0"
 
 __all__ = [
     "expectation",
+    "Graph",
     "magic_box",
     "straight_through",
     "set_validation",

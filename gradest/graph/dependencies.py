@@ -1,0 +1,111 @@
+"""Which sampled nodes a tensor depends on: one pure function, plus the markers it looks for.
+
+Continuous samples are tracked through autograd: they leave the graph as ``value + probe``, where
+``probe`` is a zero-valued scalar leaf owned by the node, and a tensor depends on the nodes whose
+probes are reachable from its ``grad_fn``. This costs nothing per op.
+
+Discrete samples (Bernoulli bits, categorical indices, one-hot vectors) are used as indices, compared,
+converted to integers: autograd cannot follow them. They leave the graph as :class:`Provenance`, a
+light tensor subclass that carries its nodes' probes through every op, floating or not, so
+``table[z]``, ``embedding(z)``, ``(b.long() * powers).sum()`` and ``b == 1`` all keep their
+dependencies. Its cost is one Python call per op on tensors derived from discrete samples; the
+graph benchmark measures it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils._pytree import tree_flatten, tree_map
+
+__all__ = ["Provenance", "depends_on", "mark", "plain"]
+
+
+class Provenance(Tensor):
+    """An integer or boolean tensor that remembers which graph nodes produced it."""
+
+    _gradest_probes: tuple[Tensor, ...]
+
+    @staticmethod
+    def wrap(x: Tensor, probes: tuple[Tensor, ...]) -> Provenance:
+        out = x.as_subclass(Provenance)
+        out._gradest_probes = probes
+        return out
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        found = _collect(args, kwargs)
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **kwargs)
+        if not found:
+            return out
+        if func in _NO_WRAP:
+            return out
+        return tree_map(lambda t: Provenance.wrap(t, found) if isinstance(t, Tensor) else t, out)
+
+
+_NO_WRAP = {Tensor.__repr__, Tensor.__format__, Tensor.tolist, Tensor.item, Tensor.numpy}
+
+
+def _collect(args: Any, kwargs: dict[str, Any]) -> tuple[Tensor, ...]:
+    probes: dict[int, Tensor] = {}
+    for a in tree_flatten((args, kwargs))[0]:
+        for p in getattr(a, "_gradest_probes", ()):
+            probes[id(p)] = p
+    for p in probes.values():
+        graph = p._gradest_graph
+        if graph.closed:
+            raise RuntimeError(
+                f"Graph: a sample of node {p._gradest_node!r} was used after its graph was closed; "
+                "do all computation on samples inside the `with Graph() as g:` block."
+            )
+    return tuple(probes.values())
+
+
+def mark(t: Tensor, probe: Tensor) -> Tensor:
+    """``t + probe``: the same value (the probe is zero), now reachable from the probe's node."""
+    return t + probe.to(t.dtype)
+
+
+def plain(t: Tensor) -> Tensor:
+    """``t`` as an ordinary tensor (drops :class:`Provenance`, keeps autograd)."""
+    return t.as_subclass(Tensor) if isinstance(t, Provenance) else t
+
+
+def depends_on(tensors: Iterable[Tensor]) -> list[Tensor]:
+    """The probes that ``tensors`` depend on: reachable through autograd, or carried by Provenance.
+
+    Args:
+        tensors: the roots (a cost, or a distribution's parameters).
+
+    Returns:
+        The probe tensors found (each marks one node), in no particular order.
+    """
+    found: dict[int, Tensor] = {}
+    stack = []
+    seen: set[int] = set()
+    for t in tensors:
+        for p in getattr(t, "_gradest_probes", ()):
+            found[id(p)] = p
+        if t.grad_fn is not None:
+            stack.append(t.grad_fn)
+        elif getattr(t, "_gradest_node", None) is not None:  # a probe itself
+            found[id(t)] = t
+    while stack:
+        fn = stack.pop()
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        variable = getattr(fn, "variable", None)  # AccumulateGrad: a leaf
+        if variable is not None:
+            if getattr(variable, "_gradest_node", None) is not None:
+                found[id(variable)] = variable
+            continue
+        for nxt, _ in fn.next_functions:
+            if nxt is not None and id(nxt) not in seen:
+                stack.append(nxt)
+    return list(found.values())

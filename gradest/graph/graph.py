@@ -1,0 +1,306 @@
+"""``Graph``: stochastic computation graphs with an estimator per node and exact credit assignment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, Independent
+
+from gradest._validation import check_distribution, check_finite, check_n, describe
+from gradest.estimators.base import Draw, Estimator, default_for
+from gradest.graph import compose
+from gradest.graph.dependencies import Provenance, depends_on, mark, plain
+
+__all__ = ["Graph"]
+
+
+@dataclass(eq=False)
+class Node:
+    """One ``sample`` call: its rule, its draw and where its samples sit among the graph's dims.
+
+    The graph's sample dimensions are *positions* counted leftwards from the batch dimensions: a node
+    at position q has a value ``[m, *(1,)*pad, *parent_block, *B]`` whose first q dims are sample dims.
+    """
+
+    name: str
+    index: int
+    dist: Distribution
+    estimator: Estimator
+    draw: Draw
+    position: int
+    pad: int
+    parent_depth: int
+    parents: frozenset[int]
+    ancestors: frozenset[int]
+    probe: Tensor
+
+    @property
+    def size(self) -> int:
+        return self.draw.value.shape[0]
+
+    @property
+    def batch(self) -> torch.Size:
+        """The node's own batch dims (after its parents' sample dims)."""
+        return self.dist.batch_shape[self.parent_depth :]
+
+    def view(self, t: Tensor) -> Tensor:
+        """A native ``[m, *dist.batch_shape, ...]`` tensor in graph layout (pad dims inserted)."""
+        return t.reshape(t.shape[:1] + (1,) * self.pad + t.shape[1:]) if self.pad else t
+
+
+@dataclass(eq=False)
+class Slot:
+    """A sample position: its size and the nodes whose samples run along it."""
+
+    size: int
+    pairable: bool  # plain Monte Carlo means: independent nodes of equal size may share it
+    nodes: list[int] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Cost:
+    value: Tensor
+    name: str
+    deps: frozenset[int]
+    depth: int
+
+
+class Graph:
+    r"""A stochastic computation graph: sample nodes with their own estimators, add costs, get a loss.
+
+    .. code-block:: python
+
+        with gradest.Graph() as g:
+            z = g.sample("z", Categorical(logits=enc(x)), gradest.ScoreFunction(gradest.LeaveOneOut()), n=4)
+            y = g.sample("y", Normal(mu[z], 1.0))            # pathwise by default
+            g.cost(decoder_loss(y, x), name="recon")
+        g.loss().backward()
+
+    Semantics:
+
+    - ``sample(name, dist, estimator=None, n=1)`` draws ``n`` samples (``Enumerate``: the whole
+      support) along a new leading *sample dimension*. A node whose distribution was built from
+      earlier samples keeps their sample dimensions after its own: ``[n_y, n_z, *B]``. Independent
+      Monte Carlo nodes with the same n share a dimension (their i-th samples form the i-th joint
+      sample); an enumerated node always gets a fresh one, with singleton dims below it, so that
+      costs broadcast over the joint support.
+    - ``cost(value)``: ``value`` has the sample dims of the nodes it depends on first (those it
+      reduced away are an error), then any batch dims; batch dims are matched with nodes' batch dims
+      from the left and treated as independent (element b of a cost is credited to element b of a
+      node; a cost with fewer batch dims is credited to all the node's elements).
+    - ``loss()``: the sum over all cost elements, each averaged over its Monte Carlo sample dims and
+      summed with the probabilities of its enumerated ones. Its gradient credits each cost only to
+      the nodes it depends on — through values, integer indices, or the distributions of later
+      nodes — which is the Rao-Blackwellisation of Schulman et al. (2015). Score terms use DiCE's
+      magic box, and baselines enter "loaded" (Farquhar et al. 2019), so higher derivatives are right.
+
+    The graph holds no global state: several can be open at once. Samples may be used only while
+    their graph is open.
+
+    Args:
+        enumerate_budget: the largest joint support (product of the sizes of all enumerated
+            dimensions) a cost may span.
+
+    References:
+        Schulman et al. (2015). Gradient Estimation Using Stochastic Computation Graphs. NeurIPS.
+        arXiv:1506.05254.
+        Foerster et al. (2018). DiCE: The Infinitely Differentiable Monte Carlo Estimator. ICML.
+        arXiv:1802.05098.
+        Farquhar et al. (2019). Loaded DiCE: Trading off Bias and Variance in Any-Order Score Function
+        Estimators for Reinforcement Learning. NeurIPS. arXiv:1909.10549.
+    """
+
+    def __init__(self, *, enumerate_budget: int = 2**16) -> None:
+        if isinstance(enumerate_budget, bool) or not isinstance(enumerate_budget, int) or enumerate_budget < 1:
+            raise ValueError(f"Graph: enumerate_budget={enumerate_budget!r} must be a positive int.")
+        self.enumerate_budget = enumerate_budget
+        self.nodes: list[Node] = []
+        self.slots: list[Slot] = []  # slots[q - 1] is position q
+        self.costs: list[Cost] = []
+        self.closed = False
+        self._names: dict[str, int] = {}
+
+    # -- context ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> Graph:
+        if self.closed:
+            raise RuntimeError("Graph: this graph was already closed; create a new Graph() for each step.")
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.closed = True
+
+    def _open(self, where: str) -> None:
+        if self.closed:
+            raise RuntimeError(
+                f"Graph.{where}: the graph is closed (its `with` block ended); call sample() and cost() "
+                "inside the block, and loss() inside or after it."
+            )
+
+    # -- nodes -----------------------------------------------------------------------------------
+
+    def _node_ids(self, probes: list[Tensor], where: str) -> set[int]:
+        ids = set()
+        for p in probes:
+            if p._gradest_graph is not self:
+                raise RuntimeError(
+                    f"Graph.{where}: depends on node {p._gradest_node!r} of another graph"
+                    f"{' that is closed' if p._gradest_graph.closed else ''}; a graph's samples may "
+                    "only be used in its own costs."
+                )
+            ids.add(p._gradest_index)
+        return ids
+
+    def sample(self, name: str, dist: Distribution, estimator: Estimator | None = None, n: int = 1) -> Tensor:
+        """Draw ``n`` samples of ``dist`` as node ``name``; returns ``[n, *dist.batch_shape, *E]``
+        (``Enumerate``: the support along the leading dim; with singleton dims inserted when the node
+        needs a fresh sample dimension)."""
+        where = "sample"
+        self._open(where)
+        if not isinstance(name, str):
+            raise TypeError(f"Graph.sample: name={name!r} must be a str.")
+        if name in self._names:
+            raise ValueError(f"Graph.sample: name={name!r} is already a node of this graph; give each node its own name.")
+        dist = check_distribution("Graph.sample", dist)
+        n = check_n("Graph.sample", n)
+        if estimator is None:
+            estimator = default_for(dist, n)
+        elif not isinstance(estimator, Estimator):
+            raise TypeError(
+                f"Graph.sample: estimator={estimator!r} is not a gradest Estimator; pass e.g. gradest.Pathwise()."
+            )
+        estimator.check(dist, n)
+
+        parents = self._node_ids(depends_on(_dist_tensors(dist)), where)
+        ancestors = set(parents)
+        for p in parents:
+            ancestors |= self.nodes[p].ancestors
+        depth = max((self.nodes[p].position for p in parents), default=0)
+        batch = dist.batch_shape
+        if len(batch) < depth:
+            raise ValueError(
+                f"Graph.sample: node {name!r} depends on nodes whose samples occupy {depth} leading "
+                f"dims, but dist={describe(dist)} has batch_shape {tuple(batch)}; build its parameters "
+                "from the samples without reducing over their sample dims."
+            )
+        for q in range(1, depth + 1):
+            size, slot = batch[depth - q], self.slots[q - 1]
+            if size not in (1, slot.size):
+                raise ValueError(
+                    f"Graph.sample: dist of node {name!r} has batch_shape {tuple(batch)}; its dim "
+                    f"{depth - q} has size {size}, but sample position {q} (nodes "
+                    f"{self._names_of(slot.nodes)}) has {slot.size} samples; keep sample dims leading."
+                )
+
+        draw = estimator.draw(dist, n)
+        m = draw.value.shape[0]
+        pairable = type(estimator).reduce is Estimator.reduce
+        position = self._place(depth, m, pairable)
+        index = len(self.nodes)
+        probe = torch.zeros((), dtype=_float_dtype(draw.value), device=draw.value.device, requires_grad=True)
+        probe._gradest_node = name  # type: ignore[attr-defined]
+        probe._gradest_index = index  # type: ignore[attr-defined]
+        probe._gradest_graph = self  # type: ignore[attr-defined]
+        node = Node(name, index, dist, estimator, _plain_draw(draw), position, position - 1 - depth, depth,
+                    frozenset(parents), frozenset(ancestors), probe)
+        self.nodes.append(node)
+        self._names[name] = index
+        self.slots[position - 1].nodes.append(index)
+
+        value = node.view(plain(draw.value))
+        if dist.has_enumerate_support or (isinstance(dist, Independent) and dist.base_dist.has_enumerate_support):
+            return Provenance.wrap(value, (probe,))
+        return mark(value, probe)
+
+    def _place(self, depth: int, m: int, pairable: bool) -> int:
+        """The position of a new node: the first shareable slot above its parents, else a fresh one."""
+        if pairable:
+            for q in range(depth + 1, len(self.slots) + 1):
+                slot = self.slots[q - 1]
+                if slot.pairable and slot.size == m:
+                    return q
+        self.slots.append(Slot(m, pairable))
+        return len(self.slots)
+
+    def _names_of(self, ids: list[int] | frozenset[int]) -> list[str]:
+        return [self.nodes[i].name for i in sorted(ids)]
+
+    # -- costs -----------------------------------------------------------------------------------
+
+    def cost(self, value: Tensor, name: str | None = None) -> None:
+        """Add a cost: any tensor computed from samples and parameters (see the class docstring)."""
+        where = "cost"
+        self._open(where)
+        if not isinstance(value, Tensor):
+            raise TypeError(f"Graph.cost: value={type(value).__name__} must be a tensor computed from the samples.")
+        name = name if name is not None else f"cost{len(self.costs)}"
+        direct = self._node_ids(depends_on([value]), where)
+        deps = set(direct)
+        for i in direct:
+            deps |= self.nodes[i].ancestors
+        depth = max((self.nodes[i].position for i in deps), default=0)
+        value = plain(value)
+        if not (value.is_floating_point() or value.is_complex()):
+            raise TypeError(f"Graph.cost: cost {name!r} has dtype={value.dtype}; costs must be floating point.")
+        if value.dim() < depth:
+            raise ValueError(
+                f"Graph.cost: cost {name!r} has shape {tuple(value.shape)} but depends on nodes "
+                f"{self._names_of(deps)} whose samples occupy {depth} leading dims; keep the sample dims "
+                "in the cost (the graph averages over them)."
+            )
+        for q in range(1, depth + 1):
+            size, slot = value.shape[depth - q], self.slots[q - 1]
+            owners = [i for i in slot.nodes if i in deps]
+            if size == 1 and owners and slot.size > 1:
+                raise ValueError(
+                    f"Graph.cost: cost {name!r} has shape {tuple(value.shape)}: dim {depth - q} has size 1 "
+                    f"but it depends on node(s) {self._names_of(owners)} with {slot.size} samples there; "
+                    "keep the sample dims in the cost (the graph averages over them)."
+                )
+            if size not in (1, slot.size) or (size > 1 and not owners):
+                raise ValueError(
+                    f"Graph.cost: cost {name!r} has shape {tuple(value.shape)}: dim {depth - q} has size "
+                    f"{size}, which does not line up with sample position {q} (nodes "
+                    f"{self._names_of(slot.nodes)}, {slot.size} samples) of the nodes it depends on."
+                )
+        joint = 1
+        for q in range(1, depth + 1):
+            if not self.slots[q - 1].pairable and value.shape[depth - q] > 1:
+                joint *= self.slots[q - 1].size
+        if joint > self.enumerate_budget:
+            raise ValueError(
+                f"Graph.cost: cost {name!r} spans a joint enumerated support of {joint} points, over "
+                f"enumerate_budget={self.enumerate_budget}; raise Graph(enumerate_budget=...) or use "
+                "ScoreFunction for some nodes."
+            )
+        check_finite("Graph.cost", f"cost {name!r}", value, "check the computation for 0/0, log(0) or inf - inf.")
+        self.costs.append(Cost(value, name, frozenset(deps), depth))
+
+    def loss(self) -> Tensor:
+        """The scalar surrogate: value = the estimate of Σ E[cost], gradient = the estimator."""
+        if not self.costs:
+            raise ValueError("Graph.loss: no costs were added; call g.cost(value) for each cost first.")
+        return compose.loss(self.nodes, self.slots, self.costs)
+
+
+def _float_dtype(x: Tensor) -> torch.dtype:
+    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+
+
+def _plain_draw(draw: Draw) -> Draw:
+    lp = None if draw.log_prob is None else plain(draw.log_prob)
+    return Draw(plain(draw.value), lp, draw.dist, {k: plain(v) for k, v in draw.extra.items()})
+
+
+def _dist_tensors(dist: Distribution) -> list[Tensor]:
+    """Every tensor a distribution holds (its parameters and cached derived values)."""
+    out = []
+    while True:
+        out += [v for v in vars(dist).values() if isinstance(v, Tensor)]
+        if isinstance(dist, Independent):
+            dist = dist.base_dist
+            continue
+        return out
