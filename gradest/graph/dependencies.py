@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_map
 
 __all__ = ["Provenance", "depends_on", "mark", "plain"]
 
@@ -45,17 +45,32 @@ class Provenance(Tensor):
             return out
         if func in _NO_WRAP:
             return out
+        if isinstance(out, Tensor):
+            return Provenance.wrap(out, found)
+        if isinstance(out, (tuple, list)) and not hasattr(out, "_fields"):
+            return type(out)(Provenance.wrap(t, found) if isinstance(t, Tensor) else t for t in out)
         return tree_map(lambda t: Provenance.wrap(t, found) if isinstance(t, Tensor) else t, out)
 
 
 _NO_WRAP = {Tensor.__repr__, Tensor.__format__, Tensor.tolist, Tensor.item, Tensor.numpy}
 
 
+def _scan(items: Any, probes: dict[int, Tensor]) -> None:
+    for a in items:
+        if isinstance(a, Provenance):
+            for p in a._gradest_probes:
+                probes[id(p)] = p
+        elif isinstance(a, (tuple, list)):
+            _scan(a, probes)
+        elif isinstance(a, dict):
+            _scan(a.values(), probes)
+
+
 def _collect(args: Any, kwargs: dict[str, Any]) -> tuple[Tensor, ...]:
     probes: dict[int, Tensor] = {}
-    for a in tree_flatten((args, kwargs))[0]:
-        for p in getattr(a, "_gradest_probes", ()):
-            probes[id(p)] = p
+    _scan(args, probes)
+    if kwargs:
+        _scan(kwargs.values(), probes)
     for p in probes.values():
         graph = p._gradest_graph
         if graph.closed:
@@ -76,6 +91,7 @@ def plain(t: Tensor) -> Tensor:
     return t.as_subclass(Tensor) if isinstance(t, Provenance) else t
 
 
+@torch.compiler.disable(recursive=True)
 def depends_on(tensors: Iterable[Tensor]) -> list[Tensor]:
     """The probes that ``tensors`` depend on: reachable through autograd, or carried by Provenance.
 
