@@ -40,7 +40,7 @@ class Draw(NamedTuple):
 
 
 class Estimator(nn.Module):
-    """Base class of gradient estimators.
+    r"""Base class of gradient estimators.
 
     A rule is given by ``check`` and ``draw`` and three small pieces that say how the costs at the
     drawn points become a surrogate. For one node (``expectation``) they combine as

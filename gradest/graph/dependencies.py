@@ -38,6 +38,9 @@ class Provenance(Tensor):
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        if func in _DISPLAY:  # printing a sample (a log line, a traceback) is allowed after its graph closed
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs)
         found = _collect(args, kwargs)
         with torch._C.DisableTorchFunctionSubclass():
             out = func(*args, **kwargs)
@@ -52,6 +55,7 @@ class Provenance(Tensor):
         return tree_map(lambda t: Provenance.wrap(t, found) if isinstance(t, Tensor) else t, out)
 
 
+_DISPLAY = {Tensor.__repr__, Tensor.__format__}
 _NO_WRAP = {Tensor.__repr__, Tensor.__format__, Tensor.tolist, Tensor.item, Tensor.numpy}
 
 
@@ -91,8 +95,19 @@ def plain(t: Tensor) -> Tensor:
     return t.as_subclass(Tensor) if isinstance(t, Provenance) else t
 
 
-@torch.compiler.disable(recursive=True)
 def depends_on(tensors: Iterable[Tensor]) -> list[Tensor]:
+    """The probes that ``tensors`` depend on (see :func:`_depends_on`).
+
+    torch.compile cannot trace autograd's graph, so there the search runs outside the compiled
+    region (a graph break); ``torch.compiler.disable`` is applied lazily so that importing gradest
+    does not load the compiler.
+    """
+    if torch.compiler.is_compiling():
+        return torch.compiler.disable(_depends_on, recursive=True)(tensors)
+    return _depends_on(tensors)
+
+
+def _depends_on(tensors: Iterable[Tensor]) -> list[Tensor]:
     """The probes that ``tensors`` depend on: reachable through autograd, or carried by Provenance.
 
     Args:
