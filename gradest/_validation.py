@@ -52,13 +52,13 @@ def check_n(where: str, n: object) -> int:
 
 
 def check_unit_interval(where: str, name: str, value: float, *, open_right: bool = False) -> float:
+    interval = "[0, 1)" if open_right else "[0, 1]"
     if isinstance(value, torch.Tensor):
         value = float(value)
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{where}: {name}={value!r} must be a float in [0, 1].")
+        raise TypeError(f"{where}: {name}={value!r} must be a float in {interval}.")
     hi_ok = value < 1 if open_right else value <= 1
     if not (0 <= value and hi_ok):
-        interval = "[0, 1)" if open_right else "[0, 1]"
         raise ValueError(f"{where}: {name}={value} must lie in {interval}; 0.9 to 0.99 is typical.")
     return float(value)
 
@@ -68,3 +68,94 @@ def check_finite(where: str, name: str, value: torch.Tensor, fix: str) -> None:
     if is_validation_enabled() and bool(torch.isnan(value).any()):
         bad = int(torch.isnan(value).sum())
         raise ValueError(f"{where}: {name} contains NaN ({bad} of {value.numel()} elements); {fix}")
+
+
+# --- time-major tensors (gradest.rl) --------------------------------------------------------------
+
+
+def summarize(value: object) -> str:
+    """A short description of an argument for error messages: ``tensor(shape=(5, 2), dtype=torch.int64)``."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor(shape={tuple(value.shape)}, dtype={value.dtype})"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{type(value).__name__}(...)"
+
+
+def check_tensor(where: str, name: str, value: object, *, flag: bool = False) -> torch.Tensor:
+    """A floating tensor, or with ``flag=True`` a bool tensor (episode flags); else a TypeError naming it."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{where}: {name}={summarize(value)} is a {type(value).__name__}, not a tensor; "
+            f"pass a torch.Tensor (torch.as_tensor({name}))."
+        )
+    if flag and value.dtype != torch.bool:
+        raise TypeError(
+            f"{where}: {name}={summarize(value)} must be a bool tensor of episode flags; "
+            f"pass {name}.bool() (or {name} > 0.5 for 0/1 floats)."
+        )
+    if not flag and not value.is_floating_point():
+        raise TypeError(f"{where}: {name}={summarize(value)} must be a floating tensor; pass {name}.float().")
+    return value
+
+
+def check_time_major(where: str, tensors: dict[str, object], flags: dict[str, object]) -> tuple[int, ...]:
+    """Check ``[T, *B]`` arguments of one shape, device and (floating) dtype; return the shape.
+
+    ``tensors`` are floating, ``flags`` bool; None entries are skipped. The first tensor is the reference.
+    """
+    ref_name, ref = "", None
+    for group, is_flag in ((tensors, False), (flags, True)):
+        for name, value in group.items():
+            if value is None:
+                continue
+            t = check_tensor(where, name, value, flag=is_flag)
+            if ref is None:
+                if t.dim() == 0:
+                    raise ValueError(
+                        f"{where}: {name}.shape=() has no time dimension; pass time-major [T, *B] "
+                        f"tensors ({name}.unsqueeze(0) for a single step)."
+                    )
+                ref_name, ref = name, t
+                continue
+            if t.shape != ref.shape:
+                raise ValueError(
+                    f"{where}: {name}.shape={tuple(t.shape)} does not match {ref_name}.shape="
+                    f"{tuple(ref.shape)}; every argument is a time-major [T, *B] tensor of one shape."
+                )
+            if t.device != ref.device:
+                raise ValueError(
+                    f"{where}: {name}.device={t.device} does not match {ref_name}.device={ref.device}; "
+                    "move them to one device."
+                )
+            if not is_flag and t.dtype != ref.dtype:
+                raise TypeError(
+                    f"{where}: {name}.dtype={t.dtype} does not match {ref_name}.dtype={ref.dtype}; "
+                    f"convert them to one dtype ({name}.to({ref_name}.dtype))."
+                )
+    assert ref is not None, "check_time_major needs at least one tensor"
+    return tuple(ref.shape)
+
+
+def check_exclusive_flags(where: str, terminated: torch.Tensor, truncated: torch.Tensor | None) -> None:
+    """Raise if a step is both terminated and truncated (only while validation is on: this syncs)."""
+    if truncated is None or not is_validation_enabled():
+        return
+    both = terminated & truncated
+    if bool(both.any()):
+        first = tuple(int(i) for i in both.nonzero()[0])
+        raise ValueError(
+            f"{where}: terminated=True and truncated=True at {int(both.sum())} step(s), first at index "
+            f"{first}; a step either ends its episode (terminated: no bootstrap) or is cut by a time limit "
+            "(truncated: bootstrap from next_values), never both; pass truncated & ~terminated."
+        )
+
+
+def check_positive(where: str, name: str, value: object, typical: str) -> float:
+    """A positive finite float (thresholds, clip ranges); ``typical`` ends the error message."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = float(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{where}: {name}={value!r} must be a float > 0; {typical}.")
+    if not (0 < value < float("inf")):
+        raise ValueError(f"{where}: {name}={value} must be a finite float > 0; {typical}.")
+    return float(value)

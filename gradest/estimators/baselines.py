@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent
+from torch.distributions import Distribution, Independent, OneHotCategorical
 
 from gradest._validation import check_unit_interval, describe
 from gradest.estimators.base import Draw
@@ -142,12 +142,19 @@ _EXCLUSIVE = (("logits", "probs"), ("scale_tril", "covariance_matrix", "precisio
 
 
 def _params(dist: Distribution) -> dict[str, Tensor]:
-    """The tensors a distribution was built from, by constructor keyword."""
-    names = [k for k in dist.arg_constraints if k in vars(dist)]
+    """The tensors a distribution was built from, by constructor keyword.
+
+    The instance dict is read in insertion order: the constructor's own argument (``logits``, say)
+    precedes an alternative that a lazy property cached later (``probs``, the first time ``sample``
+    reads it), so the first of each exclusive group is the one the caller passed. OneHotCategorical
+    keeps its parameters on the Categorical it wraps.
+    """
+    own = vars(dist._categorical) if isinstance(dist, OneHotCategorical) else vars(dist)
+    names = [k for k in own if k in dist.arg_constraints]
     for group in _EXCLUSIVE:
-        present = [k for k in group if k in names]
+        present = [k for k in names if k in group]
         names = [k for k in names if k not in present[1:]]
-    return {k: getattr(dist, k) for k in names}
+    return {k: own[k] for k in names}
 
 
 def _rebuild(dist: Distribution, params: dict[str, Tensor]) -> Distribution:
@@ -213,6 +220,13 @@ class OptimalConstant(Baseline):
                 f"OptimalConstant: n={n} gives no other sample to estimate the baseline from; "
                 "use n >= 2, or OptimalConstant(decay=0.9) to keep running moments across calls."
             )
+        if not _leaf_params(dist):
+            raise NotImplementedError(
+                f"OptimalConstant: dist={describe(dist)} keeps its parameters out of reach (on a wrapped "
+                "distribution), so there is nothing to scale; it supports families built from their "
+                "arg_constraints (Normal, Bernoulli, Categorical, OneHotCategorical, Gamma, Dirichlet ... "
+                "and Independent of these). Use LeaveOneOut() instead."
+            )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         for name in ("num", "den"):  # the running moments take the shape of the checkpoint's
@@ -239,12 +253,21 @@ class OptimalConstant(Baseline):
         if not live:
             return torch.zeros_like(cost)
         n = cost.shape[0]
-        # Per-sample scores: one leaf per sample, so grad of the summed log-prob separates them.
-        with torch.enable_grad():
-            leaves = {k: stop_gradient(p).expand(n, *p.shape).requires_grad_() for k, p in live.items()}
-            lp = _rebuild(dist, {**params, **leaves}).log_prob(x)
-            scores = torch.autograd.grad(lp.sum(), list(leaves.values()))
-        c = stop_gradient(cost)
+        # Per-sample scores: one copy of the parameters per sample, so the vjp of the log-probs
+        # separates them. torch.func.vjp (not autograd.grad on requires_grad_() leaves) also works
+        # under torch.compile(fullgraph=True) and inside torch.func transforms.
+        names = list(live)
+
+        def log_prob(*copies: Tensor) -> Tensor:
+            return _rebuild(dist, {**params, **dict(zip(names, copies))}).log_prob(x)
+
+        copies = [stop_gradient(p).expand(n, *p.shape) for p in live.values()]
+        lp, vjp = torch.func.vjp(log_prob, *copies)
+        scores = vjp(torch.ones_like(lp))
+        # A contiguous copy: under torch.compile the fake strides of f's output (e.g. an index by a
+        # transposed Categorical sample) can differ from the real ones, and the reshapes below
+        # would then be traced as views that fail at run time.
+        c = stop_gradient(cost).clone(memory_format=torch.contiguous_format)
         s2 = torch.cat([s.square().reshape(n, -1) for s in scores], 1)  # [n, P]
         fs2 = torch.cat([(c.reshape(c.shape + (1,) * (s.dim() - c.dim())) * s.square()).reshape(n, -1)
                          for s in scores], 1)
@@ -301,6 +324,14 @@ class Critic(Baseline):
             raise TypeError(f"Critic: module={module!r} must be a callable nn.Module mapping inputs to baselines.")
         self.module = module
         self.inputs = inputs
+
+    def check(self, dist: Distribution, n: int) -> None:
+        if self.inputs is None and not _leaf_params(dist):
+            raise NotImplementedError(
+                f"Critic: dist={describe(dist)} keeps its parameters out of reach (on a wrapped "
+                "distribution), so there are no default inputs; pass Critic(module, inputs=lambda dist: u) "
+                "with u [*batch_shape, F]."
+            )
 
     def features(self, dist: Distribution) -> Tensor:
         if self.inputs is not None:

@@ -1,9 +1,15 @@
 """Public test helpers: statistics with tolerances from a false-alarm rate, and fakes."""
 
-from gradest.testing.fakes import NonreparameterizedExponential, NonreparameterizedLaplace, NonreparameterizedNormal
+from gradest.testing.fakes import (
+    NonreparameterizedExponential,
+    NonreparameterizedLaplace,
+    NonreparameterizedNormal,
+    SelfInclusiveMean,
+)
 from gradest.testing.stats import assert_unbiased, assert_variance, sample_variance_se, z_for
 
 __all__ = [
     "assert_unbiased", "assert_variance", "sample_variance_se", "z_for",
     "NonreparameterizedNormal", "NonreparameterizedLaplace", "NonreparameterizedExponential",
+    "SelfInclusiveMean",
 ]

@@ -1,29 +1,66 @@
-"""Distributions with their reparameterisation hidden, to force score-function or implicit paths.
+"""Testing fakes: distributions with their reparameterisation hidden, and a baseline that is wrong on purpose.
 
-The same model, the same densities and CDFs, but ``has_rsample = False`` and ``rsample`` raises, as
-in Pyro's testing fakes. Useful to test ``ImplicitReparam`` and default-estimator selection.
+The ``Nonreparameterized*`` families are the same model, with the same densities and CDFs, but
+``has_rsample = False`` and ``rsample`` raises, as in Pyro's testing fakes. Use them to test
+``ImplicitReparam`` and default-estimator selection.
+
+``SelfInclusiveMean`` is a *deliberately biased* baseline. A statistical test suite must be able to
+catch it; that is its only use.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 from torch.distributions import Exponential, Laplace, Normal
 
-__all__ = ["NonreparameterizedNormal", "NonreparameterizedLaplace", "NonreparameterizedExponential"]
+from gradest.estimators.base import Draw
+from gradest.estimators.baselines import Baseline
+from gradest.surrogate import stop_gradient
+
+__all__ = [
+    "NonreparameterizedNormal",
+    "NonreparameterizedLaplace",
+    "NonreparameterizedExponential",
+    "SelfInclusiveMean",
+]
+
+
+_NO_SHAPE = torch.Size()
 
 
 def _hide_rsample(cls: type) -> type:
-    def rsample(self, sample_shape=torch.Size()):  # noqa: ANN001, ANN202
+    def rsample(self, sample_shape=_NO_SHAPE):  # noqa: ANN001, ANN202
         raise NotImplementedError(f"{type(self).__name__} hides rsample on purpose (a testing fake).")
 
-    def sample(self, sample_shape=torch.Size()):  # noqa: ANN001, ANN202
+    def sample(self, sample_shape=_NO_SHAPE):  # noqa: ANN001, ANN202
         with torch.no_grad():
             return cls.rsample(self, sample_shape)
 
     name = f"Nonreparameterized{cls.__name__}"
-    return type(name, (cls,), {"has_rsample": False, "rsample": rsample, "sample": sample, "__module__": __name__})
+    namespace = {"has_rsample": False, "rsample": rsample, "sample": sample, "__module__": __name__}
+    return type(name, (cls,), namespace)
 
 
 NonreparameterizedNormal = _hide_rsample(Normal)
 NonreparameterizedLaplace = _hide_rsample(Laplace)
 NonreparameterizedExponential = _hide_rsample(Exponential)
+
+
+class SelfInclusiveMean(Baseline):
+    r"""WRONG ON PURPOSE: each sample's baseline is the mean of all n costs, its own cost included.
+
+    .. math::
+        b_i = \frac1n \sum_{j=1}^n f(x_j), \qquad
+        \mathbb{E}\Bigl[\tfrac1n \textstyle\sum_i (f_i - b_i)\nabla\log p(x_i)\Bigr]
+        = \frac{n-1}{n}\,\nabla_\theta \mathbb{E}[f]
+
+    Because b_i depends on x_i, the score-function gradient is shrunk by (n − 1)/n (by 1/4 with n = 4).
+    This is the classic mistake that ``LeaveOneOut`` avoids. It exists so the test suite can check that
+    its unbiasedness harness has the power to catch a realistic bug: never use it to train anything.
+
+    Bias: the gradient is ``(n − 1)/n`` times the true one (zero for n = 1).
+    """
+
+    def forward(self, draw: Draw, cost: Tensor) -> Tensor:
+        return stop_gradient(cost).mean(0, keepdim=True)
