@@ -85,6 +85,9 @@ def _downstream(nodes: list[Node], slots: list[Slot], costs: list[Cost], w: Node
             v = v.flatten(v.dim() - extra).sum(-1)
         elif extra < 0:
             v = v.reshape(v.shape + (1,) * -extra)
+        shared = [d for d in range(len(shape) - len(w.batch), len(shape)) if shape[d] == 1 and v.shape[d] > 1]
+        if shared:  # a batch element of w that several cost elements are credited to: their sum
+            v = v.sum(shared, keepdim=True)
         v = v.expand(shape)
         total = v if total is None else total + v
     assert total is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -90,7 +91,8 @@ class Graph:
     - ``cost(value)``: ``value`` has the sample dims of the nodes it depends on first (those it
       reduced away are an error), then any batch dims; batch dims are matched with nodes' batch dims
       from the left and treated as independent (element b of a cost is credited to element b of a
-      node; a cost with fewer batch dims is credited to all the node's elements).
+      node; a cost with fewer batch dims is credited to all the node's elements, and a node's size-1
+      dim to all the cost's elements along it; any other mismatch is an error).
     - ``loss()``: the sum over all cost elements, each averaged over its Monte Carlo sample dims and
       summed with the probabilities of its enumerated ones. Its gradient credits each cost only to
       the nodes it depends on — through values, integer indices, or the distributions of later
@@ -114,8 +116,10 @@ class Graph:
     """
 
     def __init__(self, *, enumerate_budget: int = 2**16) -> None:
-        if isinstance(enumerate_budget, bool) or not isinstance(enumerate_budget, int) or enumerate_budget < 1:
-            raise ValueError(f"Graph: enumerate_budget={enumerate_budget!r} must be a positive int.")
+        if isinstance(enumerate_budget, bool) or not isinstance(enumerate_budget, int):
+            raise TypeError(f"Graph: enumerate_budget={enumerate_budget!r} must be an int; 65536 is the default.")
+        if enumerate_budget < 1:
+            raise ValueError(f"Graph: enumerate_budget={enumerate_budget} must be >= 1; 65536 is the default.")
         self.enumerate_budget = enumerate_budget
         self.nodes: list[Node] = []
         self.slots: list[Slot] = []  # slots[q - 1] is position q
@@ -266,6 +270,17 @@ class Graph:
                     f"{size}, which does not line up with sample position {q} (nodes "
                     f"{self._names_of(slot.nodes)}, {slot.size} samples) of the nodes it depends on."
                 )
+        batch = value.shape[depth:]
+        for i in sorted(deps):
+            node = self.nodes[i]
+            for d, (size, own) in enumerate(zip(batch, node.batch)):
+                if size != own and own != 1:  # a size-1 dim would count the cost once per node element
+                    raise ValueError(
+                        f"Graph.cost: cost {name!r} has batch shape {tuple(batch)} but depends on node "
+                        f"{node.name!r} with batch shape {tuple(node.batch)}: batch dim {d} has size {size}, "
+                        f"not {own} (batch dims are matched from the left); keep the node's batch dims in "
+                        "the cost, or reduce them away entirely (sum without keepdim=True)."
+                    )
         joint = 1
         for q in range(1, depth + 1):
             if not self.slots[q - 1].pairable and value.shape[depth - q] > 1:
@@ -292,7 +307,25 @@ def _float_dtype(x: Tensor) -> torch.dtype:
 
 def _plain_draw(draw: Draw) -> Draw:
     lp = None if draw.log_prob is None else plain(draw.log_prob)
-    return Draw(plain(draw.value), lp, draw.dist, {k: plain(v) for k, v in draw.extra.items()})
+    return Draw(plain(draw.value), lp, _plain_dist(draw.dist), {k: plain(v) for k, v in draw.extra.items()})
+
+
+def _plain_dist(dist: Distribution) -> Distribution:
+    """``dist``, or a shallow copy whose :class:`Provenance` tensors (parameters built from discrete
+    samples, e.g. ``logits=W[z]``) are plain: baselines read the draw's distribution in ``loss()``,
+    which may run after the graph has closed."""
+    tensors = vars(dist)
+    base = dist.base_dist if isinstance(dist, Independent) else None
+    plain_base = None if base is None else _plain_dist(base)
+    if plain_base is base and not any(isinstance(v, Provenance) for v in tensors.values()):
+        return dist
+    out = copy.copy(dist)
+    for k, v in tensors.items():
+        if isinstance(v, Provenance):
+            setattr(out, k, plain(v))
+    if plain_base is not base:
+        out.base_dist = plain_base
+    return out
 
 
 def _dist_tensors(dist: Distribution) -> list[Tensor]:
