@@ -64,8 +64,12 @@ def check_unit_interval(where: str, name: str, value: float, *, open_right: bool
 
 
 def check_finite(where: str, name: str, value: torch.Tensor, fix: str) -> None:
-    """Raise if ``value`` holds NaN (only while validation is on: this syncs with the device)."""
-    if is_validation_enabled() and bool(torch.isnan(value).any()):
+    """Raise if ``value`` holds NaN (only while validation is on: this syncs with the device).
+
+    One reduction on the fast path: a NaN anywhere makes the sum NaN. A NaN sum without a NaN element
+    (+inf and -inf both present) is then told apart by the full check.
+    """
+    if is_validation_enabled() and bool(value.detach().sum().isnan()) and bool(torch.isnan(value).any()):
         bad = int(torch.isnan(value).sum())
         raise ValueError(f"{where}: {name} contains NaN ({bad} of {value.numel()} elements); {fix}")
 
@@ -98,10 +102,34 @@ def check_tensor(where: str, name: str, value: object, *, flag: bool = False) ->
     return value
 
 
-def check_time_major(where: str, tensors: dict[str, object], flags: dict[str, object]) -> tuple[int, ...]:
-    """Check ``[T, *B]`` arguments of one shape, device and (floating) dtype; return the shape.
+def fits_time_major(tensors: tuple[object, ...], flags: tuple[object, ...]) -> bool:
+    """The fast path of :func:`check_time_major`: True when every tensor is floating with the first
+    one's shape (of rank >= 1) and every flag is a bool tensor of that shape (None entries are skipped).
 
-    ``tensors`` are floating, ``flags`` bool; None entries are skipped. The first tensor is the reference.
+    It only reads attributes, so it stays cheap for short rollouts. When it returns False, call
+    :func:`check_time_major`, which names the argument at fault. Devices are left to torch, whose
+    error callers translate through the same function.
+    """
+    try:
+        shape = tensors[0].shape  # type: ignore[attr-defined]
+        if not shape:
+            return False
+        for t in tensors:
+            if t is not None and (t.shape != shape or not t.is_floating_point()):  # type: ignore[attr-defined]
+                return False
+        for f in flags:
+            if f is not None and (f.dtype is not torch.bool or f.shape != shape):  # type: ignore[attr-defined]
+                return False
+    except AttributeError:
+        return False
+    return True
+
+
+def check_time_major(where: str, tensors: dict[str, object], flags: dict[str, object]) -> tuple[int, ...]:
+    """Check ``[T, *B]`` arguments: tensors of one shape (rank >= 1) and device; return the shape.
+
+    ``tensors`` must be floating (mixed floating dtypes promote, as in torch), ``flags`` bool; None
+    entries are skipped. The first tensor is the reference.
     """
     ref_name, ref = "", None
     for group, is_flag in ((tensors, False), (flags, True)):
@@ -127,13 +155,15 @@ def check_time_major(where: str, tensors: dict[str, object], flags: dict[str, ob
                     f"{where}: {name}.device={t.device} does not match {ref_name}.device={ref.device}; "
                     "move them to one device."
                 )
-            if not is_flag and t.dtype != ref.dtype:
-                raise TypeError(
-                    f"{where}: {name}.dtype={t.dtype} does not match {ref_name}.dtype={ref.dtype}; "
-                    f"convert them to one dtype ({name}.to({ref_name}.dtype))."
-                )
     assert ref is not None, "check_time_major needs at least one tensor"
     return tuple(ref.shape)
+
+
+def unit_interval(where: str, name: str, value: object) -> float:
+    """:func:`check_unit_interval` with a fast path for a plain float in [0, 1]."""
+    if type(value) is float and 0.0 <= value <= 1.0:
+        return value
+    return check_unit_interval(where, name, value)  # type: ignore[arg-type]
 
 
 def check_exclusive_flags(where: str, terminated: torch.Tensor, truncated: torch.Tensor | None) -> None:

@@ -12,8 +12,10 @@ from gradest.diagnostics import Report
 
 def test_compare_writes_json_and_table(tmp_path, capsys):
     path = tmp_path / "report.json"
+    png = tmp_path / "report.png"
     code = main(["compare", "--problems", "gaussian-square", "bernoulli-0.499", "--estimators", "pathwise",
-                 "score+leave-one-out", "enumerate", "--trials", "200", "--quick", "--json", str(path)])
+                 "score+leave-one-out", "enumerate", "--trials", "200", "--quick", "--json", str(path),
+                 "--plot", str(png)])
     assert code == 0
     out = capsys.readouterr().out
     assert "pathwise" in out and "score+leave-one-out" in out
@@ -27,6 +29,7 @@ def test_compare_writes_json_and_table(tmp_path, capsys):
     assert ok["status"] == "ok" and len(ok["mean"]) == len(ok["exact"]) == 2
     assert ok["variance"] > 0 and ok["seconds"] > 0
     assert rows[("bernoulli-0.499", "enumerate")]["variance"] == 0.0
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = Report.from_json(path.read_text())
     assert Report.from_json(report.to_json()).to_json() == report.to_json()
 
@@ -38,7 +41,7 @@ def test_unknown_problem_lists_valid_ones(capsys):
 
 
 def test_bad_samples_exit_code(capsys):
-    assert main(["compare", "--samples", "0", "--quick"]) == 2
+    assert main(["compare", "--samples", "0", "--quick", "--plot", ""]) == 2
     assert "--samples=0" in capsys.readouterr().err
 
 

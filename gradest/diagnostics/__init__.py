@@ -1,6 +1,10 @@
-"""Diagnostics: measure which estimator wins on a problem."""
+"""Diagnostics: measure which estimator wins on a problem, and recommend one."""
 
-from gradest.diagnostics.compare import ESTIMATORS, PROBLEMS, compare
+from gradest.diagnostics.compare import ESTIMATORS, PROBLEMS, compare, sweep_samples, sweep_temperature
+from gradest.diagnostics.recommend import Recommendation, recommend
 from gradest.diagnostics.report import Report, Row
 
-__all__ = ["compare", "Report", "Row", "ESTIMATORS", "PROBLEMS"]
+__all__ = [
+    "compare", "sweep_samples", "sweep_temperature", "recommend", "Recommendation", "Report", "Row",
+    "ESTIMATORS", "PROBLEMS",
+]

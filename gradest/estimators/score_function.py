@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent, OneHotCategorical
 
 from gradest.estimators.base import Draw, Estimator
 from gradest.estimators.baselines import Baseline
@@ -65,8 +66,7 @@ class ScoreFunction(Estimator):
             self.baseline.check(dist, n)
 
     def draw(self, dist: Distribution, n: int) -> Draw:
-        value = dist.sample((n,))
-        log_prob = dist.log_prob(value)
+        value, log_prob = _sample_with_log_prob(dist, n)
         return Draw(value, log_prob, dist, {"box": magic_box(log_prob)})
 
     def weight(self, draw: Draw) -> Tensor:
@@ -76,3 +76,36 @@ class ScoreFunction(Estimator):
         if self.baseline is None:
             return None
         return self.baseline.term(draw, cost, draw.extra["box"])
+
+
+def _sample_with_log_prob(dist: Distribution, n: int) -> tuple[Tensor, Tensor]:
+    """``dist.sample((n,))`` and ``dist.log_prob`` of it, with a shortcut for one-hot categoricals.
+
+    ``OneHotCategorical.log_prob`` recovers each sample's index with ``value.max(-1)``, and its sampler
+    recomputes the probabilities with a softmax of logits that the constructor has already
+    normalised. For exactly ``OneHotCategorical``, possibly inside ``Independent``, the indices are
+    drawn from ``exp(logits)`` (the same probabilities, up to rounding; the user's cached ``probs``
+    when present) and their log-probabilities gathered directly, as a hand-written surrogate would.
+    Subclasses and every other family take the general path.
+    """
+    sums: list[int] = []
+    base = dist
+    while type(base) is Independent:
+        sums.append(base.reinterpreted_batch_ndims)
+        base = base.base_dist
+    if type(base) is not OneHotCategorical:
+        value = dist.sample((n,))
+        return value, dist.log_prob(value)
+    categorical = base._categorical
+    logits = categorical.logits  # normalised: log-probabilities
+    k = logits.shape[-1]
+    with torch.no_grad():
+        probs = vars(categorical).get("probs")
+        probs = logits.exp() if probs is None else probs
+        index = torch.multinomial(probs.reshape(-1, k), n, True).T.reshape((n,) + logits.shape[:-1])
+    value = torch.nn.functional.one_hot(index, k).to(logits)
+    log_prob = logits.expand((n,) + logits.shape).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    for d in reversed(sums):  # as Independent.log_prob: sum the d rightmost dims, innermost first
+        if d > 0:
+            log_prob = log_prob.reshape(log_prob.shape[: log_prob.dim() - d] + (-1,)).sum(-1)
+    return value, log_prob

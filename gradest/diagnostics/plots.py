@@ -1,0 +1,95 @@
+"""Matplotlib figures from a Report (imported lazily: matplotlib is in the ``cli`` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gradest.diagnostics.report import Report, Row
+
+__all__ = ["plot_report"]
+
+
+def _ok(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if r.status == "ok"]
+
+
+def _bars(ax, rows: list[Row]) -> None:  # noqa: ANN001
+    problems = list(dict.fromkeys(r.problem for r in rows))
+    estimators = list(dict.fromkeys(r.estimator for r in rows))
+    width = 0.8 / max(1, len(estimators))
+    for j, e in enumerate(estimators):
+        xs, ys = [], []
+        for i, p in enumerate(problems):
+            match = [r for r in rows if r.problem == p and r.estimator == e]
+            if match and match[0].variance > 0:
+                xs.append(i + (j - (len(estimators) - 1) / 2) * width)
+                ys.append(match[0].variance / max(r.variance for r in rows if r.problem == p))
+        ax.bar(xs, ys, width, label=e)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(problems)), problems, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("variance / worst on problem")
+    ax.set_title("Variance of each estimator (zero-variance enumeration not drawn)")
+    ax.legend(fontsize=7, ncol=2)
+
+
+def _samples(ax, rows: list[Row]) -> None:  # noqa: ANN001
+    for e in dict.fromkeys(r.estimator for r in rows):
+        pts = sorted((r.n, r.variance) for r in rows if r.estimator == e and r.variance > 0)
+        if not pts:
+            continue
+        ns, vs = zip(*pts)
+        line = ax.plot(ns, vs, "o-", label=e)[0]
+        ax.plot(ns, [vs[0] * ns[0] / n for n in ns], ":", color=line.get_color(), alpha=0.6)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("samples n")
+    ax.set_ylabel("variance")
+    ax.set_title(f"Variance against n on {rows[0].problem} (dotted: ∝ 1/n)")
+    ax.legend(fontsize=7)
+
+
+def _temperature(ax, rows: list[Row]) -> None:  # noqa: ANN001
+    pts = sorted((r.setting["temperature"], r.bias or 0.0, r.variance) for r in rows)
+    ts, bias, var = zip(*pts)
+    ax.plot(ts, [b * b for b in bias], "o-", label="bias²")
+    ax.plot(ts, var, "s-", label="variance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("temperature")
+    ax.set_title(f"Gumbel-Softmax on {rows[0].problem}: bias² against variance")
+    ax.legend(fontsize=7)
+
+
+def plot_report(report: Report, path: str | Path) -> Path:
+    """Write a PNG with one panel per kind of result in ``report``.
+
+    Panels: per-problem variance bars (comparison rows), variance against n on log–log axes with
+    the 1/n slope (rows swept over n), bias² and variance against the Gumbel-Softmax temperature
+    (rows swept over temperature).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _ok(report.rows)
+    kinds = {
+        "bars": [r for r in rows if not r.setting],
+        "n": [r for r in rows if "n" in r.setting],
+        "temperature": [r for r in rows if "temperature" in r.setting],
+    }
+    kinds = {k: v for k, v in kinds.items() if v}
+    if not kinds:
+        raise ValueError("plot_report: the report has no measured rows to plot.")
+    cols = len(kinds)
+    fig, axes = plt.subplots(1, cols, figsize=(6.5 * cols, 4.8), squeeze=False)
+    draw = {"bars": _bars, "n": _samples, "temperature": _temperature}
+    for ax, (kind, rs) in zip(axes[0], kinds.items()):
+        draw[kind](ax, rs)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
