@@ -20,6 +20,7 @@ Implementations (``--impls``, comma-separated; the reference ``rloo`` always run
                      the cost of torch.distributions from the cost of gradest)
     gradest          (b) gradest.expectation(f, Independent(OneHotCategorical), ScoreFunction(LeaveOneOut()), n=4)
     gradest-noval    (b) with gradest.set_validation(False) during its steps (no NaN check)
+    graph            (b) written with gradest.Graph: one node, the reconstruction cost per image
     gumbel           (c) hand-written Gumbel-Softmax, temperature 0.5 (biased)
     pyro             (d) Pyro TraceGraph_ELBO, decaying-average baseline
     pyro-nobaseline      Pyro TraceGraph_ELBO, no baseline (Pyro's default)
@@ -87,7 +88,7 @@ VARIANCE_SEED = 1000  # + the implementation's index in IMPLS: independent strea
 PYRO_BASELINE_WARMUP = 50  # training batches that settle Pyro's decaying average before measuring
 TEMPERATURE = 0.5  # Gumbel-Softmax
 
-IMPLS = ("rloo", "rloo-dist", "gradest", "gradest-noval", "gumbel", "pyro", "pyro-nobaseline", "storch")
+IMPLS = ("rloo", "rloo-dist", "gradest", "gradest-noval", "graph", "gumbel", "pyro", "pyro-nobaseline", "storch")
 PEERS = {"pyro": "pyro", "pyro-nobaseline": "pyro", "storch": "storch"}  # implementation -> module
 
 
@@ -248,6 +249,20 @@ class GradestNoValidation(Gradest):
     validation = False
 
 
+class GradestGraph(Gradest):
+    """(b) as a one-node ``gradest.Graph``: the loss sums the costs, so each image's cost is divided by B."""
+
+    name = "graph"
+
+    def backward(self, x: Tensor) -> None:
+        dec = self.model.dec
+        q = Independent(OneHotCategorical(logits=self.model.enc(x).view(-1, LATENTS, CATEGORIES)), 1)
+        with gradest.Graph() as g:
+            z = g.sample("z", q, self.estimator, n=N)
+            g.cost(-log_lik(dec, z, x) / x.shape[0], name="reconstruction")
+        (g.loss() + kl_uniform(q.base_dist.logits).mean()).backward()
+
+
 class _gradest_validation:
     def __init__(self, enabled: bool | None) -> None:
         self.enabled = enabled
@@ -358,7 +373,7 @@ class Storch(Impl):
 
 CLASSES: dict[str, type[Impl]] = {
     c.name: c
-    for c in (HandRLOO, HandRLOODist, Gradest, GradestNoValidation, HandGumbel, PyroTraceGraph, PyroNoBaseline, Storch)
+    for c in (HandRLOO, HandRLOODist, Gradest, GradestNoValidation, GradestGraph, HandGumbel, PyroTraceGraph, PyroNoBaseline, Storch)
 }
 
 

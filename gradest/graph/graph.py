@@ -126,6 +126,7 @@ class Graph:
         self.costs: list[Cost] = []
         self.closed = False
         self._names: dict[str, int] = {}
+        self._marked = False  # whether a continuous node's probe is in autograd's graph (else: no search)
 
     # -- context ---------------------------------------------------------------------------------
 
@@ -178,7 +179,7 @@ class Graph:
             )
         estimator.check(dist, n)
 
-        parents = self._node_ids(depends_on(_dist_tensors(dist)), where)
+        parents = self._node_ids(depends_on(_dist_tensors(dist), autograd=self._marked), where) if self.nodes else set()
         ancestors = set(parents)
         for p in parents:
             ancestors |= self.nodes[p].ancestors
@@ -217,6 +218,7 @@ class Graph:
         value = node.view(plain(draw.value))
         if dist.has_enumerate_support or (isinstance(dist, Independent) and dist.base_dist.has_enumerate_support):
             return Provenance.wrap(value, (probe,))
+        self._marked = True
         return mark(value, probe)
 
     def _place(self, depth: int, m: int, pairable: bool) -> int:
@@ -241,7 +243,7 @@ class Graph:
         if not isinstance(value, Tensor):
             raise TypeError(f"Graph.cost: value={type(value).__name__} must be a tensor computed from the samples.")
         name = name if name is not None else f"cost{len(self.costs)}"
-        direct = self._node_ids(depends_on([value]), where)
+        direct = self._node_ids(depends_on([value], autograd=self._marked), where)
         deps = set(direct)
         for i in direct:
             deps |= self.nodes[i].ancestors
