@@ -373,7 +373,10 @@ class Storch(Impl):
 
 CLASSES: dict[str, type[Impl]] = {
     c.name: c
-    for c in (HandRLOO, HandRLOODist, Gradest, GradestNoValidation, GradestGraph, HandGumbel, PyroTraceGraph, PyroNoBaseline, Storch)
+    for c in (
+        HandRLOO, HandRLOODist, Gradest, GradestNoValidation, GradestGraph, HandGumbel, PyroTraceGraph, PyroNoBaseline,
+        Storch,
+    )
 }
 
 

@@ -95,27 +95,23 @@ def plain(t: Tensor) -> Tensor:
     return t.as_subclass(Tensor) if isinstance(t, Provenance) else t
 
 
-def depends_on(tensors: Iterable[Tensor], *, autograd: bool = True) -> list[Tensor]:
+def depends_on(tensors: Iterable[Tensor]) -> list[Tensor]:
     """The probes that ``tensors`` depend on (see :func:`_depends_on`).
-
-    ``autograd=False`` skips the search of autograd's graph, when no probe can be there (no continuous
-    node has been sampled yet): then only :class:`Provenance` is read, at no cost.
 
     torch.compile cannot trace autograd's graph, so there the search runs outside the compiled
     region (a graph break); ``torch.compiler.disable`` is applied lazily so that importing gradest
     does not load the compiler.
     """
-    if autograd and torch.compiler.is_compiling():
-        return torch.compiler.disable(_depends_on, recursive=True)(tensors, autograd)
-    return _depends_on(tensors, autograd)
+    if torch.compiler.is_compiling():
+        return torch.compiler.disable(_depends_on, recursive=True)(tensors)
+    return _depends_on(tensors)
 
 
-def _depends_on(tensors: Iterable[Tensor], autograd: bool = True) -> list[Tensor]:
+def _depends_on(tensors: Iterable[Tensor]) -> list[Tensor]:
     """The probes that ``tensors`` depend on: reachable through autograd, or carried by Provenance.
 
     Args:
         tensors: the roots (a cost, or a distribution's parameters).
-        autograd: also search autograd's graph for the probes of continuous nodes.
 
     Returns:
         The probe tensors found (each marks one node), in no particular order.
@@ -126,8 +122,6 @@ def _depends_on(tensors: Iterable[Tensor], autograd: bool = True) -> list[Tensor
     for t in tensors:
         for p in getattr(t, "_gradest_probes", ()):
             found[id(p)] = p
-        if not autograd:
-            continue
         if t.grad_fn is not None:
             stack.append(t.grad_fn)
         elif getattr(t, "_gradest_node", None) is not None:  # a probe itself

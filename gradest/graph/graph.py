@@ -126,7 +126,6 @@ class Graph:
         self.costs: list[Cost] = []
         self.closed = False
         self._names: dict[str, int] = {}
-        self._marked = False  # whether a continuous node's probe is in autograd's graph (else: no search)
 
     # -- context ---------------------------------------------------------------------------------
 
@@ -168,7 +167,9 @@ class Graph:
         if not isinstance(name, str):
             raise TypeError(f"Graph.sample: name={name!r} must be a str.")
         if name in self._names:
-            raise ValueError(f"Graph.sample: name={name!r} is already a node of this graph; give each node its own name.")
+            raise ValueError(
+                f"Graph.sample: name={name!r} is already a node of this graph; give each node its own name."
+            )
         dist = check_distribution("Graph.sample", dist)
         n = check_n("Graph.sample", n)
         if estimator is None:
@@ -179,7 +180,7 @@ class Graph:
             )
         estimator.check(dist, n)
 
-        parents = self._node_ids(depends_on(_dist_tensors(dist), autograd=self._marked), where) if self.nodes else set()
+        parents = self._node_ids(depends_on(_dist_tensors(dist)), where)
         ancestors = set(parents)
         for p in parents:
             ancestors |= self.nodes[p].ancestors
@@ -218,7 +219,6 @@ class Graph:
         value = node.view(plain(draw.value))
         if dist.has_enumerate_support or (isinstance(dist, Independent) and dist.base_dist.has_enumerate_support):
             return Provenance.wrap(value, (probe,))
-        self._marked = True
         return mark(value, probe)
 
     def _place(self, depth: int, m: int, pairable: bool) -> int:
@@ -243,7 +243,7 @@ class Graph:
         if not isinstance(value, Tensor):
             raise TypeError(f"Graph.cost: value={type(value).__name__} must be a tensor computed from the samples.")
         name = name if name is not None else f"cost{len(self.costs)}"
-        direct = self._node_ids(depends_on([value], autograd=self._marked), where)
+        direct = self._node_ids(depends_on([value]), where)
         deps = set(direct)
         for i in direct:
             deps |= self.nodes[i].ancestors
