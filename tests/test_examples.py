@@ -1,0 +1,59 @@
+"""The examples in ``examples/`` run end to end with tiny settings and return finite numbers.
+
+They are scripts, not a package, so each is loaded from its file; its ``main(argv)`` returns a dict
+of the figures it printed. How well they learn with the default settings is in their docstrings.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _keep_global_rng():
+    """The examples seed torch's global generator; give it back as it was."""
+    with torch.random.fork_rng():
+        yield
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_graph_categorical_vae(capsys):
+    out = load("graph_categorical_vae").main(["--steps", "4", "--eval-every", "2", "--eval-samples", "2"])
+    assert math.isfinite(out["elbo"]) and out["elbo"] < 0
+    assert [step for step, _ in out["history"]] == [2, 4]
+    assert "final: ELBO" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("discrete", ["score", "enumerate"])
+def test_graph_hierarchical(discrete, capsys):
+    out = load("graph_hierarchical").main(["--discrete", discrete, "--steps", "4", "--points", "64", "--batch", "16",
+                                           "--eval-every", "4", "--repeats", "3"])
+    assert all(math.isfinite(out[k]) for k in ("elbo", "log_px", "ari"))
+    assert out["elbo"] <= out["log_px"] + 0.5  # a bound, up to the Monte Carlo error of 64 draws of y
+    for head, total in out["variance"].values():
+        assert math.isfinite(head) and math.isfinite(total) and total >= head >= 0
+    assert "final:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("baseline", ["critic", "average", "none"])
+def test_graph_hard_attention_critic(baseline, capsys):
+    out = load("graph_hard_attention_critic").main(["--baseline", baseline, "--steps", "4", "--batch", "8",
+                                                    "--eval-every", "2"])
+    assert 0.0 <= out["accuracy"] <= 1.0
+    assert [step for step, _ in out["history"]] == [2, 4]
+    assert "final: baseline" in capsys.readouterr().out
