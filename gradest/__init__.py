@@ -6,19 +6,25 @@ whose autograd gradient is the estimator. See ``gradest.expectation``.
 
 from gradest._validation import is_validation_enabled, set_validation
 from gradest.estimators import (
+    ARM,
     Baseline,
     Constant,
     ControlVariate,
     Critic,
+    DisARM,
     Draw,
     Enumerate,
     Estimator,
+    GumbelRao,
+    GumbelSoftmax,
     ImplicitReparam,
     LeaveOneOut,
+    MeasureValued,
     MovingAverage,
     OptimalConstant,
     Pathwise,
     ScoreFunction,
+    StraightThrough,
 )
 from gradest.expect import expectation
 from gradest.graph import Graph
@@ -46,4 +52,10 @@ __all__ = [
     "OptimalConstant",
     "Critic",
     "ControlVariate",
+    "GumbelSoftmax",
+    "StraightThrough",
+    "GumbelRao",
+    "ARM",
+    "DisARM",
+    "MeasureValued",
 ]

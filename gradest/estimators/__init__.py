@@ -10,11 +10,15 @@ from gradest.estimators.baselines import (
     MovingAverage,
     OptimalConstant,
 )
+from gradest.estimators.arm import ARM, DisARM
 from gradest.estimators.enumerate import Enumerate
+from gradest.estimators.measure_valued import MeasureValued
 from gradest.estimators.pathwise import ImplicitReparam, Pathwise
+from gradest.estimators.relaxed import GumbelRao, GumbelSoftmax, StraightThrough
 from gradest.estimators.score_function import ScoreFunction
 
 __all__ = [
     "Draw", "Estimator", "default_for", "Baseline", "Constant", "ControlVariate", "Critic", "LeaveOneOut",
     "MovingAverage", "OptimalConstant", "Enumerate", "ImplicitReparam", "Pathwise", "ScoreFunction",
+    "GumbelSoftmax", "StraightThrough", "GumbelRao", "ARM", "DisARM", "MeasureValued",
 ]

@@ -65,6 +65,11 @@ class Estimator(nn.Module):
     unbiased: ClassVar[bool] = True
     """A claim that the test registry checks against exact gradients."""
 
+    elementwise: ClassVar[bool] = False
+    """Whether the rule needs each cost element to depend only on its own batch element of the
+    distribution (it varies all batch elements at once along its sample dimension, as enumeration
+    and measure-valued perturbations do). A Graph refuses costs that reduce such a node's batch."""
+
     def check(self, dist: Distribution, n: int) -> None:
         """Raise ``NotImplementedError``/``ValueError`` if this rule cannot handle ``dist`` with ``n``."""
 

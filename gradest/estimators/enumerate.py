@@ -65,6 +65,7 @@ class Enumerate(Estimator):
     """
 
     unbiased = True
+    elementwise = True
 
     def __init__(self, *, budget: int = 2**16) -> None:
         super().__init__()

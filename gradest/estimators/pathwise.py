@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 from torch.distributions import Distribution, Independent
 
 from gradest._validation import describe

@@ -275,6 +275,13 @@ class Graph:
         batch = value.shape[depth:]
         for i in sorted(deps):
             node = self.nodes[i]
+            if node.estimator.elementwise and len(batch) < len(node.batch):
+                raise ValueError(
+                    f"Graph.cost: cost {name!r} has batch shape {tuple(batch)} but depends on node "
+                    f"{node.name!r} (batch shape {tuple(node.batch)}), whose {type(node.estimator).__name__} "
+                    "varies all batch elements at once; keep the node's batch dims in the cost, or make "
+                    "the coupled coordinates one event with Independent(...)."
+                )
             for d, (size, own) in enumerate(zip(batch, node.batch)):
                 if size != own and own != 1:  # a size-1 dim would count the cost once per node element
                     raise ValueError(

@@ -180,10 +180,18 @@ def test_enumerate_budget_is_over_the_joint_support() -> None:
 def test_cost_with_fewer_batch_dims_than_an_enumerated_node() -> None:
     with Graph() as g:
         b = g.sample("b", Bernoulli(logits=torch.zeros(3, requires_grad=True)), Enumerate())  # [2, 3]
-        g.cost(b.sum(-1))
-    with pytest.raises(ValueError, match=r"Graph.loss: cost 'cost0' has 0 batch dims but depends on enumerated "
-                                         r"node 'b' with 1"):
-        g.loss()
+        with pytest.raises(ValueError, match=r"Graph.cost: cost 'cost0' has batch shape \(\) but depends on node "
+                                             r"'b' \(batch shape \(3,\)\), whose Enumerate varies all batch"):
+            g.cost(b.sum(-1))
+
+
+def test_cost_reducing_the_batch_of_a_measure_valued_node() -> None:
+    from gradest import MeasureValued
+
+    with Graph() as g:
+        x = g.sample("x", Normal(torch.zeros(3, requires_grad=True), 1.0), MeasureValued())
+        with pytest.raises(ValueError, match=r"node 'x' \(batch shape \(3,\)\), whose MeasureValued varies"):
+            g.cost(x.sum(-1))
 
 
 def test_loss_without_costs() -> None:

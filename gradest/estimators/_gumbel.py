@@ -1,0 +1,249 @@
+r"""Gumbel and logistic noise, their conditional versions, and Concrete log-densities, all finite.
+
+Shared by the relaxed estimators (``relaxed.py``: GumbelSoftmax, GumbelRao) and by REBAR/RELAX
+(``rebar_relax.py``). Everything is computed in log space from uniforms drawn in the *open* interval,
+so no value here is ever ±inf or NaN for finite logits, whatever the dtype or temperature:
+
+- ``uniform``: U in [tiny, 1 − ε/2] (``torch.rand`` can return exactly 0);
+- ``exponential``: E = −log U > 0;
+- ``gumbel``: G = −log E, the Gumbel-max trick's noise: argmax(logits + G) ∼ Categorical(logits);
+- ``logistic``: L = log U − log(1 − U), the binary case: 1[logits + L > 0] ∼ Bernoulli(logits);
+- ``conditional_gumbel``, ``conditional_logistic``: the same noise conditioned on the discrete
+  sample it produces (REBAR's z̃ | b, Gumbel-Rao's G | D);
+- ``concrete_log_prob``, ``binary_concrete_log_prob``: log-densities of relaxed samples from their
+  log-space representation (torch's ``RelaxedOneHotCategorical.log_prob`` takes log y of a sample
+  y that may have rounded to 0).
+
+The conditional samplers are differentiable in ``logits``: ``logits + conditional_gumbel(logits, ...)``
+is the reparameterisation of the conditional perturbed logits that REBAR differentiates through.
+Estimators that treat the noise as fixed (Gumbel-Rao) pass it through ``stop_gradient``.
+
+These names are stable: ``uniform``, ``exponential``, ``gumbel``, ``logistic``, ``conditional_gumbel``,
+``conditional_logistic``, ``concrete_log_prob``, ``binary_concrete_log_prob``.
+
+References:
+    Maddison et al. (2014). A* Sampling. NeurIPS. arXiv:1411.0030.
+    Maddison et al. (2017). The Concrete Distribution: A Continuous Relaxation of Discrete Random
+    Variables. ICLR. arXiv:1611.00712.
+    Tucker et al. (2017). REBAR: Low-Variance, Unbiased Gradient Estimates for Discrete Latent
+    Variable Models. NeurIPS. arXiv:1703.07370.
+    Paulus et al. (2021). Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient Estimator.
+    ICLR. arXiv:2010.04838.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.nn.functional import logsigmoid
+
+__all__ = [
+    "uniform",
+    "exponential",
+    "gumbel",
+    "logistic",
+    "conditional_gumbel",
+    "conditional_logistic",
+    "concrete_log_prob",
+    "binary_concrete_log_prob",
+]
+
+Shape = Sequence[int] | torch.Size
+
+
+def _broadcast(a: Shape, b: Shape) -> torch.Size:
+    """The broadcast of two shapes (``torch.broadcast_shapes`` imports sympy on first use: ~1 s)."""
+    a, b = tuple(a), tuple(b)
+    width = max(len(a), len(b))
+    a, b = (1,) * (width - len(a)) + a, (1,) * (width - len(b)) + b
+    out = []
+    for x, y in zip(a, b):
+        if x != y and 1 not in (x, y):
+            raise ValueError(f"shapes {a} and {b} do not broadcast")
+        out.append(y if x == 1 else x)
+    return torch.Size(out)
+
+
+def uniform(
+    shape: Shape,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Uniform noise in the open interval (0, 1): ``torch.rand`` clamped to ``[tiny, 1 − ε/2]``.
+
+    ``torch.rand`` draws from [0, 1) on a grid of spacing ε/2, so the clamp only moves an exact 0.
+    """
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    u = torch.rand(tuple(shape), dtype=dtype, device=device, generator=generator)
+    info = torch.finfo(dtype)
+    return u.clamp(min=info.tiny, max=1 - info.eps / 2)
+
+
+def exponential(
+    shape: Shape,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Standard exponential noise E = −log U, strictly positive and finite."""
+    return -torch.log(uniform(shape, dtype=dtype, device=device, generator=generator))
+
+
+def gumbel(
+    shape: Shape,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Standard Gumbel noise :math:`G = -\log(-\log U)`, finite.
+
+    ``argmax(logits + G)`` is an exact sample of ``Categorical(logits=logits)`` (the Gumbel-max trick),
+    and ``softmax((logits + G) / temperature)`` is a Concrete sample.
+    """
+    return -torch.log(exponential(shape, dtype=dtype, device=device, generator=generator))
+
+
+def logistic(
+    shape: Shape,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Standard logistic noise :math:`L = \log U - \log(1 - U)`, finite (the difference of two Gumbels).
+
+    ``1[logits + L > 0]`` is an exact sample of ``Bernoulli(logits=logits)``, and
+    ``sigmoid((logits + L) / temperature)`` is a binary Concrete sample.
+    """
+    u = uniform(shape, dtype=dtype, device=device, generator=generator)
+    return torch.log(u) - torch.log1p(-u)
+
+
+def conditional_gumbel(
+    logits: Tensor, index: Tensor, *, generator: torch.Generator | None = None
+) -> Tensor:
+    r"""Gumbel noise conditioned on the argmax it produces: :math:`G \mid \arg\max_k(\ell_k + G_k) = i`.
+
+    Top-down construction (Maddison et al. 2014; Tucker et al. 2017, appendix): with
+    :math:`E_k \sim \mathrm{Exp}(1)` i.i.d. and :math:`Z = \operatorname{logsumexp}(\ell)`, the
+    maximum is :math:`z_i = Z - \log E_i` (a Gumbel with location Z), and every other coordinate is a
+    Gumbel(ℓ_k) truncated below it:
+
+    .. math::
+        z_k = -\log\bigl(e^{-z_i} + E_k e^{-\ell_k}\bigr)
+            = -\operatorname{logaddexp}\bigl(\log E_i - Z,\; \log E_k - \ell_k\bigr), \qquad k \ne i.
+
+    The returned noise is :math:`z - \ell`, so ``logits + noise`` has its argmax at ``index`` and,
+    averaged over index ∼ Categorical(logits), is distributed as ``logits + gumbel(...)``.
+
+    Args:
+        logits: ``[*S, K]`` (or broadcastable to it) unnormalised log-probabilities.
+        index: ``[*S]`` integer tensor, the argmax to condition on.
+        generator: optional ``torch.Generator`` for the noise.
+
+    Returns:
+        ``[*S, K]`` noise, differentiable in ``logits`` (the reparameterisation REBAR needs; detach
+        it to treat the noise as fixed).
+    """
+    k = logits.shape[-1]
+    shape = _broadcast(index.shape + (k,), logits.shape)
+    logits = logits.expand(shape)
+    log_e = torch.log(exponential(shape, dtype=logits.dtype, device=logits.device, generator=generator))
+    lse = torch.logsumexp(logits, -1, keepdim=True)
+    at = index.expand(shape[:-1]).unsqueeze(-1)
+    log_e_top = log_e.gather(-1, at)
+    top = lse - log_e_top  # the maximum, [*S, 1]
+    others = -torch.logaddexp(log_e_top - lse, log_e - logits)
+    is_top = torch.zeros(shape, dtype=torch.bool, device=logits.device).scatter_(-1, at, True)
+    z = torch.where(is_top, top.expand(shape), others)
+    return z - logits
+
+
+def conditional_logistic(
+    logits: Tensor, b: Tensor, *, generator: torch.Generator | None = None
+) -> Tensor:
+    r"""Logistic noise conditioned on the bit it produces: :math:`L \mid 1[\ell + L > 0] = b`.
+
+    With :math:`L = \operatorname{logit} U` and :math:`p = \sigma(\ell)`, the bit is 1 exactly when
+    :math:`U > 1 - p`, so U given b is uniform on (1 − p, 1) or (0, 1 − p). With V ∼ U(0, 1), in log
+    space (``ls`` = log-sigmoid):
+
+    .. math::
+        b = 1:\; L = \operatorname{logaddexp}\bigl(\mathrm{ls}(-\ell), \mathrm{ls}(\ell) + \log(1 - V)\bigr)
+                     - \mathrm{ls}(\ell) - \log V \\
+        b = 0:\; L = \mathrm{ls}(-\ell) + \log V
+                     - \operatorname{logaddexp}\bigl(\mathrm{ls}(\ell), \mathrm{ls}(-\ell) + \log(1 - V)\bigr)
+
+    Args:
+        logits: ``[*S]`` (or broadcastable) logits of the Bernoulli.
+        b: ``[*S]`` bits (0/1, float or bool) to condition on.
+        generator: optional ``torch.Generator`` for the noise.
+
+    Returns:
+        ``[*S]`` noise L with ``1[logits + L > 0] == b``, differentiable in ``logits``.
+    """
+    shape = _broadcast(b.shape, logits.shape)
+    logits = logits.expand(shape)
+    v = uniform(shape, dtype=logits.dtype, device=logits.device, generator=generator)
+    log_v, log_1mv = torch.log(v), torch.log1p(-v)
+    lp, lq = logsigmoid(logits), logsigmoid(-logits)  # log p, log(1 − p)
+    one = torch.logaddexp(lq, lp + log_1mv) - lp - log_v
+    zero = lq + log_v - torch.logaddexp(lp, lq + log_1mv)
+    return torch.where(b.expand(shape).bool(), one, zero)
+
+
+def concrete_log_prob(logits: Tensor, log_value: Tensor, temperature: float) -> Tensor:
+    r"""Log-density of a Concrete (relaxed one-hot) point y on the simplex, from log y.
+
+    .. math::
+        \log p(y) = \log (K-1)! + (K-1)\log\tau + \sum_k \bigl(\ell_k - (\tau + 1)\log y_k\bigr)
+                    - K \operatorname{logsumexp}_k(\ell_k - \tau \log y_k)
+
+    (Maddison et al. 2017, eq. 8, with respect to Lebesgue measure on the first K − 1 coordinates,
+    as torch's ``RelaxedOneHotCategorical.log_prob``). Computed from ``log_value = log_softmax(...)``
+    it is finite even where y rounds to 0.
+
+    Args:
+        logits: ``[*S, K]`` (broadcastable) logits of the categorical.
+        log_value: ``[*S, K]`` log y, e.g. ``log_softmax((logits + G) / temperature, -1)``.
+        temperature: τ > 0.
+
+    Returns:
+        ``[*S]`` log-densities.
+    """
+    k = log_value.shape[-1]
+    scores = logits - temperature * log_value
+    const = math.lgamma(k) + (k - 1) * math.log(temperature)
+    return const + (scores - log_value).sum(-1) - k * torch.logsumexp(scores, -1)
+
+
+def binary_concrete_log_prob(logits: Tensor, logit_value: Tensor, temperature: float) -> Tensor:
+    r"""Log-density of a binary Concrete point y = σ(x) on (0, 1), from its logit x.
+
+    With x = (ℓ + L)/τ and L standard logistic, x is logistic with location ℓ/τ and scale 1/τ, so
+
+    .. math::
+        \log p(y) = \log\tau + \ell - \tau x - 2\operatorname{softplus}(\ell - \tau x)
+                    - \mathrm{ls}(x) - \mathrm{ls}(-x)
+
+    (the last two terms are the log-Jacobian of y = σ(x); equal to torch's
+    ``RelaxedBernoulli.log_prob(y)`` wherever that is finite, and finite where y rounds to 0 or 1).
+
+    Args:
+        logits: ``[*S]`` (broadcastable) logits of the Bernoulli.
+        logit_value: ``[*S]`` x, the logit of the relaxed sample.
+        temperature: τ > 0.
+
+    Returns:
+        ``[*S]`` log-densities.
+    """
+    diff = logits - temperature * logit_value
+    log_logistic = math.log(temperature) + diff - 2 * torch.nn.functional.softplus(diff)
+    return log_logistic - logsigmoid(logit_value) - logsigmoid(-logit_value)

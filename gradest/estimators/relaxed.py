@@ -1,0 +1,384 @@
+r"""Relaxations and straight-through rules for discrete samples: GumbelSoftmax, StraightThrough, GumbelRao.
+
+All three are pathwise rules for Bernoulli, Categorical and OneHotCategorical samples (and
+``Independent`` of these): f is evaluated at points that carry a gradient, so the surrogate is just
+the mean cost and the estimator is autograd's. They are *biased*; each docstring says towards what.
+
+What f receives:
+
+- ``Bernoulli``: ``[n, *B]`` (``Independent``: ``[n, *B, *R]``) floats: relaxed values in (0, 1), or
+  exact 0/1 bits whose gradient is that of a soft value;
+- ``Categorical`` and ``OneHotCategorical``: one-hot-shaped ``[n, *B, K]`` floats (for ``Categorical``
+  too, whose own samples are indices: an index carries no gradient, so these rules hand f the one-hot
+  vector; write f as ``(x * table).sum(-1)`` or ``x @ embedding`` rather than ``table[x]``).
+
+References:
+    Maddison et al. (2017). The Concrete Distribution: A Continuous Relaxation of Discrete Random
+    Variables. ICLR. arXiv:1611.00712.
+    Jang et al. (2017). Categorical Reparameterization with Gumbel-Softmax. ICLR. arXiv:1611.01144.
+    Bengio et al. (2013). Estimating or Propagating Gradients Through Stochastic Neurons.
+    arXiv:1308.3432.
+    Paulus et al. (2021). Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient Estimator.
+    ICLR. arXiv:2010.04838.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import cast
+
+import torch
+from torch import Tensor
+from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
+
+from gradest._validation import describe
+from gradest.estimators._gumbel import (
+    binary_concrete_log_prob,
+    concrete_log_prob,
+    conditional_gumbel,
+    conditional_logistic,
+    gumbel,
+    logistic,
+)
+from gradest.estimators.base import Draw, Estimator
+from gradest.surrogate import stop_gradient, straight_through
+
+__all__ = ["GumbelSoftmax", "StraightThrough", "GumbelRao"]
+
+_FAMILIES = "Bernoulli, Categorical, OneHotCategorical (and Independent of these)"
+
+LOW_PRECISION_TEMPERATURE = 0.05
+"""Below this temperature, parameters narrower than float64 get a warning (see ``_check_precision``)."""
+
+
+def _leaf(dist: Distribution) -> Distribution:
+    """The distribution inside any ``Independent`` wrappers."""
+    while isinstance(dist, Independent):
+        dist = dist.base_dist
+    return dist
+
+
+def _event_dims(dist: Distribution, leaf: Distribution) -> int:
+    """How many of the leaf's batch dims ``Independent`` reinterpreted as event dims (R)."""
+    return len(leaf.batch_shape) - len(dist.batch_shape)
+
+
+def _sum_last(x: Tensor, r: int) -> Tensor:
+    return x.sum(tuple(range(-r, 0))) if r else x
+
+
+def _logits(leaf: Distribution) -> Tensor:
+    """The logits of a Bernoulli or (one-hot) categorical leaf, differentiable (from probs if built so)."""
+    return cast("Bernoulli | Categorical | OneHotCategorical", leaf).logits
+
+
+def _probs(leaf: Distribution) -> Tensor:
+    """The probabilities of a Bernoulli or (one-hot) categorical leaf, differentiable."""
+    return cast("Bernoulli | Categorical | OneHotCategorical", leaf).probs
+
+
+def _check_family(where: str, dist: Distribution, fix: str) -> Distribution:
+    leaf = _leaf(dist)
+    if not isinstance(leaf, (Bernoulli, Categorical, OneHotCategorical)):
+        raise NotImplementedError(
+            f"{where}: dist={describe(dist)} is not a Bernoulli or categorical family; it supports {_FAMILIES}. {fix}"
+        )
+    return leaf
+
+
+def _parameter(leaf: Distribution) -> Tensor:
+    """The tensor the distribution was built from (logits or probs), without computing the other."""
+    own = vars(leaf._categorical) if isinstance(leaf, OneHotCategorical) else vars(leaf)
+    return own["logits"] if "logits" in own else own["probs"]
+
+
+def _check_temperature(where: str, temperature: object) -> float:
+    """A finite float > 0, else a ``TypeError``/``ValueError`` naming the value."""
+    if isinstance(temperature, Tensor) and temperature.numel() == 1:
+        temperature = float(temperature)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(
+            f"{where}: temperature={temperature!r} must be a float > 0; values between 0.1 and 1 are typical."
+        )
+    if not (0 < temperature < math.inf):
+        raise ValueError(f"{where}: temperature={temperature} must be > 0; values between 0.1 and 1 are typical.")
+    return float(temperature)
+
+
+def _check_precision(where: str, temperature: float, leaf: Distribution) -> None:
+    """Warn for parameters narrower than float64 at temperatures below ``LOW_PRECISION_TEMPERATURE``."""
+    dtype = _parameter(leaf).dtype
+    if temperature < LOW_PRECISION_TEMPERATURE and torch.finfo(dtype).bits < 64:
+        warnings.warn(
+            f"{where}: temperature={temperature:g} with {dtype} parameters: relaxed samples round to exactly "
+            "0 or 1 and most gradients underflow to zero while a few are of order 1/temperature; use "
+            f"float64, or a temperature >= {LOW_PRECISION_TEMPERATURE} (anneal towards it rather than below).",
+            stacklevel=4,  # past check() and expectation()/Graph.sample(): the user's line
+        )
+
+
+class _Temperature(Estimator):
+    """A rule with a ``temperature`` attribute, checked whenever it is set (annealing schedules too)."""
+
+    _temperature: float
+
+    @property
+    def temperature(self) -> float:
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature = _check_temperature(type(self).__name__, value)
+
+
+class GumbelSoftmax(_Temperature):
+    r"""Concrete / Gumbel-Softmax relaxation; straight-through Gumbel with ``hard=True``.
+
+    .. math::
+        y = \operatorname{softmax}\!\Bigl(\frac{\ell + G}{\tau}\Bigr),\; G_k \sim \mathrm{Gumbel}(0, 1);
+        \qquad y = \sigma\!\Bigl(\frac{\ell + L}{\tau}\Bigr),\; L \sim \mathrm{Logistic}(0, 1)
+        \text{ (Bernoulli)}
+
+    .. math::
+        \hat g = \frac1n \sum_{i=1}^n \nabla_\theta f(y_i) \quad (\texttt{hard=False}), \qquad
+        \hat g = \frac1n \sum_{i=1}^n \frac{\partial f}{\partial x}\Big|_{x = D_i} \nabla_\theta y_i,\;
+        D_i = \operatorname{onehot}(\arg\max_k (\ell + G_i)_k) \quad (\texttt{hard=True})
+
+    With ``hard=False`` f is evaluated **only at relaxed points**: the surrogate's value estimates the
+    relaxed objective :math:`\mathbb{E}[f(y)]`, not :math:`\mathbb{E}[f(D)]`, and its gradient is
+    unbiased for the relaxed objective's gradient. With ``hard=True`` f sees exact samples D (the
+    value estimates :math:`\mathbb{E}[f(D)]`) and the gradient flows through y.
+
+    Everything is computed in log space from noise drawn in the open interval: no NaN or inf at any
+    temperature > 0 (1e-4 included) in float32 or float64. ``draw(...).extra`` holds ``noise``,
+    ``scores`` ((ℓ + G)/τ, the log-space form of y), ``soft`` (y) and ``hard`` (D);
+    :meth:`relaxed_log_prob` gives the Concrete log-density of y from the scores, finite where torch's
+    ``RelaxedOneHotCategorical.log_prob`` is not (it takes log y after y has rounded to 0).
+
+    Requires: ``dist`` is Bernoulli, Categorical or OneHotCategorical (or Independent of these),
+    from ``logits`` or ``probs``; f differentiable in x and defined on the relaxed points (for
+    Categorical, f takes one-hot-shaped ``[n, *B, K]`` input, see the module docstring).
+    Bias: towards the gradient of the relaxed objective. The bias against the true gradient shrinks
+    as the temperature falls, while the variance grows (roughly as 1/τ); ``hard=True`` adds the
+    straight-through bias. Exact only in the limit τ → 0, where the variance is infinite.
+
+    Args:
+        temperature: τ > 0; 0.1 to 1 is typical. Below 0.05 with float32 parameters a warning is
+            given (float64 is advised). The attribute may be changed between calls (annealing).
+        hard: evaluate f at exact samples and pass the relaxed gradient straight through.
+
+    Raises:
+        ValueError: temperature ≤ 0 or not finite.
+        NotImplementedError: dist is not one of the families above.
+
+    Example:
+        >>> import torch, gradest
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.zeros(3, 4, requires_grad=True)
+        >>> dist = torch.distributions.OneHotCategorical(logits=logits)
+        >>> table = torch.tensor([0.0, 1.0, 2.0, 3.0])
+        >>> s = gradest.expectation(lambda x: (x * table).sum(-1), dist, gradest.GumbelSoftmax(0.5), n=16)
+        >>> s.sum().backward(); logits.grad.shape
+        torch.Size([3, 4])
+
+    References:
+        Maddison et al. (2017). The Concrete Distribution: A Continuous Relaxation of Discrete Random
+        Variables. ICLR. arXiv:1611.00712.
+        Jang et al. (2017). Categorical Reparameterization with Gumbel-Softmax. ICLR. arXiv:1611.01144.
+    """
+
+    unbiased = False
+
+    def __init__(self, temperature: float, *, hard: bool = False) -> None:
+        super().__init__()
+        self.temperature = temperature
+        if not isinstance(hard, bool):
+            raise TypeError(f"GumbelSoftmax: hard={hard!r} must be a bool (True: straight-through Gumbel).")
+        self.hard = hard
+
+    def check(self, dist: Distribution, n: int) -> None:
+        leaf = _check_family(
+            "GumbelSoftmax", dist,
+            "For continuous families use Pathwise(); for other discrete ones ScoreFunction(LeaveOneOut()).",
+        )
+        _check_precision("GumbelSoftmax", self.temperature, leaf)
+
+    def draw(self, dist: Distribution, n: int) -> Draw:
+        leaf = _leaf(dist)
+        tau = self.temperature
+        logits = _logits(leaf)
+        if isinstance(leaf, Bernoulli):
+            noise = logistic((n, *leaf.batch_shape), dtype=logits.dtype, device=logits.device)
+            perturbed = logits + noise
+            scores = perturbed / tau  # the relaxed sample's logit
+            soft = torch.sigmoid(scores)
+            hard = (stop_gradient(perturbed) > 0).to(soft.dtype)
+        else:
+            noise = gumbel((n, *logits.shape), dtype=logits.dtype, device=logits.device)
+            perturbed = logits + noise
+            scores = perturbed / tau
+            soft = torch.softmax(scores, -1)
+            index = stop_gradient(perturbed).argmax(-1)
+            hard = torch.nn.functional.one_hot(index, logits.shape[-1]).to(soft.dtype)
+        value = straight_through(hard, soft) if self.hard else soft
+        return Draw(value, None, dist, {"noise": noise, "scores": scores, "soft": soft, "hard": hard})
+
+    def relaxed_log_prob(self, draw: Draw) -> Tensor:
+        """Log-density ``[m, *B]`` of the relaxed points ``draw.extra["soft"]`` under the Concrete
+        distribution, computed in log space from ``draw.extra["scores"]``.
+
+        Finite at every temperature and dtype (torch's ``RelaxedBernoulli.log_prob`` and
+        ``RelaxedOneHotCategorical.log_prob`` take the log of points that may have rounded to 0 or 1),
+        and differentiable in θ through both the point and the density, as a relaxed KL term needs.
+        """
+        leaf = _leaf(draw.dist)
+        logits, scores = _logits(leaf), draw.extra["scores"]
+        if isinstance(leaf, Bernoulli):
+            log_prob = binary_concrete_log_prob(logits, scores, self.temperature)
+        else:
+            log_prob = concrete_log_prob(logits, torch.log_softmax(scores, -1), self.temperature)
+        return _sum_last(log_prob, _event_dims(draw.dist, leaf))
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature:g}, hard={self.hard}"
+
+
+class StraightThrough(Estimator):
+    r"""The classic straight-through estimator: exact samples, the gradient of their mean.
+
+    .. math::
+        x_i \sim p_\theta, \qquad
+        \hat g = \frac1n \sum_{i=1}^n \frac{\partial f}{\partial x}\Big|_{x_i}
+        \frac{\partial\, \mathbb{E}_{p_\theta}[x]}{\partial \theta}
+
+    f is evaluated at ``straight_through(x, E[x])``: the value of the exact sample x (bits, or one-hot
+    vectors) and the gradient of the probabilities (σ(ℓ) for Bernoulli, softmax(ℓ) for categoricals),
+    as torch's ``OneHotCategoricalStraightThrough``. For any other non-differentiable operation
+    (round, sign, argmax, quantisation) use :func:`gradest.straight_through` directly.
+
+    Requires: ``dist`` is Bernoulli, Categorical or OneHotCategorical (or Independent of these), from
+    ``logits`` or ``probs``; f differentiable in x (for Categorical, on one-hot ``[n, *B, K]`` input).
+    Bias: none when f is linear (affine) in the sample, where every single estimate is exact;
+    otherwise towards the gradient of f linearised at the sample. Zero variance for linear f.
+
+    Example:
+        >>> import torch, gradest
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.zeros(3, requires_grad=True)
+        >>> dist = torch.distributions.Bernoulli(logits=logits)
+        >>> s = gradest.expectation(lambda b: 2 * b - 1, dist, gradest.StraightThrough(), n=4)
+        >>> s.sum().backward(); logits.grad.tolist()   # exact: d/dℓ (2σ(ℓ) − 1) = 2σ(1 − σ)
+        [0.5, 0.5, 0.5]
+
+    References:
+        Bengio et al. (2013). Estimating or Propagating Gradients Through Stochastic Neurons.
+        arXiv:1308.3432.
+    """
+
+    unbiased = False
+
+    def check(self, dist: Distribution, n: int) -> None:
+        _check_family(
+            "StraightThrough", dist,
+            "For continuous families use Pathwise(); for a custom non-differentiable operation use "
+            "gradest.straight_through(hard, soft).",
+        )
+
+    def draw(self, dist: Distribution, n: int) -> Draw:
+        leaf = _leaf(dist)
+        probs = _probs(leaf)
+        if isinstance(leaf, Categorical):
+            index = leaf.sample((n,))
+            hard = torch.nn.functional.one_hot(index, probs.shape[-1]).to(probs.dtype)
+        else:
+            hard = leaf.sample((n,))
+        value = straight_through(hard, probs.expand(hard.shape))
+        return Draw(value, None, dist, {"hard": hard})
+
+
+class GumbelRao(_Temperature):
+    r"""Gumbel-Rao: straight-through Gumbel, Rao-Blackwellised over k conditional relaxations.
+
+    .. math::
+        D \sim p_\theta, \quad G^{(j)} \sim G \mid \arg\max(\ell + G) = D \; (j = 1..k), \qquad
+        \hat g = \frac{\partial f}{\partial x}\Big|_{x=D}\,
+        \frac1k\sum_{j=1}^k \nabla_\theta \operatorname{softmax}\!\Bigl(\frac{\ell + G^{(j)}}{\tau}\Bigr)
+
+    f is evaluated at the exact sample D (one-hot, or a bit), entered as
+    ``straight_through(D, mean_j softmax((ℓ + G⁽ʲ⁾)/τ))``. The conditional noise comes from the
+    top-down construction (``conditional_gumbel``; logistic noise given the bit for Bernoulli). Its
+    mean equals that of ``GumbelSoftmax(temperature, hard=True)`` and its variance is no larger: it
+    is that estimator's conditional expectation given D, estimated with k samples. k = 1 gives
+    straight-through Gumbel itself; f is called once per sample, whatever k.
+
+    Requires: as ``GumbelSoftmax``; f differentiable in x at the one-hot (or 0/1) points.
+    Bias: that of straight-through Gumbel-Softmax at the same temperature (none for the relaxed
+    objective's gradient when f is linear), no more.
+
+    Note:
+        The noise :math:`G^{(j)}` is held fixed when differentiating (a stop-gradient on the
+        conditional sampler), so that the estimator is the conditional expectation of the
+        straight-through Gumbel gradient; the paper's text takes the total derivative through
+        :math:`G^{(j)}(\theta)`, which changes the estimator's mean.
+
+    Args:
+        k: conditional relaxations per sample, ≥ 1; 10 to 100 is typical (cost grows with k·K, no
+            extra calls of f).
+        temperature: τ > 0 of the relaxation whose gradient is passed straight through.
+
+    Raises:
+        ValueError: k < 1, temperature ≤ 0.
+        NotImplementedError: dist is not one of the families above.
+
+    Example:
+        >>> import torch, gradest
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.zeros(4, requires_grad=True)
+        >>> dist = torch.distributions.OneHotCategorical(logits=logits)
+        >>> s = gradest.expectation(lambda x: (x[..., 0] - 0.5) ** 2, dist, gradest.GumbelRao(10), n=8)
+        >>> s.backward(); logits.grad.shape
+        torch.Size([4])
+
+    References:
+        Paulus et al. (2021). Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient
+        Estimator. ICLR. arXiv:2010.04838.
+    """
+
+    unbiased = False
+
+    def __init__(self, k: int, *, temperature: float = 1.0) -> None:
+        super().__init__()
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"GumbelRao: k={k!r} must be an int >= 1; 10 to 100 is typical.")
+        if k < 1:
+            raise ValueError(f"GumbelRao: k={k} must be >= 1 (k = 1 is straight-through Gumbel); 10 to 100 is typical.")
+        self.k = k
+        self.temperature = temperature
+
+    def check(self, dist: Distribution, n: int) -> None:
+        leaf = _check_family(
+            "GumbelRao", dist,
+            "For continuous families use Pathwise(); for other discrete ones ScoreFunction(LeaveOneOut()).",
+        )
+        _check_precision("GumbelRao", self.temperature, leaf)
+
+    def draw(self, dist: Distribution, n: int) -> Draw:
+        leaf = _leaf(dist)
+        tau = self.temperature
+        logits = _logits(leaf)
+        fixed = stop_gradient(logits)
+        if isinstance(leaf, Bernoulli):
+            hard = leaf.sample((n,)).to(logits.dtype)
+            noise = conditional_logistic(fixed, hard.expand(self.k, *hard.shape))
+            soft = torch.sigmoid((logits + noise) / tau).mean(0)
+        else:
+            categorical = leaf._categorical if isinstance(leaf, OneHotCategorical) else leaf
+            index = categorical.sample((n,))
+            noise = conditional_gumbel(fixed, index.expand(self.k, *index.shape))
+            soft = torch.softmax((logits + noise) / tau, -1).mean(0)
+            hard = torch.nn.functional.one_hot(index, logits.shape[-1]).to(soft.dtype)
+        return Draw(straight_through(hard, soft), None, dist, {"noise": noise, "soft": soft, "hard": hard})
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, temperature={self.temperature:g}"
