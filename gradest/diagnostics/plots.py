@@ -16,6 +16,7 @@ def _ok(rows: list[Row]) -> list[Row]:
 def _bars(ax, rows: list[Row]) -> None:  # noqa: ANN001
     problems = list(dict.fromkeys(r.problem for r in rows))
     estimators = list(dict.fromkeys(r.estimator for r in rows))
+    colors = matplotlib_colors(len(estimators))
     width = 0.8 / max(1, len(estimators))
     for j, e in enumerate(estimators):
         xs, ys = [], []
@@ -24,12 +25,20 @@ def _bars(ax, rows: list[Row]) -> None:  # noqa: ANN001
             if match and match[0].variance > 0:
                 xs.append(i + (j - (len(estimators) - 1) / 2) * width)
                 ys.append(match[0].variance / max(r.variance for r in rows if r.problem == p))
-        ax.bar(xs, ys, width, label=e)
+        ax.bar(xs, ys, width, label=e, color=colors[j], hatch="//" if any(
+            not r.unbiased for r in rows if r.estimator == e) else None)
     ax.set_yscale("log")
     ax.set_xticks(range(len(problems)), problems, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("variance / worst on problem")
-    ax.set_title("Variance of each estimator (zero-variance enumeration not drawn)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_ylabel("variance / worst on the problem")
+    ax.set_title("Variance per estimator (hatched: biased; zero-variance rules not drawn)", fontsize=10)
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.32), frameon=False)
+
+
+def matplotlib_colors(k: int) -> list:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20" if k > 10 else "tab10"]
+    return [cmap(i) for i in range(k)]
 
 
 def _samples(ax, rows: list[Row]) -> None:  # noqa: ANN001
@@ -44,19 +53,26 @@ def _samples(ax, rows: list[Row]) -> None:  # noqa: ANN001
     ax.set_yscale("log")
     ax.set_xlabel("samples n")
     ax.set_ylabel("variance")
-    ax.set_title(f"Variance against n on {rows[0].problem} (dotted: ∝ 1/n)")
+    ax.set_title(f"Variance against n on {rows[0].problem} (dotted: ∝ 1/n)", fontsize=10)
     ax.legend(fontsize=7)
 
 
 def _temperature(ax, rows: list[Row]) -> None:  # noqa: ANN001
-    pts = sorted((r.setting["temperature"], r.bias or 0.0, r.variance) for r in rows)
-    ts, bias, var = zip(*pts)
-    ax.plot(ts, [b * b for b in bias], "o-", label="bias²")
-    ax.plot(ts, var, "s-", label="variance")
+    rows = sorted(rows, key=lambda r: r.setting["temperature"])
+    ts = [r.setting["temperature"] for r in rows]
+    noise = [sum(v * v for v in r.bias_se) for r in rows]
+    # (bias)² less its noise floor: an unbiased estimate of the squared bias; hollow where not significant
+    bias2 = [(r.bias or 0.0) ** 2 - f for r, f in zip(rows, noise)]
+    ax.plot(ts, [r.variance for r in rows], "s-", label="variance (n = 1)")
+    kept = [(t, b, r) for t, b, r in zip(ts, bias2, rows) if b > 0]  # below the noise floor: not drawn
+    line = ax.plot([t for t, _, _ in kept], [b for _, b, _ in kept], "-", label="bias² (noise floor removed)")[0]
+    for t, b, r in kept:
+        ax.plot([t], [b], "o", color=line.get_color(), fillstyle="full" if r.biased else "none")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("temperature")
-    ax.set_title(f"Gumbel-Softmax on {rows[0].problem}: bias² against variance")
+    ax.set_title(f"Gumbel-Softmax on {rows[0].problem}: bias² falls, variance grows\n"
+                 "(hollow: within noise; missing: below the noise floor)", fontsize=10)
     ax.legend(fontsize=7)
 
 
@@ -82,7 +98,7 @@ def plot_report(report: Report, path: str | Path) -> Path:
     if not kinds:
         raise ValueError("plot_report: the report has no measured rows to plot.")
     cols = len(kinds)
-    fig, axes = plt.subplots(1, cols, figsize=(6.5 * cols, 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, cols, figsize=(6.5 * cols, 5.6), squeeze=False)
     draw = {"bars": _bars, "n": _samples, "temperature": _temperature}
     for ax, (kind, rs) in zip(axes[0], kinds.items()):
         draw[kind](ax, rs)

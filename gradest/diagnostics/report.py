@@ -115,7 +115,7 @@ class Report:
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
 
-    def print(self, title: str = "gradest compare: gradient estimators on problems with exact answers") -> None:
+    def print(self, title: str = "gradest compare: bias, variance and cost of gradient estimators") -> None:
         """Print with rich when available, else as plain text."""
         try:
             from rich.console import Console

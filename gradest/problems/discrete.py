@@ -53,7 +53,12 @@ class CategoricalTable(Problem):
         return Categorical(logits=logits)
 
     def f(self, x: Tensor) -> Tensor:
-        return self.table.to(x.device)[x].to(torch.get_default_dtype() if x.is_floating_point() else self.table.dtype)
+        """``table[x]`` for indices ``[n, *B]``; for one-hot or relaxed points ``[n, *B, k]`` (as
+        relaxations give), the linear extension ``x · table``."""
+        table = self.table.to(x.device)
+        if x.is_floating_point():
+            return (x * table.to(x.dtype)).sum(-1)
+        return table[x]
 
     def objective(self, logits: Tensor) -> Tensor:
         return (torch.softmax(logits, -1) * self.table.to(logits)).sum(-1)
