@@ -36,7 +36,15 @@ def _fail(message: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
-    from gradest.diagnostics import ESTIMATORS, PROBLEMS, compare, recommend, sweep_samples, sweep_temperature
+    from gradest.diagnostics import (
+        ESTIMATORS,
+        PROBLEMS,
+        compare,
+        recommend,
+        sweep_gae_lambda,
+        sweep_samples,
+        sweep_temperature,
+    )
 
     args = _parser().parse_args(argv)
     if args.command == "problems":
@@ -65,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = report + sweep
         temp = sweep_temperature("categorical-10", trials=4 * trials, seed=args.seed)
         temp.print("Gumbel-Softmax temperature: bias falls, variance grows")
-        report = report + temp
+        lam = sweep_gae_lambda(seed=args.seed)
+        lam.print("GAE λ: one-step TD (λ = 0) inherits the critic's bias, λ = 1 pays in variance")
+        report = report + temp + lam
     if args.json:
         with open(args.json, "w") as fh:
             fh.write(report.to_json())

@@ -37,7 +37,7 @@ from gradest.problems import (
 )
 from gradest.testing.stats import sample_variance_se, z_for
 
-__all__ = ["ESTIMATORS", "PROBLEMS", "compare", "sweep_samples", "sweep_temperature"]
+__all__ = ["ESTIMATORS", "PROBLEMS", "compare", "sweep_samples", "sweep_temperature", "sweep_gae_lambda"]
 
 ESTIMATORS: dict[str, Callable[[], Estimator]] = {
     "pathwise": Pathwise,
@@ -289,3 +289,72 @@ def sweep_temperature(
             rows.append(_measure(prob, label, name, fresh, n, trials, timing_repeats, reference,
                                  {"temperature": t}))
     return Report(rows, {"sweep": "temperature", "trials": trials, "seed": seed, "torch": torch.__version__})
+
+
+def sweep_gae_lambda(
+    lambdas: Sequence[float] = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 1.0),
+    *,
+    states: int = 10,
+    gamma: float = 0.95,
+    critic_error: float = 0.5,
+    horizon: int = 200,
+    trials: int = 20000,
+    seed: int = 0,
+) -> Report:
+    r"""GAE's bias against its variance as λ goes from 0 (one-step TD) to 1 (Monte Carlo returns).
+
+    On a ring random walk (``states`` states, ±1 steps, a fixed reward per state plus N(0, 1) noise)
+    the true values :math:`V^* = (I - \gamma P)^{-1}\bar r` are known exactly; the critic is
+    :math:`V = V^* + \epsilon`, a fixed error of scale ``critic_error`` per state. For each λ, the
+    λ-return at the first step, :math:`\hat A^{GAE}_0 + V(s_0)`, is compared with :math:`V^*(s_0)`
+    over ``trials`` rollouts of ``horizon`` steps (truncated: the last step bootstraps from the
+    critic): λ = 1 is unbiased with the most variance, λ = 0 inherits the critic's error.
+
+    References:
+        Schulman et al. (2016). High-Dimensional Continuous Control Using Generalized Advantage
+        Estimation. ICLR. arXiv:1506.02438.
+    """
+    from gradest.rl import gae
+
+    rows = []
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        g = torch.float64
+        reward = torch.randn(states, dtype=g)
+        p = torch.zeros(states, states, dtype=g)
+        idx = torch.arange(states)
+        p[idx, (idx + 1) % states] = 0.5
+        p[idx, (idx - 1) % states] = 0.5
+        v_star = torch.linalg.solve(torch.eye(states, dtype=g) - gamma * p, reward)
+        v = v_star + critic_error * torch.randn(states, dtype=g)
+        per_state = max(2, trials // states)
+        start = idx.repeat_interleave(per_state)  # every state equally often
+        steps = torch.randint(0, 2, (horizon, start.numel())) * 2 - 1
+        s = torch.cat([start.unsqueeze(0), (start + steps.cumsum(0)) % states])  # [T+1, B]
+        rewards = reward[s[:-1]] + torch.randn(horizon, start.numel(), dtype=g)
+        terminated = torch.zeros(horizon, start.numel(), dtype=torch.bool)
+        truncated = terminated.clone()
+        truncated[-1] = True
+        label = f"random-walk(states={states},gamma={gamma:g})"
+        for lam in lambdas:
+            t0 = time.perf_counter()
+            adv = gae(rewards=rewards, values=v[s[:-1]], next_values=v[s[1:]], terminated=terminated,
+                      truncated=truncated, gamma=gamma, lambda_=lam)
+            seconds = (time.perf_counter() - t0) / start.numel()  # per rollout, in one vectorised call
+            target = (adv[0] + v[start]).view(states, per_state)  # [states, per_state]
+            mean = target.mean(1)
+            var, var_se = sample_variance_se(target.T)
+            se = (var / per_state).sqrt()
+            row = Row(problem=label, estimator="gae", n=1, trials=start.numel(), setting={"lambda": lam},
+                      reference="exact: (I - γP)⁻¹ r")
+            row.mean, row.exact, row.bias_se = mean.tolist(), v_star.tolist(), se.tolist()
+            row.bias = float((mean - v_star).norm())
+            row.bias_z = float(((mean - v_star).abs() / se).max())
+            row.biased = row.bias_z > z_for(FALSE_ALARM, states)
+            row.unbiased = lam == 1.0
+            row.variance = float(var.sum())
+            row.variance_se = float(var_se.square().sum().sqrt())
+            row.snr = float(v_star.norm()) / row.variance**0.5
+            row.seconds = seconds
+            rows.append(row)
+    return Report(rows, {"sweep": "lambda", "trials": trials, "seed": seed, "torch": torch.__version__})

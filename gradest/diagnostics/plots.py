@@ -76,12 +76,27 @@ def _temperature(ax, rows: list[Row]) -> None:  # noqa: ANN001
     ax.legend(fontsize=7)
 
 
+def _lambda(ax, rows: list[Row]) -> None:  # noqa: ANN001
+    rows = sorted(rows, key=lambda r: r.setting["lambda"])
+    ls = [r.setting["lambda"] for r in rows]
+    bias2 = [(r.bias or 0.0) ** 2 - sum(v * v for v in r.bias_se) for r in rows]
+    ax.plot(ls, [r.variance for r in rows], "s-", label="variance")
+    kept = [(x, b, r) for x, b, r in zip(ls, bias2, rows) if b > 0]
+    line = ax.plot([x for x, _, _ in kept], [b for _, b, _ in kept], "-", label="bias² (noise floor removed)")[0]
+    for x, b, r in kept:
+        ax.plot([x], [b], "o", color=line.get_color(), fillstyle="full" if r.biased else "none")
+    ax.set_yscale("log")
+    ax.set_xlabel("GAE λ")
+    ax.set_title(f"GAE on {rows[0].problem}: the λ trade-off\n(hollow: within noise)", fontsize=10)
+    ax.legend(fontsize=7)
+
+
 def plot_report(report: Report, path: str | Path) -> Path:
     """Write a PNG with one panel per kind of result in ``report``.
 
     Panels: per-problem variance bars (comparison rows), variance against n on log–log axes with
     the 1/n slope (rows swept over n), bias² and variance against the Gumbel-Softmax temperature
-    (rows swept over temperature).
+    (rows swept over temperature) and against GAE's λ (rows swept over lambda).
     """
     import matplotlib
 
@@ -93,15 +108,19 @@ def plot_report(report: Report, path: str | Path) -> Path:
         "bars": [r for r in rows if not r.setting],
         "n": [r for r in rows if "n" in r.setting],
         "temperature": [r for r in rows if "temperature" in r.setting],
+        "lambda": [r for r in rows if "lambda" in r.setting],
     }
     kinds = {k: v for k, v in kinds.items() if v}
     if not kinds:
         raise ValueError("plot_report: the report has no measured rows to plot.")
-    cols = len(kinds)
-    fig, axes = plt.subplots(1, cols, figsize=(6.5 * cols, 5.6), squeeze=False)
-    draw = {"bars": _bars, "n": _samples, "temperature": _temperature}
-    for ax, (kind, rs) in zip(axes[0], kinds.items()):
+    cols = min(2, len(kinds))
+    lines = (len(kinds) + cols - 1) // cols
+    fig, axes = plt.subplots(lines, cols, figsize=(7.5 * cols, 5.6 * lines), squeeze=False)
+    draw = {"bars": _bars, "n": _samples, "temperature": _temperature, "lambda": _lambda}
+    for ax, (kind, rs) in zip(axes.flat, kinds.items()):
         draw[kind](ax, rs)
+    for ax in list(axes.flat)[len(kinds):]:
+        ax.set_visible(False)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -128,3 +128,12 @@ def test_figures_render(tmp_path):
     path = plot_report(report, tmp_path / "f.png")
     image = matplotlib.image.imread(path)
     assert image.shape[0] > 200 and image.shape[1] > 800 and image.std() > 0.01  # two panels, not blank
+
+
+def test_gae_lambda_trade_off():
+    from gradest.diagnostics import sweep_gae_lambda
+
+    report = sweep_gae_lambda((0.0, 1.0), trials=20000)
+    td, mc = report.rows
+    assert td.biased and not mc.biased  # λ = 0 inherits the critic's error; λ = 1 is unbiased
+    assert mc.variance - td.variance > Z * math.hypot(mc.variance_se, td.variance_se)
