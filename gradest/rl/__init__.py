@@ -1,0 +1,25 @@
+"""Reinforcement learning: returns, TD(λ), GAE, V-trace, importance weights, group advantages and the
+policy-gradient loss, as plain functions of time-major ``[T, *B]`` tensors.
+
+Episode ends: ``terminated[t]`` means the episode ended after step t (nothing is bootstrapped past it);
+``truncated[t]`` means it was cut, e.g. by a time limit (step t bootstraps from ``next_values[t]``, the
+value of the final observation, and nothing is carried into the next episode). Nothing is carried past
+the last step of a rollout. Every recurrence runs through one vectorised reverse scan (``_scan.py``),
+with no Python loop over time steps. This package imports only torch and ``gradest._validation``.
+"""
+
+from gradest.rl.advantages import gae, group_advantages, vtrace
+from gradest.rl.importance import importance_weights, per_decision_importance_weights
+from gradest.rl.losses import policy_gradient_loss
+from gradest.rl.returns import discounted_returns, td_lambda
+
+__all__ = [
+    "discounted_returns",
+    "td_lambda",
+    "gae",
+    "vtrace",
+    "group_advantages",
+    "importance_weights",
+    "per_decision_importance_weights",
+    "policy_gradient_loss",
+]

@@ -1,0 +1,125 @@
+"""The reverse scan against a float64 loop: both algorithms, every shape class, every kind of ``b``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradest.rl import _scan
+from gradest.rl._scan import discounted_reverse_scan, reverse_scan
+
+from . import references as ref
+
+# Lengths around the flat/blocked and chunk boundaries, and through two levels of recursion.
+STEPS = [0, 1, 2, 3, 5, 16, 17, 63, 64, 65, 100, 255, 256, 257, 1000, 1029]
+BATCH = [(), (3,), (2, 3)]
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, tol: float = 1e-9) -> None:
+    assert got.shape == want.shape and got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("steps", STEPS)
+@pytest.mark.parametrize("batch", BATCH)
+def test_reverse_scan_matches_the_loop(steps, batch):
+    g = torch.Generator().manual_seed(steps)
+    shape = (steps, *batch)
+    a = torch.randn(shape, generator=g, dtype=torch.float64)
+    # b mixes exact zeros (episode ends), tiny values, values above 1 and ordinary discounts.
+    b = torch.rand(shape, generator=g, dtype=torch.float64) * 1.02
+    b[torch.rand(shape, generator=g) < 0.05] = 0.0
+    b[torch.rand(shape, generator=g) < 0.02] = 1e-30
+    _close(reverse_scan(a, b), ref.reverse_scan(a, b))
+
+
+@pytest.mark.parametrize("steps", STEPS)
+@pytest.mark.parametrize("discount", [0.0, 0.5, 0.9405, 0.999, 1.0])
+@pytest.mark.parametrize("closed_form", [True, False])
+def test_discounted_reverse_scan_matches_the_loop(steps, discount, closed_form, monkeypatch):
+    if not closed_form:
+        monkeypatch.setattr(_scan, "_CLOSED_FORM_STEPS", -1)
+    g = torch.Generator().manual_seed(steps)
+    a = torch.randn(steps, 4, generator=g, dtype=torch.float64)
+    reset = torch.rand(steps, 4, generator=g) < 0.1
+    b = discount * (~reset).double()
+    _close(discounted_reverse_scan(a, discount, reset), ref.reverse_scan(a, b))
+    _close(discounted_reverse_scan(a, discount, None), ref.reverse_scan(a, torch.full_like(a, discount)))
+
+
+@pytest.mark.parametrize("reset_rate", [0.0, 0.5, 1.0])
+def test_closed_form_handles_any_density_of_episode_ends(reset_rate):
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(200, 3, generator=g, dtype=torch.float64)
+    reset = torch.rand(200, 3, generator=g) < reset_rate
+    for discount in (0.3, 0.97, 1.0):
+        want = ref.reverse_scan(a, discount * (~reset).double())
+        _close(_scan._closed_form(a, discount, reset), want)
+
+
+def test_closed_form_is_used_only_within_its_range():
+    a = torch.zeros(300, 2)
+    calls = []
+    real = _scan._closed_form
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    _scan._closed_form, saved = spy, _scan._closed_form
+    try:
+        discounted_reverse_scan(a[:128], 0.9405, None)  # short: closed form
+        discounted_reverse_scan(a, 0.9405, None)  # longer than _CLOSED_FORM_STEPS: blocked scan
+        discounted_reverse_scan(a[:128], 0.3, None)  # 0.3^-128 leaves float32's range: blocked scan
+        discounted_reverse_scan(a[:128].half(), 0.9, None)  # no closed form for float16
+    finally:
+        _scan._closed_form = saved
+    assert calls == [torch.Size([128, 2])]
+
+
+@pytest.mark.parametrize("steps,batch", [(128, 8), (1000, 64), (10000, 16)])
+@pytest.mark.parametrize("discount", [0.99 * 0.95, 0.99, 1.0])
+def test_float32_stays_within_1e_5_of_the_float64_loop(steps, batch, discount):
+    """The benchmark's accuracy bar, at its sizes (the longest also exercises two recursion levels)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(steps, batch, generator=g)
+    reset = torch.rand(steps, batch, generator=g) < 0.01
+    want = ref.reverse_scan(a, discount * (~reset).double())
+    got = discounted_reverse_scan(a, discount, reset)
+    assert got.dtype == torch.float32
+    scale = want.abs().max().clamp_min(1.0)  # undiscounted sums grow with T; compare relative to them
+    assert float((got.double() - want).abs().max()) <= 1e-5 * float(scale)
+    b = discount * (~reset).float()
+    assert float((reverse_scan(a, b).double() - want).abs().max()) <= 1e-5 * float(scale)
+
+
+def test_float32_gae_at_ten_thousand_steps_is_within_1e_5_absolute():
+    from gradest.rl import gae
+
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(10000, 16, generator=g)
+    ve = torch.randn(10001, 16, generator=g)
+    done = torch.rand(10000, 16, generator=g) < 0.01
+    got = gae(rewards=r, values=ve[:-1], next_values=ve[1:], terminated=done, gamma=0.99, lambda_=0.95)
+    want = ref.gae(r, ve[:-1], ve[1:], done, None, 0.99, 0.95)
+    assert float((got.double() - want).abs().max()) <= 1e-5
+
+
+def test_scan_is_differentiable():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(40, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.rand(40, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(reverse_scan, (a, b))
+    reset = torch.rand(40, 2, generator=g) < 0.2
+    assert torch.autograd.gradcheck(lambda x: discounted_reverse_scan(x, 0.9, reset), (a,))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("steps", [100, 5000])
+def test_cuda_matches_cpu(steps):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(steps, 8, generator=g)
+    reset = torch.rand(steps, 8, generator=g) < 0.05
+    want = discounted_reverse_scan(a, 0.95, reset)
+    got = discounted_reverse_scan(a.cuda(), 0.95, reset.cuda()).cpu()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
