@@ -25,8 +25,11 @@ demo: $(STAMP)
 	$(BIN)/gradest compare
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[bench]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[bench,cli,rl]'
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/vae_task1.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/rl_gae.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/optim_finite_sum.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/optim_digits.py --png benchmarks/optim_digits.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check gradest tests benchmarks
