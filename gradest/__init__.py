@@ -26,6 +26,7 @@ from gradest.estimators import (
     ScoreFunction,
     StraightThrough,
 )
+from gradest import optim, rl
 from gradest.expect import expectation
 from gradest.graph import Graph
 from gradest.surrogate import magic_box, straight_through
@@ -33,6 +34,8 @@ from gradest.surrogate import magic_box, straight_through
 __version__ = "0.1.0"
 
 __all__ = [
+    "rl",
+    "optim",
     "expectation",
     "Graph",
     "magic_box",

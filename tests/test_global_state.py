@@ -57,7 +57,7 @@ def snapshot():
 
 before = snapshot()
 dynamo_before = "torch._dynamo" in sys.modules
-import gradest, gradest.estimators, gradest.testing, gradest.problems  # noqa: E401
+import gradest, gradest.estimators, gradest.testing, gradest.problems, gradest.rl, gradest.optim  # noqa: E401
 after = snapshot()
 # Names that were already there must still be bound to the same objects; importing may only add
 # submodules (torch loads some lazily), never rebind.

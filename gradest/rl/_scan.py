@@ -20,8 +20,8 @@ No Python loop runs over time steps. Two vectorised algorithms:
 * :func:`discounted_reverse_scan` (``b_t = discount · (1 − reset_t)``, a constant discount cut at
   episode ends): for short inputs, where the cost is the number of torch calls rather than the data,
   a closed form in about fifteen calls: in reversed time
-  :math:`y_t = c^{-t}\bigl(S_t - S_{s(t)-1}\bigr)`, with :math:`S` the cumulative sum of
-  :math:`c^{t} a_t` and :math:`s(t)` the start of t's episode (a running maximum of reset indices).
+  :math:`y_t = c^{t}\bigl(S_t - S_{s(t)-1}\bigr)`, with :math:`S` the cumulative sum of
+  :math:`c^{-t} a_t` and :math:`s(t)` the start of t's episode (one running maximum over the resets).
   It is used only while :math:`c^{-T}` stays far inside the floating-point range and T is small
   (its rounding error grows like ``eps · min(T, 1/(1 − c)) · max|a|``); otherwise it calls
   :func:`reverse_scan`.
@@ -123,8 +123,8 @@ def _blocked(a: Tensor, b: Tensor) -> Tensor:
         b = torch.cat([b, b.new_zeros((tail, n))])
     # Inside each chunk, pad with y = 0 and g = 1: y stays the chunk-local solution, and g ends as
     # the product of b from each step to the chunk's last step (the coefficient of the carry).
-    y = torch.cat([a.view(chunks, chunk, n), a.new_zeros((chunks, chunk - 1, n))], 1)
-    g = torch.cat([b.view(chunks, chunk, n), b.new_ones((chunks, chunk - 1, n))], 1)
+    y = torch.cat([a.reshape(chunks, chunk, n), a.new_zeros((chunks, chunk - 1, n))], 1)
+    g = torch.cat([b.reshape(chunks, chunk, n), b.new_ones((chunks, chunk - 1, n))], 1)
     s = 1
     while s < chunk:
         g_head = g[:, :-s]
@@ -145,19 +145,21 @@ def _closed_form(a: Tensor, discount: float, reset: Tensor | None) -> Tensor:
     """
     steps = a.shape[0]
     column = (steps,) + (1,) * (a.dim() - 1)
-    # c^t for t = 0 .. T-1, each rounded once (logspace raises the base to exact integers).
+    # c^t and c^-t for t = 0 .. T-1, each rounded once (logspace raises the base to exact integers).
     power = torch.logspace(0, steps - 1, steps, base=discount, dtype=a.dtype, device=a.device).view(column)
-    u = a.flip(0).div_(power)  # reversed time: u[t] = c^-t a[T-1-t]
+    inverse = torch.logspace(0, steps - 1, steps, base=1.0 / discount, dtype=a.dtype, device=a.device)
+    inverse = inverse.view(column)
+    u = a.flip(0).mul_(inverse)  # reversed time: u[t] = c^-t a[T-1-t]
     total = u.cumsum(0)
     if reset is None:
         return total.mul_(power).flip(0)
-    # In reversed time an episode starts where reset is True. The running maximum of reset / c^t (which
+    # In reversed time an episode starts where reset is True. The running maximum of reset · c^-t (which
     # grows with t, by far more than rounding while c < 0.999, so no two starts tie) points at the last
     # start <= t; before the first start it may point anywhere, and the sums are kept at starts only,
     # zero elsewhere, so the prefix subtracts 0. Closer to 1, the start indices themselves are the key.
     starts = reset.flip(0)
     if discount < 0.999:
-        last = starts.div(power).cummax(0).indices
+        last = starts.mul(inverse).cummax(0).indices
     else:
         last = torch.arange(steps, device=a.device).view(column).mul(starts).cummax(0).values
     before = torch.gather(total.sub(u).mul_(starts), 0, last)  # sum before the episode's first step

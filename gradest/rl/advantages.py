@@ -117,7 +117,7 @@ def _gae(
     rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, truncated: Tensor | None,
     gamma: float, lambda_: float,
 ) -> Tensor:
-    delta = torch.add(rewards - values, next_values.masked_fill(terminated, 0.0), alpha=gamma)
+    delta = torch.sub(rewards - values, next_values.masked_fill(terminated, 0.0), alpha=-gamma)
     done = terminated if truncated is None else terminated | truncated
     return discounted_reverse_scan(delta, gamma * lambda_, done)
 

@@ -1,0 +1,95 @@
+"""Smoke runs of the RL examples (a handful of steps each) and of benchmarks/rl_gae.py (tiny sizes).
+
+The examples run in this process through runpy, inside ``torch.random.fork_rng`` and with torch's
+thread count restored, so they change nothing for other tests. Whether they *learn* is checked by
+running them in full (see the README); here they must run end to end and write their curve.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, argv: list[str], capsys) -> str:
+    saved_argv, threads = sys.argv, torch.get_num_threads()
+    sys.argv = [script, *argv]
+    try:
+        with torch.random.fork_rng():
+            runpy.run_path(str(ROOT / "examples" / script), run_name="__main__")
+    finally:
+        sys.argv = saved_argv
+        torch.set_num_threads(threads)
+    return capsys.readouterr().out
+
+
+def _plot_args(tmp_path: Path, name: str) -> list[str]:
+    if importlib.util.find_spec("matplotlib") is None:
+        return ["--no-plot"]
+    return ["--plot", str(tmp_path / name)]
+
+
+@pytest.mark.parametrize("script,argv", [
+    ("cartpole_actor_critic.py", ["--steps", "512", "--envs", "2", "--rollout", "64"]),
+    ("cartpole_reinforce.py", ["--episodes", "4", "--envs", "2"]),
+])
+def test_cartpole_examples_run(script, argv, tmp_path, capsys):
+    pytest.importorskip("gymnasium")
+    plot = _plot_args(tmp_path, "curve.png")
+    out = _run(script, argv + plot, capsys)
+    assert "not solved" in out or "solved" in out
+    if plot[0] == "--plot":
+        assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_model_based_example_runs(tmp_path, capsys):
+    plot = _plot_args(tmp_path, "pendulum.png")
+    out = _run("model_based_pendulum.py",
+               ["--iterations", "3", "--replicates", "4", "--batch", "4", "--horizon", "10"] + plot, capsys)
+    assert "trace of covariance" in out and "REINFORCE" in out
+    if plot[0] == "--plot":
+        assert (tmp_path / "pendulum.png").stat().st_size > 0
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("rl_gae", ROOT / "benchmarks" / "rl_gae.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("peers", [
+    pytest.param(False, id="gradest-and-cleanrl"),
+    pytest.param(True, id="every-installed-peer", marks=pytest.mark.slow),  # torchrl and SB3 import slowly
+])
+def test_benchmark_runs_and_checks_accuracy(peers):
+    bench = _benchmark()
+    names, skipped = bench.available(list(bench.IMPLS) if peers else ["gradest", "cleanrl"], log=lambda s: None)
+    assert "gradest" in names and "cleanrl" in names
+    threads = torch.get_num_threads()
+    try:
+        result = bench.run_size(names, 40, 3, 0, rounds=2, budget_s=0.0, log=lambda s: None)
+    finally:
+        torch.set_num_threads(threads)
+    for name, r in result["impls"].items():
+        assert r["median_ms"] > 0
+        if bench.HANDLES_DONES[name] and name != "torchrl-vec":
+            assert r["correct"], (name, r["max_abs_error"])
+    table = bench.table({"sizes": [result]})
+    assert "gradest" in table and "memory floor" in table
+
+
+def test_benchmark_reference_is_the_float64_loop():
+    bench = _benchmark()
+    d = bench.Data(30, 2, 0)
+    from . import references as ref
+
+    want = ref.gae(d.reward, d.value, d.next_value, d.done, None, bench.GAMMA, bench.LAMBDA)
+    torch.testing.assert_close(bench.reference(d), want, rtol=1e-12, atol=1e-12)
