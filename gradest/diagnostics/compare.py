@@ -6,7 +6,6 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -64,8 +63,8 @@ PROBLEMS: dict[str, Callable[[], Problem]] = {
 }
 """Built-in problems by CLI name."""
 
-EstimatorSpec = Union[str, Estimator, Callable[[], Estimator]]
-ProblemSpec = Union[str, Problem, tuple]
+EstimatorSpec = str | Estimator | Callable[[], Estimator]
+ProblemSpec = str | Problem | tuple
 
 FALSE_ALARM = 1e-3
 """Bias is flagged when some coordinate's |mean − exact| exceeds z·SE at this family-wise rate."""
@@ -81,7 +80,7 @@ def _estimators(specs: Sequence[EstimatorSpec] | dict[str, Callable[[], Estimato
                 raise ValueError(f"compare: estimator={s!r} is unknown; choose from {sorted(ESTIMATORS)}.")
             out.append((s, ESTIMATORS[s]))
         elif isinstance(s, Estimator):
-            out.append((repr(s).replace("\n", ""), lambda s=s: s))
+            out.append((repr(s).replace("\n", ""), lambda s=s: s))  # type: ignore[misc]
         elif callable(s):
             out.append((getattr(s, "__name__", repr(s)), s))
         else:

@@ -262,7 +262,7 @@ class OptimalConstant(Baseline):
             return _rebuild(dist, {**params, **dict(zip(names, copies))}).log_prob(x)
 
         copies = [stop_gradient(p).expand(n, *p.shape) for p in live.values()]
-        lp, vjp = torch.func.vjp(log_prob, *copies)
+        lp, vjp = torch.func.vjp(log_prob, *copies)  # type: ignore[misc]
         scores = vjp(torch.ones_like(lp))
         # A contiguous copy: under torch.compile the fake strides of f's output (e.g. an index by a
         # transposed Categorical sample) can differ from the real ones, and the reshapes below

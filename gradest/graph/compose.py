@@ -5,7 +5,8 @@ For costs c with dependency sets D(c) (closed under ancestry) and nodes w with e
 
 .. math::
     L = \sum_c \mathrm{R}\Bigl[c \prod_{w \in D(c)} \mathrm{weight}_w\Bigr]
-      + \sum_w \mathrm{R}\Bigl[\mathrm{correction}_w\bigl(\bar c_w\bigr) \prod_{a \in \mathrm{anc}(w)} \mathrm{weight}_a\Bigr]
+      + \sum_w \mathrm{R}\Bigl[\mathrm{correction}_w\bigl(\bar c_w\bigr)
+        \prod_{a \in \mathrm{anc}(w)} \mathrm{weight}_a\Bigr]
 
 where R reduces each sample dimension with the rule of the node that owns it (a Monte Carlo mean,
 or a sum for enumeration) and sums the rest, and :math:`\bar c_w` is the value of the costs that
@@ -96,14 +97,14 @@ def _downstream(nodes: list[Node], slots: list[Slot], costs: list[Cost], w: Node
 
 def loss(nodes: list[Node], slots: list[Slot], costs: list[Cost]) -> Tensor:
     """The graph's scalar surrogate (see the module docstring)."""
-    weights = {w.index: w.estimator.weight(w.draw) for w in nodes}
+    weights: dict[int, Tensor | None] = {w.index: w.estimator.weight(w.draw) for w in nodes}
     total: Tensor | None = None
     for c in costs:
         batch_len = c.value.dim() - c.depth
         x = c.value
         for i in sorted(c.deps):
-            if weights[i] is not None:
-                x = x * _align(nodes[i], weights[i], c.depth, batch_len, what=f"cost {c.name!r}")
+            if (wi := weights[i]) is not None:
+                x = x * _align(nodes[i], wi, c.depth, batch_len, what=f"cost {c.name!r}")
         term = _reduce_block(nodes, slots, x, c.depth).sum()
         total = term if total is None else total + term
     for w in nodes:
@@ -115,8 +116,9 @@ def loss(nodes: list[Node], slots: list[Slot], costs: list[Cost]) -> Tensor:
         corr = corr.expand(w.draw.value.shape[: 1 + len(w.dist.batch_shape)])
         x = w.view(corr)
         for a in sorted(w.ancestors):
-            if weights[a] is not None:
-                x = x * _align(nodes[a], weights[a], w.position, len(w.batch), what=f"node {w.name!r}")
-        total = total + _reduce_block(nodes, slots, x, w.position).sum()
+            if (wa := weights[a]) is not None:
+                x = x * _align(nodes[a], wa, w.position, len(w.batch), what=f"node {w.name!r}")
+        term = _reduce_block(nodes, slots, x, w.position).sum()
+        total = term if total is None else total + term
     assert total is not None
     return total

@@ -76,10 +76,9 @@ def _collect(args: Any, kwargs: dict[str, Any]) -> tuple[Tensor, ...]:
     if kwargs:
         _scan(kwargs.values(), probes)
     for p in probes.values():
-        graph = p._gradest_graph
-        if graph.closed:
+        if getattr(p, "_gradest_graph").closed:  # probes carry their node's graph, name and index
             raise RuntimeError(
-                f"Graph: a sample of node {p._gradest_node!r} was used after its graph was closed; "
+                f"Graph: a sample of node {getattr(p, '_gradest_node')!r} was used after its graph was closed; "
                 "do all computation on samples inside the `with Graph() as g:` block."
             )
     return tuple(probes.values())

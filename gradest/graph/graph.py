@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -149,13 +150,14 @@ class Graph:
     def _node_ids(self, probes: list[Tensor], where: str) -> set[int]:
         ids = set()
         for p in probes:
-            if p._gradest_graph is not self:
+            graph = getattr(p, "_gradest_graph")  # probes carry their node's graph, name and index
+            if graph is not self:
                 raise RuntimeError(
-                    f"Graph.{where}: depends on node {p._gradest_node!r} of another graph"
-                    f"{' that is closed' if p._gradest_graph.closed else ''}; a graph's samples may "
+                    f"Graph.{where}: depends on node {getattr(p, '_gradest_node')!r} of another graph"
+                    f"{' that is closed' if graph.closed else ''}; a graph's samples may "
                     "only be used in its own costs."
                 )
-            ids.add(p._gradest_index)
+            ids.add(getattr(p, "_gradest_index"))
         return ids
 
     def sample(self, name: str, dist: Distribution, estimator: Estimator | None = None, n: int = 1) -> Tensor:
@@ -231,7 +233,7 @@ class Graph:
         self.slots.append(Slot(m, pairable))
         return len(self.slots)
 
-    def _names_of(self, ids: list[int] | frozenset[int]) -> list[str]:
+    def _names_of(self, ids: Iterable[int]) -> list[str]:
         return [self.nodes[i].name for i in sorted(ids)]
 
     # -- costs -----------------------------------------------------------------------------------
@@ -333,7 +335,7 @@ def _plain_dist(dist: Distribution) -> Distribution:
         if isinstance(v, Provenance):
             setattr(out, k, plain(v))
     if plain_base is not base:
-        out.base_dist = plain_base
+        out.base_dist = plain_base  # type: ignore[attr-defined]
     return out
 
 

@@ -47,7 +47,7 @@ class DigitsVAE(Problem):
             for _ in range(steps):
                 batch = x[torch.randint(0, x.shape[0], (100,), generator=g)]
                 q = Independent(OneHotCategorical(logits=enc(batch).view(-1, 20, 10)), 1)
-                rec = expectation(lambda z, b=batch: -self._log_lik(z, b), q, est, n=4)
+                rec = expectation(lambda z, b=batch: -self._log_lik(z, b), q, est, n=4)  # type: ignore[misc]
                 kl = (q.base_dist.probs * (q.base_dist.logits + torch.log(torch.tensor(10.0)))).sum((-1, -2))
                 opt.zero_grad()
                 (rec + kl).mean().backward()

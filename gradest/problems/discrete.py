@@ -87,5 +87,6 @@ class BernoulliTable(Problem):
 
     def objective(self, logits: Tensor) -> Tensor:
         states = ((torch.arange(2**self.d).unsqueeze(-1) // self.powers) % 2).to(logits)  # [2^d, d]
-        logp = (states * torch.nn.functional.logsigmoid(logits) + (1 - states) * torch.nn.functional.logsigmoid(-logits)).sum(-1)
+        log_sigmoid = torch.nn.functional.logsigmoid
+        logp = (states * log_sigmoid(logits) + (1 - states) * log_sigmoid(-logits)).sum(-1)
         return (logp.exp() * self.table.to(logits)).sum(-1)

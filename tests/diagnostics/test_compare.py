@@ -29,7 +29,10 @@ def _greater(big, small, factor: float = 1.0) -> bool:
 def test_compare_measures_the_exact_bias_of_a_biased_baseline():
     # A baseline that sees its own sample's cost shrinks the gradient by (n - 1)/n: bias = -∇J / n.
     problem = Gaussian("shifted_square", k=2.0)
-    ests = {"wrong": lambda: gradest.ScoreFunction(SelfInclusiveMean()), "loo": lambda: gradest.ScoreFunction(gradest.LeaveOneOut())}
+    ests = {
+        "wrong": lambda: gradest.ScoreFunction(SelfInclusiveMean()),
+        "loo": lambda: gradest.ScoreFunction(gradest.LeaveOneOut()),
+    }
     report = compare([problem], ests, n=4, trials=20000, timing_repeats=1)
     wrong, loo = _row(report, "wrong"), _row(report, "loo")
     exact = torch.tensor(wrong.exact)
