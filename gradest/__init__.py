@@ -4,6 +4,7 @@ Every estimator builds a *surrogate*: a tensor whose value is the Monte Carlo es
 whose autograd gradient is the estimator. See ``gradest.expectation``.
 """
 
+from gradest import optim, rl
 from gradest._validation import is_validation_enabled, set_validation
 from gradest.estimators import (
     ARM,
@@ -26,7 +27,6 @@ from gradest.estimators import (
     ScoreFunction,
     StraightThrough,
 )
-from gradest import optim, rl
 from gradest.expect import expectation
 from gradest.graph import Graph
 from gradest.surrogate import magic_box, straight_through

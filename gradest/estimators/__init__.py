@@ -1,5 +1,6 @@
 """Gradient estimators: each a rule for building a surrogate (see ``base.py``)."""
 
+from gradest.estimators.arm import ARM, DisARM
 from gradest.estimators.base import Draw, Estimator, default_for
 from gradest.estimators.baselines import (
     Baseline,
@@ -10,7 +11,6 @@ from gradest.estimators.baselines import (
     MovingAverage,
     OptimalConstant,
 )
-from gradest.estimators.arm import ARM, DisARM
 from gradest.estimators.enumerate import Enumerate
 from gradest.estimators.measure_valued import MeasureValued
 from gradest.estimators.pathwise import ImplicitReparam, Pathwise
