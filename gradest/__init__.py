@@ -8,12 +8,17 @@ from gradest import optim, rl
 from gradest._validation import is_validation_enabled, set_validation
 from gradest.estimators import (
     ARM,
+    IWAE,
+    REBAR,
+    RELAX,
+    VIMCO,
     Baseline,
     Constant,
     ControlVariate,
     Critic,
     DisARM,
     Draw,
+    DReG,
     Enumerate,
     Estimator,
     GumbelRao,
@@ -26,9 +31,11 @@ from gradest.estimators import (
     Pathwise,
     ScoreFunction,
     StraightThrough,
+    UnorderedSet,
 )
 from gradest.expect import expectation
 from gradest.graph import Graph
+from gradest.multisample import iwae_bound
 from gradest.surrogate import magic_box, straight_through
 
 __version__ = "0.1.0"
@@ -61,4 +68,11 @@ __all__ = [
     "ARM",
     "DisARM",
     "MeasureValued",
+    "REBAR",
+    "RELAX",
+    "UnorderedSet",
+    "iwae_bound",
+    "IWAE",
+    "VIMCO",
+    "DReG",
 ]

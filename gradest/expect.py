@@ -9,6 +9,7 @@ from torch.distributions import Distribution
 
 from gradest._validation import check_distribution, check_finite, check_n
 from gradest.estimators.base import Estimator, default_for
+from gradest.estimators.multisample import refuse_in_expectation
 
 __all__ = ["expectation"]
 
@@ -60,6 +61,7 @@ def expectation(
     if estimator is None:
         estimator = default_for(dist, n)
     elif not isinstance(estimator, Estimator):
+        refuse_in_expectation(where, estimator)
         raise TypeError(
             f"{where}: estimator={estimator!r} is not a gradest Estimator; pass e.g. gradest.Pathwise() "
             "or gradest.ScoreFunction(gradest.LeaveOneOut())."

@@ -13,12 +13,16 @@ from gradest.estimators.baselines import (
 )
 from gradest.estimators.enumerate import Enumerate
 from gradest.estimators.measure_valued import MeasureValued
+from gradest.estimators.multisample import IWAE, VIMCO, DReG, MultisampleEstimator
 from gradest.estimators.pathwise import ImplicitReparam, Pathwise
+from gradest.estimators.rebar_relax import REBAR, RELAX
 from gradest.estimators.relaxed import GumbelRao, GumbelSoftmax, StraightThrough
 from gradest.estimators.score_function import ScoreFunction
+from gradest.estimators.unordered import UnorderedSet
 
 __all__ = [
     "Draw", "Estimator", "default_for", "Baseline", "Constant", "ControlVariate", "Critic", "LeaveOneOut",
     "MovingAverage", "OptimalConstant", "Enumerate", "ImplicitReparam", "Pathwise", "ScoreFunction",
-    "GumbelSoftmax", "StraightThrough", "GumbelRao", "ARM", "DisARM", "MeasureValued",
+    "GumbelSoftmax", "StraightThrough", "GumbelRao", "ARM", "DisARM", "MeasureValued", "REBAR", "RELAX",
+    "UnorderedSet", "MultisampleEstimator", "IWAE", "VIMCO", "DReG",
 ]

@@ -13,6 +13,7 @@ from torch.distributions import Distribution, Independent
 
 from gradest._validation import check_distribution, check_finite, check_n, describe
 from gradest.estimators.base import Draw, Estimator, default_for
+from gradest.estimators.multisample import refuse_in_expectation
 from gradest.graph import compose
 from gradest.graph.dependencies import Provenance, depends_on, mark, plain
 
@@ -177,6 +178,7 @@ class Graph:
         if estimator is None:
             estimator = default_for(dist, n)
         elif not isinstance(estimator, Estimator):
+            refuse_in_expectation("Graph.sample", estimator)
             raise TypeError(
                 f"Graph.sample: estimator={estimator!r} is not a gradest Estimator; pass e.g. gradest.Pathwise()."
             )

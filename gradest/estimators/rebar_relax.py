@@ -1,0 +1,359 @@
+r"""REBAR and RELAX: score functions whose control variate is a relaxation, differentiated pathwise.
+
+Both perturb the logits ℓ of a Bernoulli or categorical distribution with noise u (logistic for bits,
+Gumbel for categories), :math:`z = \ell + u`, take the exact sample :math:`b = H(z)` (the sign for
+bits, the argmax for categories) and a second point :math:`\tilde z \sim p(z \mid b)` drawn from the
+noise *conditioned on the sample it produced* (``_gumbel.conditional_logistic`` and
+``conditional_gumbel``, reparameterised in ℓ). With a control variate c that is differentiable in z,
+
+.. math::
+    \hat g_\ell = \bigl(f(b) - c(\tilde z)\bigr)\nabla_\ell \log p_\ell(b)
+                  + \nabla_\ell c(z) - \nabla_\ell c(\tilde z)
+
+is unbiased for :math:`\nabla_\ell \mathbb{E}[f(b)]` whatever c is: the second and third terms
+remove in expectation exactly what :math:`c(\tilde z)` subtracts from the first (Tucker et al. 2017,
+§3; Grathwohl et al. 2018, §3.3). REBAR takes :math:`c(z) = \eta\, f(\sigma_\tau(z))`, f itself at the
+Concrete relaxation of temperature τ; RELAX takes a learned network :math:`c_\phi` and trains φ to
+minimise the estimator's variance (its squared norm), in the same ``backward()``.
+
+The gradient is with respect to the logits and flows from there, by the chain rule, to whatever
+produced them (``probs`` when the distribution was built from probabilities; an encoder). The
+surrogate's value is the mean of f at the n exact samples.
+
+References:
+    Tucker et al. (2017). REBAR: Low-Variance, Unbiased Gradient Estimates for Discrete Latent
+    Variable Models. NeurIPS. arXiv:1703.07370.
+    Grathwohl et al. (2018). Backpropagation through the Void: Optimizing Control Variates for
+    Black-Box Gradient Estimation. ICLR. arXiv:1711.00123.
+    Maddison et al. (2017). The Concrete Distribution: A Continuous Relaxation of Discrete Random
+    Variables. ICLR. arXiv:1611.00712.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Categorical, Distribution
+from torch.nn.functional import one_hot, softplus
+
+from gradest.estimators._gumbel import conditional_gumbel, conditional_logistic, gumbel, logistic
+from gradest.estimators.base import Draw, Estimator
+from gradest.estimators.relaxed import (
+    _check_family,
+    _check_precision,
+    _event_dims,
+    _leaf,
+    _logits,
+    _sum_last,
+    _Temperature,
+)
+from gradest.surrogate import magic_box, stop_gradient, straight_through
+
+__all__ = ["REBAR", "RELAX"]
+
+
+def _perturb(leaf: Distribution, logits: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Perturbed logits z ``[n, *logits.shape]``, the exact sample they give, and z̃ ∼ p(z | sample).
+
+    Returns ``(z, z_tilde, hard, index)``: ``hard`` is the sample as floats (bits, or one-hot
+    vectors), ``index`` the integer category (the bits again for Bernoulli). z and z̃ are
+    differentiable in ``logits`` (z̃ through the conditional sampler's reparameterisation); the sample
+    is not.
+    """
+    shape = (n, *logits.shape)
+    if isinstance(leaf, Bernoulli):
+        z = logits + logistic(shape, dtype=logits.dtype, device=logits.device)
+        hard = (stop_gradient(z) > 0).to(logits.dtype)
+        return z, logits + conditional_logistic(logits, hard), hard, hard
+    z = logits + gumbel(shape, dtype=logits.dtype, device=logits.device)
+    index = stop_gradient(z).argmax(-1)
+    hard = one_hot(index, logits.shape[-1]).to(logits.dtype)
+    return z, logits + conditional_gumbel(logits, index), hard, index
+
+
+def _log_prob(leaf: Distribution, logits: Tensor, hard: Tensor, r: int) -> Tensor:
+    """log p(sample) ``[n, *B]``, summed over the ``r`` event dims of ``Independent``."""
+    if isinstance(leaf, Bernoulli):
+        log_prob = hard * logits - softplus(logits)
+    else:
+        log_prob = (hard * torch.log_softmax(logits, -1)).sum(-1)
+    return _sum_last(log_prob, r)
+
+
+def _score(leaf: Distribution, logits: Tensor, hard: Tensor) -> Tensor:
+    """∇_ℓ log p(sample) in closed form: ``hard − σ(ℓ)`` or ``hard − softmax(ℓ)``."""
+    if isinstance(leaf, Bernoulli):
+        return hard - torch.sigmoid(logits)
+    return hard - torch.softmax(logits, -1)
+
+
+def _relax(leaf: Distribution, z: Tensor, temperature: float) -> Tensor:
+    """The Concrete relaxation σ_τ(z): ``sigmoid(z / τ)`` for bits, ``softmax(z / τ)`` for categories."""
+    if isinstance(leaf, Bernoulli):
+        return torch.sigmoid(z / temperature)
+    return torch.softmax(z / temperature, -1)
+
+
+def _check_eta(eta: object) -> float:
+    if isinstance(eta, Tensor) and eta.numel() == 1:
+        eta = float(eta)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+        raise TypeError(f"REBAR: eta={eta!r} must be a float (the control variate's scale); 1.0 is typical.")
+    if not math.isfinite(eta):
+        raise ValueError(f"REBAR: eta={eta} must be finite; 1.0 is typical (0 gives plain REINFORCE).")
+    return float(eta)
+
+
+class REBAR(_Temperature):
+    r"""REBAR: REINFORCE with f at the Concrete relaxation as its control variate, made unbiased.
+
+    .. math::
+        \hat g = \frac1n\sum_{i=1}^n \Bigl[\bigl(f(b_i) - \eta f(\sigma_\tau(\tilde z_i))\bigr)
+        \nabla_\theta \log p_\theta(b_i)
+        + \eta\,\nabla_\theta f(\sigma_\tau(z_i)) - \eta\,\nabla_\theta f(\sigma_\tau(\tilde z_i))\Bigr]
+
+    with :math:`z_i = \ell + u_i` (logistic or Gumbel noise), :math:`b_i = H(z_i)` the exact sample,
+    :math:`\tilde z_i \sim p(z \mid b_i)` reparameterised in ℓ (b held fixed), and
+    :math:`\sigma_\tau` the Concrete relaxation (``sigmoid(z/τ)``, or ``softmax(z/τ)``).
+
+    f is called once on ``[3n, *B, *E]`` points: the n exact samples, then :math:`\sigma_\tau(z_i)`,
+    then :math:`\sigma_\tau(\tilde z_i)`. For Categorical (whose own samples are indices) all three
+    blocks are one-hot-shaped ``[3n, *B, K]`` floats, as for ``GumbelSoftmax``: write f as
+    ``(x * table).sum(-1)`` or ``x @ embedding``. The surrogate's value is the mean of f over the
+    exact samples only.
+
+    The surrogate is a DiCE score term at the exact samples, a zero-valued baseline term for
+    :math:`\eta f(\sigma_\tau(\tilde z_i))`, and the zero-valued pathwise difference
+    ``straight_through(0, η·mean_i(f(σ(z_i)) − f(σ(z̃_i))))`` applied in ``reduce``. So the gradient of
+    parameters ψ inside f (a decoder) is :math:`\nabla_\psi f(b_i) + \eta(\nabla_\psi f(\sigma_\tau(z_i))
+    - \nabla_\psi f(\sigma_\tau(\tilde z_i)))`: unbiased, because z and z̃ have the same marginal
+    distribution; the second part only adds noise of mean zero.
+
+    Requires: ``dist`` is Bernoulli, Categorical or OneHotCategorical (or Independent of these), from
+    ``logits`` or ``probs``; f defined, continuous and differentiable on the relaxed points (bits in
+    (0, 1), points of the simplex). A cost that is piecewise constant in x (an argmax, a table
+    lookup by ``x.long()``) has zero pathwise derivative and makes the estimate biased: extend it
+    multilinearly instead (``(x * table).sum(-1)``).
+    Bias: none, for every temperature τ > 0 and every η.
+
+    Note:
+        First derivatives only. τ and η are fixed numbers: the paper's online tuning of η and τ
+        by the estimator's variance is what :class:`RELAX` does for a learned control; pass
+        ``RELAX(control)`` with a control module that holds a learnable τ and η (see its Args).
+
+    Args:
+        temperature: τ > 0 of the relaxation used by the control variate; 0.1 to 1 is typical
+            (it changes the variance only, never the mean).
+        eta: η, the control variate's scale; 1.0 is typical, 0 gives REINFORCE without a baseline.
+
+    Raises:
+        ValueError: temperature ≤ 0, a non-finite temperature or eta.
+        NotImplementedError: dist is not one of the families above.
+
+    Example:
+        >>> import torch, gradest
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.zeros(3, requires_grad=True)
+        >>> dist = torch.distributions.Bernoulli(logits=logits)
+        >>> s = gradest.expectation(lambda b: (b - 0.45) ** 2, dist, gradest.REBAR(temperature=0.5), n=4)
+        >>> s.sum().backward(); logits.grad.shape
+        torch.Size([3])
+
+    References:
+        Tucker et al. (2017). REBAR: Low-Variance, Unbiased Gradient Estimates for Discrete Latent
+        Variable Models. NeurIPS. arXiv:1703.07370.
+        Maddison et al. (2017). The Concrete Distribution: A Continuous Relaxation of Discrete Random
+        Variables. ICLR. arXiv:1611.00712.
+    """
+
+    unbiased = True
+
+    def __init__(self, *, temperature: float = 0.5, eta: float = 1.0) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.eta = _check_eta(eta)
+
+    def check(self, dist: Distribution, n: int) -> None:
+        leaf = _check_family(
+            "REBAR", dist,
+            "For continuous families use Pathwise(); for other discrete ones ScoreFunction(LeaveOneOut()).",
+        )
+        _check_precision("REBAR", self.temperature, leaf)
+
+    def draw(self, dist: Distribution, n: int) -> Draw:
+        leaf = _leaf(dist)
+        logits = _logits(leaf)
+        z, z_tilde, hard, _ = _perturb(leaf, logits, n)
+        tau = self.temperature
+        value = torch.cat([hard, _relax(leaf, z, tau), _relax(leaf, z_tilde, tau)], 0)
+        box = magic_box(_log_prob(leaf, logits, hard, _event_dims(dist, leaf)))
+        return Draw(value, None, dist, {"box": box, "z": z, "z_tilde": z_tilde, "hard": hard})
+
+    def weight(self, draw: Draw) -> Tensor:
+        box = draw.extra["box"]
+        ones = torch.ones_like(box)
+        return torch.cat([box, ones, ones], 0)
+
+    def correction(self, draw: Draw, cost: Tensor) -> Tensor:
+        box = draw.extra["box"]
+        n = box.shape[0]
+        baseline = self.eta * stop_gradient(cost[2 * n :])  # η f(σ(z̃)): knows b only through z̃ | b
+        term = (1 - box) * baseline
+        return torch.cat([term, torch.zeros_like(term), torch.zeros_like(term)], 0)
+
+    def reduce(self, draw: Draw, x: Tensor) -> Tensor:
+        """The mean over the n exact samples, plus the zero-valued pathwise difference of the relaxed rows."""
+        n = draw.extra["box"].shape[0]
+        difference = (x[n : 2 * n] - x[2 * n : 3 * n]).mean(0)
+        return x[:n].mean(0) + straight_through(0.0, self.eta * difference)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature:g}, eta={self.eta:g}"
+
+
+class RELAX(Estimator):
+    r"""RELAX: a learned control variate :math:`c_\phi(z)`, trained to minimise the estimator's variance.
+
+    .. math::
+        \hat g_\ell = \frac1n\sum_{i=1}^n \Bigl[\bigl(f(b_i) - c_\phi(\tilde z_i)\bigr)
+        \nabla_\ell \log p_\ell(b_i) + \nabla_\ell c_\phi(z_i) - \nabla_\ell c_\phi(\tilde z_i)\Bigr],
+        \qquad
+        \nabla_\phi \mathcal{L} = \frac{\partial}{\partial\phi} \sum_{\text{batch}} \lVert \hat g_\ell \rVert^2
+
+    with :math:`z_i = \ell + u_i`, :math:`b_i = H(z_i)` and :math:`\tilde z_i \sim p(z \mid b_i)` as in
+    :class:`REBAR`. f is called only at the n exact samples (``[n, *B, *E]``, the family's own sample
+    type: bits, category indices or one-hot vectors) and need not be differentiable.
+
+    **What the control receives.** ``control(z)`` is called twice, on z and on z̃: the perturbed
+    logits, ``[n, *B, *R]`` for Bernoulli (R: the event dims of ``Independent``, none otherwise) and
+    ``[n, *B, *R, K]`` for Categorical and OneHotCategorical. The sample is ``z > 0`` or
+    ``z.argmax(-1)``; ``sigmoid(z / τ)`` or ``softmax(z / τ, -1)`` is the Concrete relaxation. It must
+    return ``[n, *B]`` (or ``[n, *B, 1]``), one number per sample and batch element, depending only
+    on that element's z, and be differentiable in z.
+
+    **What the gradient reaches.** ĝ (computed with ``torch.autograd.grad(..., create_graph=True)``
+    with respect to the logits, held apart from θ) enters the surrogate as
+    ``straight_through(0, Σ ⊥(ĝ)·ℓ)`` and flows from the logits to θ. The variance loss
+    :math:`\sum_b \lVert \hat g_b\rVert^2` (summed over batch elements) is differentiated with
+    respect to the control's own parameters, ``control.parameters()``, and enters as
+    ``straight_through(0, ·)`` spread evenly over the batch, so ``surrogate.sum().backward()`` gives
+    them exactly :math:`\partial_\phi \sum_b \lVert \hat g_b\rVert^2` (``.mean()`` divides by the
+    batch size) and the surrogate's value is unchanged. Put the control's parameters in your
+    optimiser. Parameters ψ inside f (a decoder) receive :math:`\nabla_\psi f(b_i)` only: unbiased,
+    and untouched by the variance loss even when the control calls f, as long as f's parameters are
+    not registered in the control module.
+
+    Requires: ``dist`` is Bernoulli, Categorical or OneHotCategorical (or Independent of these), from
+    ``logits`` or ``probs``; a control as above. Builds a second-order autograd graph through the
+    control (one extra backward pass through it per call, and a double-backward for φ), and calls
+    ``torch.autograd.grad``, so it is not traceable by ``torch.compile(fullgraph=True)``.
+    Bias: none, whatever the control (trained or not).
+
+    Note:
+        First derivatives only. Under ``torch.no_grad()`` no gradient terms are built: the surrogate
+        is the mean of f.
+
+    Args:
+        control: an ``nn.Module`` c_φ mapping z as above to ``[n, *B]``. A common choice (Grathwohl
+            et al. 2018) is :math:`c_\phi(z) = \eta\, f(\sigma_\tau(z)) + r_\rho(z)` with learnable
+            log τ and η and a small network r.
+
+    Raises:
+        TypeError: control is not an ``nn.Module``.
+        ValueError: the control returns the wrong shape.
+        NotImplementedError: dist is not one of the families above.
+
+    Example:
+        >>> import torch, gradest
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.zeros(5, 3, requires_grad=True)
+        >>> dist = torch.distributions.Independent(torch.distributions.Bernoulli(logits=logits), 1)
+        >>> control = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        >>> est = gradest.RELAX(control)
+        >>> opt = torch.optim.Adam([logits, *control.parameters()], lr=1e-2)
+        >>> s = gradest.expectation(lambda b: (b.sum(-1) - 1.5) ** 2, dist, est, n=2)
+        >>> s.sum().backward(); opt.step()   # trains θ on ĝ and φ on the variance, in one backward
+        >>> logits.grad.shape, control[0].weight.grad.shape
+        (torch.Size([5, 3]), torch.Size([16, 3]))
+
+    References:
+        Grathwohl et al. (2018). Backpropagation through the Void: Optimizing Control Variates for
+        Black-Box Gradient Estimation. ICLR. arXiv:1711.00123.
+        Tucker et al. (2017). REBAR: Low-Variance, Unbiased Gradient Estimates for Discrete Latent
+        Variable Models. NeurIPS. arXiv:1703.07370.
+    """
+
+    unbiased = True
+
+    def __init__(self, control: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(control, nn.Module):
+            raise TypeError(
+                f"RELAX: control={control!r} must be an nn.Module mapping perturbed logits z [n, *B, *E'] "
+                "to [n, *B] (so that its parameters are trained and checkpointed); wrap a function in "
+                "an nn.Module."
+            )
+        self.control = control
+
+    def check(self, dist: Distribution, n: int) -> None:
+        _check_family(
+            "RELAX", dist,
+            "For continuous families use Pathwise(); for other discrete ones ScoreFunction(LeaveOneOut()).",
+        )
+
+    def draw(self, dist: Distribution, n: int) -> Draw:
+        leaf = _leaf(dist)
+        # The control's terms are differentiated with respect to a copy of the logits held apart from
+        # θ: ĝ is routed to θ explicitly, and the variance loss must never reach θ.
+        with torch.enable_grad():
+            free = stop_gradient(_logits(leaf)).requires_grad_()
+            z, z_tilde, hard, index = _perturb(leaf, free, n)
+        value = index if isinstance(leaf, Categorical) else hard
+        return Draw(value, None, dist, {"logits": free, "z": z, "z_tilde": z_tilde, "hard": hard})
+
+    def _evaluate(self, z: Tensor, shape: torch.Size) -> Tensor:
+        c = self.control(z)
+        if not isinstance(c, Tensor):
+            raise TypeError(f"RELAX: control returned {type(c).__name__}, expected a tensor of shape {tuple(shape)}.")
+        if c.shape == shape + (1,):
+            c = c.squeeze(-1)
+        if c.shape != shape:
+            raise ValueError(
+                f"RELAX: control returned shape {tuple(c.shape)} for z of shape {tuple(z.shape)}, expected "
+                f"(n, *dist.batch_shape) = {tuple(shape)} (or with a trailing 1); reduce the event "
+                "dimensions of z inside the control."
+            )
+        return c.to(z.dtype)
+
+    def correction(self, draw: Draw, cost: Tensor) -> Tensor | None:
+        if not torch.is_grad_enabled():
+            return None
+        leaf = _leaf(draw.dist)
+        free, z, z_tilde, hard = (draw.extra[k] for k in ("logits", "z", "z_tilde", "hard"))
+        n, batch = cost.shape[0], cost.shape[1:]
+        f = stop_gradient(cost).to(free.dtype)
+        c_z = self._evaluate(z, cost.shape)
+        c_tilde = self._evaluate(z_tilde, cost.shape)
+        event = free.dim() - len(batch)  # R, and K for categorical families
+        coefficient = (f - c_tilde).reshape(cost.shape + (1,) * event)
+        g = (coefficient * _score(leaf, free, hard)).sum(0)
+        path = (c_z - c_tilde).sum()
+        if path.requires_grad:
+            (g_path,) = torch.autograd.grad(path, free, create_graph=True, allow_unused=True)
+            if g_path is not None:
+                g = g + g_path
+        g = g / n  # [*B, *R(, K)]: the estimate of ∂E[f]/∂ℓ, a differentiable function of φ
+        logits = _logits(leaf)
+        term = straight_through(0.0, _sum_last(stop_gradient(g).to(logits.dtype) * logits, event))
+        params = [p for p in self.control.parameters() if p.requires_grad]
+        if params and g.requires_grad:
+            grads = torch.autograd.grad(g.square().sum(), params, allow_unused=True)
+            linear = sum(((stop_gradient(d) * p).sum() for d, p in zip(grads, params) if d is not None),
+                         torch.zeros((), dtype=term.dtype, device=term.device))
+            term = term + straight_through(0.0, linear / max(batch.numel(), 1))
+        return term.to(cost.dtype).expand(cost.shape)
+
+    def extra_repr(self) -> str:
+        return ""
