@@ -3,7 +3,8 @@
 - Gradients by hand: on one draw, each estimator's gradient equals the paper's formula recomputed
   independently (REBAR and RELAX for bits with the conditional noise's derivative in closed form;
   UnorderedSet with its set probabilities by brute force over permutations), and so do the gradients
-  of a parameter inside f and of RELAX's control (∂‖ĝ‖²/∂φ).
+  of a parameter inside f and of RELAX's control (∂‖ĝ‖²/∂φ). REBAR(τ, η) is RELAX with the control
+  η f(σ_τ(z)) on the same noise, and RELAX then trains η and τ.
 - RELAX: the surrogate's value is the mean of f at the exact samples, whatever the control's training
   term; training the control on its variance loss lowers the estimator's variance (z·SE comparison of
   the trace of the covariance, same problem, same control before and after).
@@ -176,6 +177,50 @@ def test_relax_variance_loss_never_reaches_fs_parameters() -> None:
     g = _relax_by_hand(control, logits, draw, cost.detach())
     _close(g_logits, g.detach())
     _close(g_eta, torch.autograd.grad(g.square().sum(), control.eta)[0])
+
+
+class REBARControl(nn.Module):
+    """c(z) = η f(σ(z / τ)) with learnable η and log τ: REBAR's control, as a RELAX control."""
+
+    def __init__(self, f: Callable[[Tensor], Tensor], temperature: float, eta: float, *, event: bool) -> None:
+        super().__init__()
+        self.f, self.event = f, event
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature), dtype=F64))
+        self.eta = nn.Parameter(torch.tensor(eta, dtype=F64))
+
+    def forward(self, z: Tensor) -> Tensor:
+        scores = z / self.log_temperature.exp()
+        return self.eta * self.f(torch.softmax(scores, -1) if self.event else torch.sigmoid(scores))
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "one-hot"])
+def test_rebar_is_relax_with_its_control(family: str) -> None:
+    """REBAR(τ, η) and RELAX with c(z) = η f(σ_τ(z)) give the same θ-gradient on the same noise, and
+    RELAX trains η and τ (the paper's online tuning) in the same backward."""
+    g = torch.Generator().manual_seed(12)
+    if family == "bernoulli":
+        logits = torch.randn(3, generator=g, dtype=F64).requires_grad_()
+        make: type[Bernoulli | OneHotCategorical] = Bernoulli
+
+        def f(x: Tensor) -> Tensor:
+            return (x - T).square()
+    else:
+        logits = torch.randn(3, 4, generator=g, dtype=F64).requires_grad_()
+        make = OneHotCategorical
+        table = torch.randn(4, generator=g, dtype=F64)
+
+        def f(x: Tensor) -> Tensor:
+            return torch.sin((x * table).sum(-1))
+    with seeded(13):
+        rebar = expectation(f, make(logits=logits), REBAR(temperature=0.4, eta=0.7), n=4)
+    control = REBARControl(f, 0.4, 0.7, event=family != "bernoulli")
+    with seeded(13):
+        relax = expectation(f, make(logits=logits), RELAX(control), n=4)
+    _close(relax.detach(), rebar.detach())
+    _close(torch.autograd.grad(relax.sum(), logits, retain_graph=True)[0],
+           torch.autograd.grad(rebar.sum(), logits)[0])
+    g_tau, g_eta = torch.autograd.grad(relax.sum(), (control.log_temperature, control.eta))
+    assert bool(g_tau != 0) and bool(g_eta != 0)
 
 
 def test_relax_under_no_grad_is_the_mean_cost() -> None:
