@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, OneHotCategorical
 
+from gradest._distributed import WORLD, all_reduce_flat, all_reduce_sum, check_process_group, resolve
 from gradest._validation import check_unit_interval, describe
 from gradest.estimators.base import Draw
 from gradest.surrogate import magic_box, stop_gradient, straight_through
@@ -83,10 +84,17 @@ class MovingAverage(Baseline):
     (the division removes the bias of starting at zero, as in Adam). :math:`\bar f_t` is the mean
     cost over every sample and batch element of call t; the first call uses b = 0.
 
+    Under ``torch.distributed`` :math:`\bar f_t` is the mean over every rank's costs (one all-reduce
+    of their sum and count per call), so each rank's running mean is the one a single process would
+    keep on the global batch, and every rank subtracts the same b_t. Every rank of the group must then
+    call the baseline the same number of times, as DDP requires of ``backward``.
+
     Bias: none (b_t depends only on earlier calls).
 
     Args:
         decay: δ in [0, 1); 0.9 to 0.99 is typical.
+        process_group: ``"world"`` (the default process group when one is initialised, else none),
+            a ``torch.distributed.ProcessGroup``, or None to keep a per-rank average.
 
     References:
         Williams (1992); Mnih & Gregor (2014). arXiv:1402.0030.
@@ -95,16 +103,25 @@ class MovingAverage(Baseline):
     mean: Tensor
     weight: Tensor
 
-    def __init__(self, decay: float = 0.9) -> None:
+    def __init__(self, decay: float = 0.9, *, process_group: object = WORLD) -> None:
         super().__init__()
         self.decay = check_unit_interval("MovingAverage", "decay", decay, open_right=True)
+        self.process_group = check_process_group("MovingAverage", process_group)
         self.register_buffer("mean", torch.zeros(()))
         self.register_buffer("weight", torch.zeros(()))
 
     def forward(self, draw: Draw, cost: Tensor) -> Tensor:
         b = torch.where(self.weight > 0, self.mean / self.weight.clamp_min(1e-30), 0.0).to(cost.dtype)
         with torch.no_grad():
-            self.mean.mul_(self.decay).add_((1 - self.decay) * stop_gradient(cost).mean().to(self.mean))
+            c = stop_gradient(cost)
+            group = resolve(self.process_group)
+            if group is None:
+                batch_mean = c.mean().to(self.mean)
+            else:  # the global mean: Σ cost and count over the ranks, in one all-reduce
+                total = torch.stack([c.sum().to(self.mean), self.mean.new_tensor(float(c.numel()))])
+                all_reduce_sum(total, group)
+                batch_mean = total[0] / total[1]
+            self.mean.mul_(self.decay).add_((1 - self.decay) * batch_mean)
             self.weight.mul_(self.decay).add_(1 - self.decay)
         return b
 
@@ -192,13 +209,25 @@ class OptimalConstant(Baseline):
     correction :math:`-\sum_i \hat b_{ij} s_{ij}` enters the gradient of φ_j and flows from there to θ
     by the chain rule (φ = φ(θ), e.g. the logits an encoder outputs).
 
+    Under ``torch.distributed``, with ``decay`` set, the sums over the current call's samples are
+    all-reduced over the ranks (one collective per call) before they enter both the leave-one-out
+    moments and A_j, C_j, so the running moments are identical on every rank. When every rank samples
+    the same distribution (the same parameters φ, the n samples split across ranks) this is exactly one
+    process with all the samples. When each rank holds its own shard of the batch (an amortised
+    q(z|x) under DDP), coordinate j pools batch position j over the ranks, as a single process pools it
+    over calls; the parameter shapes must then agree across ranks. Without ``decay`` nothing is reduced
+    (the baseline is leave-one-out within each rank's samples, which needs no other rank).
+
     Requires: n ≥ 2 without ``decay``; a family rebuildable from its constructor parameters, whose
-    parameter shapes stay fixed across calls when ``decay`` is set. Costs one extra backward pass
-    through ``log_prob``.
-    Bias: none. Note: first derivatives only (second derivatives see no baseline).
+    parameter shapes stay fixed across calls (and ranks) when ``decay`` is set. Costs one extra
+    backward pass through ``log_prob``.
+    Bias: none (other ranks' samples are independent of x_i). Note: first derivatives only (second
+    derivatives see no baseline).
 
     Args:
         decay: δ in [0, 1) for running moments across calls, or None for the current call only.
+        process_group: with ``decay``, ``"world"`` (the default process group when one is initialised,
+            else none), a ``torch.distributed.ProcessGroup``, or None to keep per-rank moments.
 
     References:
         Mohamed et al. (2020). Monte Carlo Gradient Estimation in Machine Learning, §7.4. JMLR.
@@ -208,9 +237,10 @@ class OptimalConstant(Baseline):
     num: Tensor
     den: Tensor
 
-    def __init__(self, decay: float | None = None) -> None:
+    def __init__(self, decay: float | None = None, *, process_group: object = WORLD) -> None:
         super().__init__()
         self.decay = None if decay is None else check_unit_interval("OptimalConstant", "decay", decay, open_right=True)
+        self.process_group = check_process_group("OptimalConstant", process_group)
         self.register_buffer("num", torch.zeros(0))
         self.register_buffer("den", torch.zeros(0))
 
@@ -271,14 +301,19 @@ class OptimalConstant(Baseline):
         s2 = torch.cat([s.square().reshape(n, -1) for s in scores], 1)  # [n, P]
         fs2 = torch.cat([(c.reshape(c.shape + (1,) * (s.dim() - c.dim())) * s.square()).reshape(n, -1)
                          for s in scores], 1)
-        num = fs2.sum(0) - fs2
-        den = s2.sum(0) - s2
+        sum_fs2, sum_s2 = fs2.sum(0), s2.sum(0)
+        if self.decay is not None:
+            group = resolve(self.process_group)
+            if group is not None:  # the sums over every rank's samples, in one all-reduce
+                sum_fs2, sum_s2 = all_reduce_flat([sum_fs2, sum_s2], group)
+        num = sum_fs2 - fs2
+        den = sum_s2 - s2
         if self.decay is not None:
             run_num, run_den = self._running(s2.shape[1], s2)
             num, den = num + run_num, den + run_den
             with torch.no_grad():
-                self.num.mul_(self.decay).add_(fs2.sum(0).to(self.num))
-                self.den.mul_(self.decay).add_(s2.sum(0).to(self.den))
+                self.num.mul_(self.decay).add_(sum_fs2.to(self.num))
+                self.den.mul_(self.decay).add_(sum_s2.to(self.den))
         b = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0)
         scaled, start = {}, 0
         for k, p in live.items():

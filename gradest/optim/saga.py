@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from gradest._distributed import WORLD, all_reduce_flat, check_process_group, rank, resolve, world_size
+from gradest._validation import is_validation_enabled
 from gradest.optim._common import (
     Losses,
     check_count,
@@ -147,6 +149,19 @@ class SAGA(Optimizer):
         num_examples: N, the number of terms in the sum; indices must lie in [0, N).
         weight_decay: λ ≥ 0 (per group), added to the direction as λθ, not stored in the table.
         features: ``[N, D]``: the GLM table (one scalar per example); None for the dense table.
+        process_group: ``"world"`` (the default process group when one is initialised *at
+            construction*, else none), a ``torch.distributed.ProcessGroup``, or None for no
+            synchronisation (each rank a separate SAGA over all N examples).
+
+    Distributed: under a process group of R ranks, rank r owns the examples i with i % R == r and
+    keeps their table rows only (row i // R of its ``table``, about N/R rows), so the memory per rank
+    falls R-fold. Each rank calls ``step`` with a batch of global indices that it owns (e.g. a
+    ``DistributedSampler``-style shard filtered by ``indices % R == rank``; an index owned by another
+    rank raises ``ValueError``), every rank once per step, each with at least one index. One
+    all-reduce per step sums the ranks' Σ_k Δ_k and batch sizes, so every rank moves along the
+    direction a single process would take on the union of the batches, and ``table_mean`` (over all
+    N examples) and the parameters stay identical on every rank. Start every rank from the same
+    parameters, and build the optimiser after ``torch.distributed.init_process_group``.
 
     Note:
         The paper initialises the table with the gradients at θ₀ (one extra pass). Here it starts at
@@ -160,7 +175,7 @@ class SAGA(Optimizer):
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, *, num_examples: int,
-                 weight_decay: float = 0.0, features: Tensor | None = None) -> None:
+                 weight_decay: float = 0.0, features: Tensor | None = None, process_group: object = WORLD) -> None:
         lr = check_number("SAGA", "lr", lr, positive=True, fix=_LR_FIX)
         num_examples = check_count("SAGA", "num_examples", num_examples,
                                    fix="pass the number of terms N of the finite sum (len of the data set).")
@@ -177,6 +192,7 @@ class SAGA(Optimizer):
         defaults = {"lr": lr, "weight_decay": weight_decay, "num_examples": num_examples}
         super().__init__(params, defaults)
         self.features = features
+        self.process_group = check_process_group("SAGA", process_group)  # configuration, not state
         self._table = self._make_table()
         self._ready = False  # state initialised and its shapes checked
 
@@ -194,9 +210,12 @@ class SAGA(Optimizer):
     def _make_table(self) -> DenseTable:
         params = flat_params(self.param_groups)
         N = self.param_groups[0]["num_examples"]
+        self._group = resolve(self.process_group)  # fixed with the table: its rows are this rank's shard
+        self._rank, self._world = rank(self._group), world_size(self._group)
+        rows = len(range(self._rank, N, self._world))
         if self.features is None:
-            return DenseTable("SAGA", params, N)
-        return GLMTable("SAGA", params, N, self.features)
+            return DenseTable("SAGA", params, rows)
+        return GLMTable("SAGA", params, rows, self.features)
 
     def __getstate__(self) -> dict[str, Any]:
         state: dict[str, Any] = super().__getstate__()
@@ -206,6 +225,7 @@ class SAGA(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("features", None)
+        self.__dict__.setdefault("process_group", WORLD)
         for group in self.param_groups:
             group.setdefault("weight_decay", 0.0)
         self._table = self._make_table()
@@ -225,6 +245,18 @@ class SAGA(Optimizer):
         the first-occurrence mask (None for b = 1)."""
         check_losses(where, losses)
         check_indices(where, indices, self.num_examples)
+        rows = indices
+        if self._world > 1:
+            if indices.device.type == "cpu" or is_validation_enabled():
+                owner = indices % self._world
+                if bool((owner != self._rank).any()):
+                    bad = int(indices[owner != self._rank][0])
+                    raise ValueError(
+                        f"{where}: index={bad} belongs to rank {bad % self._world} of {self._world} (example i "
+                        f"is owned by rank i % {self._world}), not to this rank {self._rank}; give each rank "
+                        f"the examples it owns, e.g. indices[indices % {self._world} == rank]."
+                    )
+            rows = indices // self._world
         table = self._table
         if not self._ready:
             table.init_state(self.state)
@@ -236,9 +268,35 @@ class SAGA(Optimizer):
         if repeats is not None:  # a repeated example gets one new entry, and updates the mean once
             canon, first = repeats
             new = [e.index_select(0, canon.to(e.device)) for e in new]
-        old = table.read(self.state, indices)
+        old = table.read(self.state, rows)
         deltas = table.expand([n - o for n, o in zip(new, old, strict=True)], indices)
         return out.detach(), deltas, new, first
+
+    def _global_sums(self, deltas: list[Tensor], first: Tensor | None) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Over every rank (one all-reduce): Σ_k Δ_k, the same over first occurrences, and Σ b."""
+        totals = [d.sum(0) for d in deltas]
+        if first is None:
+            firsts = totals
+        else:
+            firsts = [(d * first.reshape((-1,) + (1,) * (d.ndim - 1))).sum(0) for d in deltas]
+        b = deltas[0].new_tensor(float(deltas[0].shape[0]))
+        reduced = all_reduce_flat([*totals, *firsts, b], self._group)
+        k = len(deltas)
+        return reduced[:k], reduced[k:2 * k], reduced[2 * k]
+
+    def _sharded_directions(self, deltas: list[Tensor], first: Tensor | None) -> tuple[list[Tensor], list[Tensor]]:
+        """The global direction d (one per trainable parameter) and Σ Δ over distinct examples."""
+        totals, firsts, b = self._global_sums(deltas, first)
+        out: list[Tensor] = []
+        k = 0
+        for group in self.param_groups:
+            for p in (p for p in group["params"] if p.requires_grad):
+                d = self.state[p]["table_mean"] + totals[k] / b
+                if group["weight_decay"] != 0:
+                    d.add_(p.detach(), alpha=group["weight_decay"])
+                out.append(d)
+                k += 1
+        return out, firsts
 
     def direction(self, indices: Tensor, losses: Losses) -> list[Tensor]:
         """The direction d that ``step`` would take (θ ← θ − lr·d), without changing any state.
@@ -250,7 +308,9 @@ class SAGA(Optimizer):
         Returns:
             d for every trainable parameter, in param-group order.
         """
-        _, deltas, _, _ = self._deltas(indices, losses, "SAGA.direction")
+        _, deltas, _, first = self._deltas(indices, losses, "SAGA.direction")
+        if self._world > 1:
+            return self._sharded_directions(deltas, first)[0]
         out: list[Tensor] = []
         k = 0
         for group in self.param_groups:
@@ -278,6 +338,17 @@ class SAGA(Optimizer):
                 NaN; with ``features``, gradients that are not of the GLM form.
         """
         out, deltas, new, first = self._deltas(indices, losses, "SAGA.step")
+        if self._world > 1:
+            directions, firsts = self._sharded_directions(deltas, first)
+            with torch.no_grad():
+                k = 0
+                for group in self.param_groups:
+                    for p in (p for p in group["params"] if p.requires_grad):
+                        p.add_(directions[k], alpha=-group["lr"])
+                        self.state[p]["table_mean"].add_(firsts[k], alpha=1.0 / group["num_examples"])
+                        k += 1
+            self._table.write(self.state, indices // self._world, new)
+            return out
         k = 0
         for group in self.param_groups:
             params = [p for p in group["params"] if p.requires_grad]

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from gradest._distributed import WORLD, all_reduce_flat, check_process_group, rank, resolve, world_size
 from gradest.optim._common import (
     Losses,
     batch_grads,
@@ -114,9 +115,21 @@ class SVRG(Optimizer):
         snapshot_every: steps between snapshots (≥ 1); None: ⌈2N / len(indices)⌉.
         weight_decay: λ ≥ 0 (per group), added to the direction as λθ.
         chunk_size: examples per ``losses`` call while computing the full gradient.
+        process_group: ``"world"`` (the default process group when one is initialised, else none), a
+            ``torch.distributed.ProcessGroup``, or None for no synchronisation (each rank on its own).
 
     Note:
         The snapshot is the last iterate (the paper's option I), the variant used in practice.
+
+    Distributed: under ``torch.distributed`` (``process_group``), every rank starts from the same
+    parameters and calls ``step`` with its own batch of *global* indices in [0, N). The full gradient
+    is sharded: rank r of R sums the gradients of examples r, r + R, r + 2R, ... and one all-reduce
+    gives Σ_i ∇ℓ_i(θ̃), divided by N. Each step all-reduces the batch correction
+    (1/b) Σ_j (∇ℓ_j(θ) − ∇ℓ_j(θ̃)), weighted by the ranks' batch sizes, so every rank takes the step a
+    single process would take on the union of the ranks' batches, and the parameters stay identical.
+    With ``snapshot_every=None`` the batch size in ⌈2N/b⌉ is the global one, R·len(indices). Do not
+    wrap the model in DDP for SVRG: it takes its gradients with ``torch.autograd.grad`` and reduces
+    them itself.
 
     References:
         Johnson & Zhang (2013). Accelerating Stochastic Gradient Descent using Predictive Variance
@@ -124,7 +137,8 @@ class SVRG(Optimizer):
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, *, num_examples: int,
-                 snapshot_every: int | None = None, weight_decay: float = 0.0, chunk_size: int = 1024) -> None:
+                 snapshot_every: int | None = None, weight_decay: float = 0.0, chunk_size: int = 1024,
+                 process_group: object = WORLD) -> None:
         lr = check_number("SVRG", "lr", lr, positive=True, fix=_LR_FIX)
         num_examples = check_count("SVRG", "num_examples", num_examples,
                                    fix="pass the number of terms N of the finite sum (len of the data set).")
@@ -139,6 +153,7 @@ class SVRG(Optimizer):
         defaults = {"lr": lr, "weight_decay": weight_decay, "num_examples": num_examples,
                     "snapshot_every": snapshot_every, "chunk_size": chunk_size}
         super().__init__(params, defaults)
+        self.process_group = check_process_group("SVRG", process_group)  # configuration, not state
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         for key, positive in (("lr", True), ("weight_decay", False)):
@@ -155,25 +170,29 @@ class SVRG(Optimizer):
             group.setdefault("weight_decay", 0.0)
             group.setdefault("snapshot_every", None)
             group.setdefault("chunk_size", 1024)
+        self.__dict__.setdefault("process_group", WORLD)
 
     @property
     def num_examples(self) -> int:
         return int(self.param_groups[0]["num_examples"])
 
     def _snapshot(self, params: list[Tensor], losses: Losses, indices: Tensor, where: str) -> None:
-        """θ̃ ← θ and ∇F(θ̃), summed over chunks of ``chunk_size`` examples."""
+        """θ̃ ← θ and ∇F(θ̃), summed over chunks of ``chunk_size`` examples (of this rank's shard)."""
         group = self.param_groups[0]
         N, chunk = group["num_examples"], group["chunk_size"]
+        pg = resolve(self.process_group)
+        R = world_size(pg)
+        shard = torch.arange(rank(pg), N, R, device=indices.device)  # examples r, r + R, ...
         sums = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
-        for start in range(0, N, chunk):
-            idx = torch.arange(start, min(N, start + chunk), device=indices.device)
+        for idx in shard.split(chunk):
             out = evaluate(where, losses, idx)
             grads = torch.autograd.grad(out.sum(), params, allow_unused=True)
             with torch.no_grad():
                 for s, g in zip(sums, grads, strict=True):
                     if g is not None:
                         s.add_(g)
-        every = group["snapshot_every"] or math.ceil(2 * N / indices.shape[0])
+        sums = all_reduce_flat(sums, pg)  # Σ over every rank's shard
+        every = group["snapshot_every"] or math.ceil(2 * N / (indices.shape[0] * R))
         step = self.state[params[0]].get("step", 0)
         for p, s in zip(params, sums, strict=True):
             st = self.state[p]
@@ -184,11 +203,22 @@ class SVRG(Optimizer):
 
     def _directions(self, params: list[Tensor], indices: Tensor, losses: Losses,
                     where: str) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        """The batch's losses at θ, and its mean gradients at θ and at θ̃."""
+        """The batch's losses at θ, and its mean gradients at θ and at θ̃.
+
+        Under a process group, the second list is the global batch's mean of ∇ℓ_j(θ) − ∇ℓ_j(θ̃) over
+        every rank's examples, and the third zeros: their difference is what the direction needs.
+        """
         out = evaluate(where, losses, indices)
         grads = batch_grads(out, params)
         with parameters_at(params, [self.state[p]["snapshot"] for p in params]):
             snap = batch_grads(evaluate(where, losses, indices), params)
+        pg = resolve(self.process_group)
+        if pg is not None:  # one all-reduce of b·(mean difference) and b
+            b = indices.shape[0]
+            diff = [(g - s).mul_(b) for g, s in zip(grads, snap, strict=True)]
+            *diff, total = all_reduce_flat([*diff, out.new_tensor(float(b))], pg)
+            grads = [d.div_(total) for d in diff]
+            snap = [torch.zeros_like(g) for g in grads]
         return out.detach(), grads, snap
 
     def _groups(self) -> list[tuple[dict[str, Any], list[Tensor]]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from gradest._distributed import all_reduce_flat, check_process_group, resolve
 from gradest._validation import (
     check_exclusive_flags,
     check_positive,
@@ -233,7 +234,8 @@ def vtrace(
         raise
 
 
-def group_advantages(*, rewards: Tensor, normalize: bool = False, eps: float = 1e-4) -> Tensor:
+def group_advantages(*, rewards: Tensor, normalize: bool = False, eps: float = 1e-4,
+                     process_group: object = None) -> Tensor:
     r"""Advantages of ``n`` samples of the same prompt or state against their own group.
 
     .. math::
@@ -248,17 +250,31 @@ def group_advantages(*, rewards: Tensor, normalize: bool = False, eps: float = 1
     Bias: none for leave-one-out (the baseline excludes the sample's own reward). Normalising is
     biased: :math:`s` depends on :math:`r_i`, and it reweights groups by :math:`1/s`.
 
+    Groups split across ranks: by default each rank's groups are its own (``process_group=None``),
+    which suits data-parallel training where every rank holds whole groups. When the n samples of each
+    group are instead spread over the ranks of a process group (every rank holds ``n_r`` samples of
+    the *same* ``*B`` groups, in the same order), pass ``process_group="world"`` or a group: the
+    group mean (and standard deviation) is then over all :math:`n = \sum_r n_r` samples, one
+    all-reduce (two with ``normalize``), and each rank gets the advantages of its own samples, as one
+    process would for the concatenated ``[n, *B]`` rewards. Every rank must make the call.
+
     Args:
-        rewards: ``[n, *B]`` floating tensor, one group per index of ``*B``.
+        rewards: ``[n, *B]`` floating tensor, one group per index of ``*B`` (``[n_r, *B]``, this rank's
+            samples, with a process group).
         normalize: divide by the group's standard deviation (GRPO) instead of leaving one out.
         eps: added to the standard deviation with ``normalize=True``, so constant groups give 0.
+        process_group: None (groups are local to each rank), ``"world"`` (the default process group
+            when one is initialised, else none) or a ``torch.distributed.ProcessGroup``: the ranks
+            whose samples make up each group.
 
     Returns:
-        ``[n, *B]`` advantages, without autograd history.
+        ``[n, *B]`` advantages (``[n_r, *B]`` with a process group), without autograd history.
 
     Raises:
-        TypeError: rewards is not a floating tensor.
-        ValueError: rewards has fewer than 2 samples along dim 0, or eps is not > 0.
+        TypeError: rewards is not a floating tensor, or process_group is not None, "world" or a
+            ProcessGroup.
+        ValueError: rewards has fewer than 2 samples along dim 0 (over all ranks, with a process
+            group), or eps is not > 0.
 
     Example:
         >>> import torch
@@ -276,6 +292,12 @@ def group_advantages(*, rewards: Tensor, normalize: bool = False, eps: float = 1
     """
     where = "group_advantages"
     rewards = check_tensor(where, "rewards", rewards)
+    group = resolve(check_process_group(where, process_group))
+    if group is not None:
+        if not isinstance(normalize, bool):
+            raise TypeError(f"{where}: normalize={normalize!r} must be a bool.")
+        eps = check_positive(where, "eps", eps, "1e-4 is typical")
+        return _split_group_advantages(where, rewards, normalize, eps, group)
     if rewards.dim() == 0 or rewards.shape[0] < 2:
         shape = tuple(rewards.shape)
         raise ValueError(
@@ -290,4 +312,27 @@ def group_advantages(*, rewards: Tensor, normalize: bool = False, eps: float = 1
         centred = rewards - rewards.mean(0)
         if normalize:
             return centred / (rewards.std(0) + eps)
+        return centred * (n / (n - 1))
+
+
+def _split_group_advantages(where: str, rewards: Tensor, normalize: bool, eps: float, group: object) -> Tensor:
+    """``group_advantages`` for groups whose samples are spread over the ranks of ``group``."""
+    if rewards.dim() == 0:
+        raise ValueError(
+            f"{where}: rewards.shape=() needs this rank's samples of each group along dim 0 "
+            "(samples lead: [n_r, *B])."
+        )
+    with torch.no_grad():
+        r = rewards.detach()
+        total, count = all_reduce_flat([r.sum(0), r.new_tensor(float(r.shape[0]))], group)
+        n = int(round(float(count)))  # the same on every rank, so every rank raises alike
+        if n < 2:
+            raise ValueError(
+                f"{where}: the ranks hold n={n} samples of each group in all; a group of one has no "
+                "baseline; draw n >= 2 samples per group over the ranks."
+            )
+        centred = r - total / n
+        if normalize:  # two passes, as torch.std: Σ (r − mean)² over every rank
+            (squares,) = all_reduce_flat([centred.square().sum(0)], group)
+            return centred / ((squares / (n - 1)).sqrt() + eps)
         return centred * (n / (n - 1))

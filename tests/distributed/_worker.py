@@ -1,0 +1,113 @@
+"""What each of the 2 gloo ranks runs (spawned once per test session by ``conftest.py``).
+
+Every check records its per-rank results in one dict, saved as ``rank{r}.pt``; the tests compare
+them with each other and with a single process on the global batch.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+import gradest
+from tests.distributed import _problems as P
+
+
+def run_baselines(rank: int) -> dict:
+    out: dict = {}
+    ma = gradest.MovingAverage(0.8)
+    out["moving_average_b"] = [ma(None, P.shard(P.moving_average_costs(t), rank, dim=1)) for t in range(P.STEPS)]
+    out["moving_average_state"] = {k: v.clone() for k, v in ma.state_dict().items()}
+    local = gradest.MovingAverage(0.8, process_group=None)  # opted out: this rank's costs only
+    for t in range(P.STEPS):
+        local(None, P.shard(P.moving_average_costs(t), rank, dim=1))
+    out["moving_average_local_state"] = {k: v.clone() for k, v in local.state_dict().items()}
+
+    oc = gradest.OptimalConstant(decay=0.7)
+    logits = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64, requires_grad=True)
+    grads = []
+    for t in range(P.STEPS):
+        values, costs = P.optimal_constant_problem(t)
+        grads.append(P.optimal_constant_step(oc, logits, P.shard(values, rank), costs))
+    out["optimal_constant_grads"] = grads
+    out["optimal_constant_state"] = {k: v.clone() for k, v in oc.state_dict().items()}
+    return out
+
+
+def run_ddp(rank: int) -> dict:
+    model = P.Model()
+    ddp = DistributedDataParallel(model, find_unused_parameters=False)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    x = P.shard(P.ddp_data(), rank)
+    grads, losses = [], []
+    for t in range(P.STEPS):
+        values = tuple(P.shard(v, rank, dim=1) for v in P.ddp_values(t))
+        opt.zero_grad()
+        loss = ddp(x, values)
+        loss.backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+        losses.append(loss.detach())
+        opt.step()
+    return {"ddp_grads": grads, "ddp_state": {k: v.clone() for k, v in model.state_dict().items()}}
+
+
+def run_optim(rank: int) -> dict:
+    from gradest.optim import SAGA, SVRG
+    from gradest.rl import group_advantages
+
+    X, y = P.finite_sum()
+    out: dict = {}
+    w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    svrg = SVRG([w], lr=0.3, num_examples=P.N_EXAMPLES, chunk_size=4, snapshot_every=2)
+    snaps = []
+    for batch in P.finite_sum_batches():
+        svrg.step(P.shard(batch, rank), P.logistic_losses(X, y, w))
+        snaps.append(svrg.state[w]["snapshot_grad"].clone())
+    out["svrg_snapshot_grads"], out["svrg_w"] = snaps, w.detach().clone()
+
+    w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    saga = SAGA([w], lr=0.3, num_examples=P.N_EXAMPLES, weight_decay=0.01)
+    for batch in P.saga_batches():
+        saga.step(batch[batch % P.WORLD == rank], P.logistic_losses(X, y, w))
+    out["saga_w"] = w.detach().clone()
+    out["saga_state"] = {k: v.clone() for k, v in saga.state[w].items() if isinstance(v, torch.Tensor)}
+
+    rewards = P.shard(P.group_rewards(), rank)
+    out["group_loo"] = group_advantages(rewards=rewards, process_group="world")
+    out["group_normalized"] = group_advantages(rewards=rewards, normalize=True, process_group="world")
+
+    # errors: raised alike on every rank, so no rank is left waiting in a collective
+    out["errors"] = {}
+    try:
+        group_advantages(rewards=rewards[: 1 - rank], process_group="world")  # 1 + 0 samples in all
+    except ValueError as e:
+        out["errors"]["group_advantages"] = str(e)
+    try:
+        saga.step(torch.tensor([1 - rank]), P.logistic_losses(X, y, w))  # the other rank's example
+    except ValueError as e:
+        out["errors"]["saga"] = str(e)
+    return out
+
+
+CHECKS = {"baselines": run_baselines, "ddp": run_ddp, "optim": run_optim}
+
+
+def main(rank: int, directory: str, checks: list[str]) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(directory, 'store')}",
+                            rank=rank, world_size=P.WORLD)
+    results: dict = {}
+    try:
+        for name in checks:
+            try:
+                results.update(CHECKS[name](rank))
+            except Exception:  # noqa: BLE001 - reported to the test, which fails with the traceback
+                results[f"error:{name}"] = traceback.format_exc()
+                break  # the other rank may now hang in a collective; stop here
+    finally:
+        torch.save(results, os.path.join(directory, f"rank{rank}.pt"))
+        dist.destroy_process_group()

@@ -1,0 +1,38 @@
+"""``examples/ddp_categorical_vae.py``: one process in the default run; 2 processes via torchrun (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ddp_categorical_vae.py"
+
+
+def test_single_process(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("example_ddp_categorical_vae", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with torch.random.fork_rng():
+        out = module.main(["--steps", "4", "--eval-every", "2", "--eval-samples", "2", "--baseline", "average"])
+    assert out["world"] == 1 and math.isfinite(out["elbo"]) and out["elbo"] < 0
+    assert "final: ELBO" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("baseline", ["loo", "average", "critic"])
+def test_torchrun_two_processes(baseline: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(EXAMPLE),
+           "--steps", "6", "--eval-every", "3", "--eval-samples", "2", "--baseline", baseline]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "on 2 process(es)" in out.stdout and out.stdout.count("final: ELBO") == 1
