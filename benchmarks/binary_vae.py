@@ -39,6 +39,9 @@ Measured, in one process, on one thread (OMP_NUM_THREADS=1 before torch loads):
     batch of 50 training images, gives R independent estimates of the gradient of the encoder's
     weight and bias (157,000 numbers); reported: the trace of their covariance, its standard error
     (from G disjoint groups), and ||mean − mean(DisARM)|| against the size noise alone gives it;
+    RELAX's control, which its own run trains alongside the model, is first trained alone for up to
+    300 batches at the snapshot's parameters (REBAR's τ = 0.5 and η = 1 are fixed, as gradest's REBAR
+    has them; the paper tunes them online);
 (b) the ELBO on the first 10,000 training images and on the 10,000 test images (exact KL + a
     10-sample reconstruction term) after a fixed step budget, and the 100-sample importance-weighted
     bound on the test set (``gradest.multisample.iwae_bound``);
@@ -106,6 +109,7 @@ SNAPSHOTS = (100, 1000, 3000)  # steps of the reference run whose parameters the
 VARIANCE_ESTIMATES = 400
 VARIANCE_GROUPS = 10
 VARIANCE_IMAGES = 50  # training images 0..49
+CONTROL_WARMUP = 300  # batches that train RELAX's control alone at a snapshot's parameters
 TEMPERATURE = 0.5  # Gumbel-Softmax
 DATA_SEED, MODEL_SEED, SAMPLE_SEED, VARIANCE_SEED = 1, 0, 12345, 1000
 REFERENCE = "disarm"  # its gradest run supplies the snapshots; variance ratios are to it
@@ -629,13 +633,28 @@ def train(
 
 
 def gradient_variance(
-    label: str, state: dict[str, Tensor], x: Tensor, estimates: int, seed: int, groups: int = VARIANCE_GROUPS
+    label: str, state: dict[str, Tensor], x: Tensor, estimates: int, seed: int, groups: int = VARIANCE_GROUPS,
+    warmup: list[Tensor] | None = None,
 ) -> dict[str, object]:
     """Trace of the covariance of ``estimates`` independent encoder-gradient estimates at ``state``
-    on images ``x``, its standard error from ``groups`` disjoint groups, and the mean gradient."""
+    on images ``x``, its standard error from ``groups`` disjoint groups, and the mean gradient.
+
+    A learned control (RELAX's) is state that training carries: it is first trained alone, with the
+    model frozen at ``state``, on the batches ``warmup`` (those that precede the snapshot in the
+    training sequence), then frozen while the estimates are taken."""
     kind, name = label.split("-", 1)
     runner = Runner(CLASSES[kind](name, state), seed)
     impl = runner.impl
+    controls = [m for m in impl.extra.modules() if isinstance(m, RelaxControl)]
+    if controls and warmup:
+        control_opt = torch.optim.Adam(controls[0].parameters(), lr=LR)
+
+        def control_step(xb: Tensor) -> None:
+            impl.grad(xb)
+            control_opt.step()
+
+        for xb in warmup:
+            runner.call(control_step, xb)
     per = estimates // groups
     size = LATENTS * PIXELS + LATENTS
     total_sum = torch.zeros(size, dtype=torch.float64)
@@ -780,6 +799,7 @@ def run(
     eval_train_images: int = EVAL_TRAIN_IMAGES,
     eval_samples: int = EVAL_SAMPLES,
     bound_samples: int = BOUND_SAMPLES,
+    control_warmup: int = CONTROL_WARMUP,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Everything (a), (b), (c) measure, as a JSON-ready dict."""
@@ -804,6 +824,7 @@ def run(
 
     # (a) variance at the reference run's snapshots, every gradest and hand implementation
     x0 = train_data[:VARIANCE_IMAGES]
+    all_batches = batch_indices(train_data.shape[0], max(steps, 1))
     variance: dict[str, dict[str, dict]] = {}
     var_labels = [lab for lab in labels if not lab.startswith("storch-")]
     for s, state in sorted(snaps.items()):
@@ -811,8 +832,9 @@ def run(
         for i, label in enumerate(var_labels):
             t0 = time.perf_counter()
             try:
+                warmup = [train_data[idx] for idx in all_batches[max(0, s - control_warmup) : s]]
                 v = gradient_variance(label, state, x0, variance_estimates, VARIANCE_SEED + 100 * s + i,
-                                      variance_groups)
+                                      variance_groups, warmup)
             except Exception as e:  # noqa: BLE001 - reported, not fatal
                 log(f"variance {label} at step {s} failed: {type(e).__name__}: {e}")
                 continue
@@ -864,7 +886,8 @@ def run(
             "steps": steps, "batch": BATCH, "lr": LR, "estimators": estimators, "kinds": list(kinds),
             "reference": reference, "snapshots": list(snapshots), "eval_at": list(eval_at),
             "variance_estimates": variance_estimates, "variance_groups": variance_groups,
-            "eval_train_images": eval_train_images, "eval_samples": eval_samples, "bound_samples": bound_samples,
+            "eval_train_images": eval_train_images, "control_warmup": control_warmup,
+            "eval_samples": eval_samples, "bound_samples": bound_samples,
             "timed_steps": f"{first + 1}..{steps}", "threads": torch.get_num_threads(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "failed": {lab: r.failed for lab, r in runners.items() if r.failed},
