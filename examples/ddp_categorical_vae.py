@@ -159,6 +159,7 @@ def main(argv=None):
     if rank == 0:
         print(f"final: ELBO {result['elbo']:.3f} after {args.steps} steps on {world} process(es) in {seconds:.1f}s")
     if launched:
+        dist.barrier()  # no rank tears down gloo while another still uses it (that aborts the process)
         dist.destroy_process_group()
     return result
 

@@ -110,4 +110,6 @@ def main(rank: int, directory: str, checks: list[str]) -> None:
                 break  # the other rank may now hang in a collective; stop here
     finally:
         torch.save(results, os.path.join(directory, f"rank{rank}.pt"))
+        if not any(k.startswith("error:") for k in results):
+            dist.barrier()  # a rank tearing gloo down while the other still uses it aborts (SIGABRT)
         dist.destroy_process_group()
