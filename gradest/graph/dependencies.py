@@ -37,16 +37,23 @@ class Provenance(Tensor):
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
+        if kwargs is None:
+            kwargs = {}
         if func in _DISPLAY:  # printing a sample (a log line, a traceback) is allowed after its graph closed
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
         found = _collect(args, kwargs)
         with torch._C.DisableTorchFunctionSubclass():
             out = func(*args, **kwargs)
-        if not found:
+        if not found or func in _NO_WRAP:
             return out
-        if func in _NO_WRAP:
+        if type(out) is Tensor and "out" not in kwargs and not any(out is a for a in args) \
+                and func.__name__ != "__get__":
+            # A new tensor (not an argument updated in place, nor a stored attribute such as .grad):
+            # re-class it rather than wrap it, since ``as_subclass`` would add an alias node to
+            # autograd's graph for every op
+            out.__class__ = Provenance
+            out._gradest_probes = found  # type: ignore[attr-defined]
             return out
         if isinstance(out, Tensor):
             return Provenance.wrap(out, found)
@@ -71,17 +78,29 @@ def _scan(items: Any, probes: dict[int, Tensor]) -> None:
 
 
 def _collect(args: Any, kwargs: dict[str, Any]) -> tuple[Tensor, ...]:
-    probes: dict[int, Tensor] = {}
-    _scan(args, probes)
-    if kwargs:
+    """The probes carried by an op's arguments (the union), after checking their graphs are open."""
+    found: tuple[Tensor, ...] = ()
+    nested = bool(kwargs)
+    for a in args:  # fast path: the op's tensors are top-level arguments, with the same probes
+        if isinstance(a, Provenance):
+            if not found or a._gradest_probes is found:
+                found = a._gradest_probes
+            else:
+                nested = True
+        elif isinstance(a, (tuple, list, dict)):
+            nested = True
+    if nested:
+        probes: dict[int, Tensor] = {}
+        _scan(args, probes)
         _scan(kwargs.values(), probes)
-    for p in probes.values():
+        found = tuple(probes.values())
+    for p in found:
         if getattr(p, "_gradest_graph").closed:  # probes carry their node's graph, name and index
             raise RuntimeError(
                 f"Graph: a sample of node {getattr(p, '_gradest_node')!r} was used after its graph was closed; "
                 "do all computation on samples inside the `with Graph() as g:` block."
             )
-    return tuple(probes.values())
+    return found
 
 
 def mark(t: Tensor, probe: Tensor) -> Tensor:
@@ -94,23 +113,25 @@ def plain(t: Tensor) -> Tensor:
     return t.as_subclass(Tensor) if isinstance(t, Provenance) else t
 
 
-def depends_on(tensors: Iterable[Tensor]) -> list[Tensor]:
+def depends_on(tensors: Iterable[Tensor], *, autograd: bool = True) -> list[Tensor]:
     """The probes that ``tensors`` depend on (see :func:`_depends_on`).
 
     torch.compile cannot trace autograd's graph, so there the search runs outside the compiled
     region (a graph break); ``torch.compiler.disable`` is applied lazily so that importing gradest
     does not load the compiler.
     """
-    if torch.compiler.is_compiling():
-        return torch.compiler.disable(_depends_on, recursive=True)(tensors)
-    return _depends_on(tensors)
+    if autograd and torch.compiler.is_compiling():
+        return torch.compiler.disable(_depends_on, recursive=True)(tensors, autograd=True)
+    return _depends_on(tensors, autograd=autograd)
 
 
-def _depends_on(tensors: Iterable[Tensor]) -> list[Tensor]:
+def _depends_on(tensors: Iterable[Tensor], *, autograd: bool = True) -> list[Tensor]:
     """The probes that ``tensors`` depend on: reachable through autograd, or carried by Provenance.
 
     Args:
         tensors: the roots (a cost, or a distribution's parameters).
+        autograd: also search autograd's graph, for continuous nodes' probes; a graph with no
+            continuous nodes skips it (its discrete nodes' probes ride on Provenance).
 
     Returns:
         The probe tensors found (each marks one node), in no particular order.
@@ -121,6 +142,8 @@ def _depends_on(tensors: Iterable[Tensor]) -> list[Tensor]:
     for t in tensors:
         for p in getattr(t, "_gradest_probes", ()):
             found[id(p)] = p
+        if not autograd:
+            continue
         if t.grad_fn is not None:
             stack.append(t.grad_fn)
         elif getattr(t, "_gradest_node", None) is not None:  # a probe itself

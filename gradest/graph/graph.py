@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -15,7 +16,8 @@ from gradest._validation import check_distribution, check_finite, check_n, descr
 from gradest.estimators.base import Draw, Estimator, default_for
 from gradest.estimators.multisample import refuse_in_expectation
 from gradest.graph import compose
-from gradest.graph.dependencies import Provenance, depends_on, mark, plain
+from gradest.graph.dependencies import Provenance, mark, plain
+from gradest.graph.dependencies import depends_on as depends_on_nodes
 
 __all__ = ["Graph"]
 
@@ -38,7 +40,6 @@ class Node:
     parent_depth: int
     parents: frozenset[int]
     ancestors: frozenset[int]
-    probe: Tensor
 
     @property
     def size(self) -> int:
@@ -104,9 +105,22 @@ class Graph:
     The graph holds no global state: several can be open at once. Samples may be used only while
     their graph is open.
 
+    Dependencies are found (``track=True``, the default): continuous samples through autograd's graph,
+    searched once per cost; discrete samples (used as indices, compared, cast to integers, which
+    autograd cannot follow) as a light tensor subclass that carries its node through every op, a few
+    microseconds per op on tensors computed from discrete samples. With ``track=False`` the samples are
+    plain tensors and nothing is searched: each ``sample`` and ``cost`` takes the nodes it depends on
+    from ``depends_on=`` (names; their ancestors are added), and without it from every node sampled
+    so far. Crediting a cost to a node it does not depend on keeps the estimate unbiased (the term is
+    zero in expectation) but adds variance; a node declared independent of one it does depend on
+    gives a biased gradient. This is the mode for ``torch.compile(fullgraph=True)``. Tracked
+    continuous nodes compile with a graph break per search; tracked discrete nodes do not compile
+    (torch's compiler cannot trace the subclass): use ``track=False`` there.
+
     Args:
         enumerate_budget: the largest joint support (product of the sizes of all enumerated
             dimensions) a cost may span.
+        track: find each node's and cost's dependencies (True), or take them from ``depends_on=``.
 
     References:
         Schulman et al. (2015). Gradient Estimation Using Stochastic Computation Graphs. NeurIPS.
@@ -117,12 +131,19 @@ class Graph:
         Estimators for Reinforcement Learning. NeurIPS. arXiv:1909.10549.
     """
 
-    def __init__(self, *, enumerate_budget: int = 2**16) -> None:
+    def __init__(self, *, enumerate_budget: int = 2**16, track: bool = True) -> None:
         if isinstance(enumerate_budget, bool) or not isinstance(enumerate_budget, int):
             raise TypeError(f"Graph: enumerate_budget={enumerate_budget!r} must be an int; 65536 is the default.")
         if enumerate_budget < 1:
             raise ValueError(f"Graph: enumerate_budget={enumerate_budget} must be >= 1; 65536 is the default.")
+        if not isinstance(track, bool):
+            raise TypeError(
+                f"Graph: track={track!r} must be True (find each cost's nodes) or False (declare them with "
+                "depends_on=)."
+            )
         self.enumerate_budget = enumerate_budget
+        self.track = track
+        self._continuous = False  # has nodes tracked through autograd (see _ContinuousGraphs)
         self.nodes: list[Node] = []
         self.slots: list[Slot] = []  # slots[q - 1] is position q
         self.costs: list[Cost] = []
@@ -161,10 +182,47 @@ class Graph:
             ids.add(getattr(p, "_gradest_index"))
         return ids
 
-    def sample(self, name: str, dist: Distribution, estimator: Estimator | None = None, n: int = 1) -> Tensor:
+    def _declared(self, depends_on: object, where: str) -> set[int]:
+        """The node ids named by ``depends_on`` (a node name or an iterable of them)."""
+        names = [depends_on] if isinstance(depends_on, str) else depends_on
+        if not isinstance(names, Iterable):
+            raise TypeError(
+                f"Graph.{where}: depends_on={depends_on!r} must be a node name or a list of node names."
+            )
+        ids = set()
+        for name in names:
+            if name not in self._names:
+                raise ValueError(
+                    f"Graph.{where}: depends_on names {name!r}, which is not a node of this graph (nodes: "
+                    f"{list(self._names)}); name nodes sampled earlier in this graph."
+                )
+            ids.add(self._names[name])
+        return ids
+
+    def _dependencies(self, tensors: list[Tensor], depends_on: object, where: str) -> set[int]:
+        """The nodes that ``tensors`` depend on: as declared, found (``track=True``), or all so far."""
+        if depends_on is not None:
+            return self._declared(depends_on, where)
+        if not self.track:
+            return set(range(len(self.nodes)))
+        return self._node_ids(depends_on_nodes(tensors, autograd=_continuous_graphs.live > 0), where)
+
+    def sample(
+        self,
+        name: str,
+        dist: Distribution,
+        estimator: Estimator | None = None,
+        n: int = 1,
+        *,
+        depends_on: str | Iterable[str] | None = None,
+    ) -> Tensor:
         """Draw ``n`` samples of ``dist`` as node ``name``; returns ``[n, *dist.batch_shape, *E]``
         (``Enumerate``: the support along the leading dim; with singleton dims inserted when the node
-        needs a fresh sample dimension)."""
+        needs a fresh sample dimension).
+
+        ``depends_on`` names the nodes whose samples ``dist``'s parameters were computed from; by
+        default the graph finds them (``track=True``) or takes every earlier node (``track=False``).
+        """
         where = "sample"
         self._open(where)
         if not isinstance(name, str):
@@ -184,11 +242,11 @@ class Graph:
             )
         estimator.check(dist, n)
 
-        parents = self._node_ids(depends_on(_dist_tensors(dist)), where)
+        parents = self._dependencies(_dist_tensors(dist), depends_on, where)
         ancestors = set(parents)
         for p in parents:
             ancestors |= self.nodes[p].ancestors
-        depth = max((self.nodes[p].position for p in parents), default=0)
+        depth = max([0] + [self.nodes[p].position for p in parents])
         batch = dist.batch_shape
         if len(batch) < depth:
             raise ValueError(
@@ -210,19 +268,27 @@ class Graph:
         pairable = type(estimator).reduce is Estimator.reduce
         position = self._place(depth, m, pairable)
         index = len(self.nodes)
-        probe = torch.zeros((), dtype=_float_dtype(draw.value), device=draw.value.device, requires_grad=True)
-        probe._gradest_node = name  # type: ignore[attr-defined]
-        probe._gradest_index = index  # type: ignore[attr-defined]
-        probe._gradest_graph = self  # type: ignore[attr-defined]
         node = Node(name, index, dist, estimator, _plain_draw(draw), position, position - 1 - depth, depth,
-                    frozenset(parents), frozenset(ancestors), probe)
+                    frozenset(parents), frozenset(ancestors))
         self.nodes.append(node)
         self._names[name] = index
         self.slots[position - 1].nodes.append(index)
 
         value = node.view(plain(draw.value))
+        if not self.track:
+            return value
+        probe = torch.zeros((), dtype=_float_dtype(draw.value), device=draw.value.device, requires_grad=True)
+        probe._gradest_node = name  # type: ignore[attr-defined]
+        probe._gradest_index = index  # type: ignore[attr-defined]
+        probe._gradest_graph = self  # type: ignore[attr-defined]
         if dist.has_enumerate_support or (isinstance(dist, Independent) and dist.base_dist.has_enumerate_support):
             return Provenance.wrap(value, (probe,))
+        if not self._continuous:
+            if torch.compiler.is_compiling():  # weakref.finalize is not traceable; tracked graphs break anyway
+                torch.compiler.disable(_continuous_graphs.add)(self)
+            else:
+                _continuous_graphs.add(self)
+        self._continuous = True
         return mark(value, probe)
 
     def _place(self, depth: int, m: int, pairable: bool) -> int:
@@ -240,18 +306,22 @@ class Graph:
 
     # -- costs -----------------------------------------------------------------------------------
 
-    def cost(self, value: Tensor, name: str | None = None) -> None:
-        """Add a cost: any tensor computed from samples and parameters (see the class docstring)."""
+    def cost(self, value: Tensor, name: str | None = None, *, depends_on: str | Iterable[str] | None = None) -> None:
+        """Add a cost: any tensor computed from samples and parameters (see the class docstring).
+
+        ``depends_on`` names the nodes whose samples ``value`` was computed from (their ancestors are
+        added); by default the graph finds them (``track=True``) or takes every node (``track=False``).
+        """
         where = "cost"
         self._open(where)
         if not isinstance(value, Tensor):
             raise TypeError(f"Graph.cost: value={type(value).__name__} must be a tensor computed from the samples.")
         name = name if name is not None else f"cost{len(self.costs)}"
-        direct = self._node_ids(depends_on([value]), where)
+        direct = self._dependencies([value], depends_on, where)
         deps = set(direct)
         for i in direct:
             deps |= self.nodes[i].ancestors
-        depth = max((self.nodes[i].position for i in deps), default=0)
+        depth = max([0] + [self.nodes[i].position for i in deps])
         value = plain(value)
         if not (value.is_floating_point() or value.is_complex()):
             raise TypeError(f"Graph.cost: cost {name!r} has dtype={value.dtype}; costs must be floating point.")
@@ -312,6 +382,29 @@ class Graph:
         if not self.costs:
             raise ValueError("Graph.loss: no costs were added; call g.cost(value) for each cost first.")
         return compose.loss(self.nodes, self.slots, self.costs)
+
+
+class _ContinuousGraphs:
+    """How many graphs with continuous nodes are alive.
+
+    Continuous samples carry their node's probe through autograd, and a probe keeps its graph alive;
+    so while no such graph is alive, no tensor anywhere can reach a probe through autograd, and the
+    dependency search skips autograd's graph (its costliest part) with the same result. A graph is
+    counted until it is garbage-collected, so the count errs only towards searching.
+    """
+
+    def __init__(self) -> None:
+        self.live = 0
+
+    def add(self, graph: Graph) -> None:
+        self.live += 1
+        weakref.finalize(graph, self._release)
+
+    def _release(self) -> None:
+        self.live -= 1
+
+
+_continuous_graphs = _ContinuousGraphs()
 
 
 def _float_dtype(x: Tensor) -> torch.dtype:

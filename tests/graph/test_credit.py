@@ -28,6 +28,7 @@ from gradest import (
     ScoreFunction,
     magic_box,
 )
+from gradest.graph.dependencies import Provenance
 from tests.graph.common import DTYPE, flat_grads, replicate, seeded
 
 R = 50
@@ -217,3 +218,18 @@ def test_continuous_sample_of_another_node_gives_exactly_zero() -> None:
         untouched = grads[:, 1:] if which == "x" else grads[:, :1]
         assert torch.equal(untouched, torch.zeros_like(untouched))
 
+
+
+def test_provenance_leaves_tensors_it_does_not_create_alone() -> None:
+    """Ops on discrete samples re-class the tensors they create; a plain tensor updated in place with a
+    sample, and attributes such as ``.grad``, stay plain (usable after the graph closes)."""
+    logits = torch.zeros(3, requires_grad=True)
+    running = torch.zeros(2)
+    with Graph() as g:
+        k = g.sample("k", Categorical(logits=logits), n=2)
+        shifted = k + 1
+        assert isinstance(shifted, Provenance)
+        running.add_(k.to(running.dtype))
+        g.cost(torch.tensor([1.0, 2.0, 3.0])[k])
+    assert type(running) is torch.Tensor
+    running + 1  # usable: it is not a sample

@@ -31,6 +31,7 @@ from gradest import (
     ScoreFunction,
     expectation,
 )
+from gradest.graph import compose
 from gradest.testing import NonreparameterizedNormal
 from tests.graph.common import DTYPE, flat_grads, leaves, seeded
 
@@ -128,10 +129,20 @@ def _steps(factory: Callable[[], Estimator], family: Family, batch: tuple, n: in
     return out, estimator.state_dict()
 
 
+@pytest.fixture(params=["shortcut", "general"])
+def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``loss()`` of a one-node graph takes the estimator's own surrogate (``compose.one_node``); the
+    "general" route switches that off, so the general composition is compared with ``expectation`` too."""
+    if request.param == "general":
+        monkeypatch.setattr(compose, "one_node", lambda nodes, costs: None)
+    return request.param
+
+
 @pytest.mark.parametrize("batch", [(), (3,), (2, 3)], ids=lambda b: f"B={b}")
 @pytest.mark.parametrize(("factory", "family", "n", "steps"),
                          [pytest.param(*c[1:], id=f"{c[0]}/{c[2].name}/n={c[3]}") for c in CASES])
-def test_one_node_graph_equals_expectation(factory, family: Family, n: int, steps: int, batch: tuple) -> None:
+def test_one_node_graph_equals_expectation(factory, family: Family, n: int, steps: int, batch: tuple,
+                                           route: str) -> None:
     by_graph, state_graph = _steps(factory, family, batch, n, steps, graph=True)
     by_expectation, state_expectation = _steps(factory, family, batch, n, steps, graph=False)
     for (v_g, g_g), (v_e, g_e) in zip(by_graph, by_expectation, strict=True):
