@@ -1,38 +1,57 @@
-"""Which sampled nodes a tensor depends on: one pure function, plus the markers it looks for.
+"""Which sampled nodes a tensor depends on: the :class:`Provenance` subclass and the search over it.
 
-Continuous samples are tracked through autograd: they leave the graph as ``value + probe``, where
-``probe`` is a zero-valued scalar leaf owned by the node, and a tensor depends on the nodes whose
-probes are reachable from its ``grad_fn``. This costs nothing per op.
+Samples leave a tracked graph as :class:`Provenance`, a light tensor subclass that carries the tags
+of the nodes it was computed from through every op, floating or not. Autograd alone could not do
+this: discrete samples are used as indices, compared and converted to integers, and a continuous
+sample thresholded into an index (``table[(y > 0).long()]``) leaves autograd's graph too; with the
+tags, ``table[z]``, ``embedding(z)``, ``(b.long() * powers).sum()``, ``b == 1`` and ``y > 0`` all
+keep their dependencies. An op that writes samples into a plain tensor in place (``buf[t] = z``,
+``h.add_(y)``) makes that tensor carry the tags too, while their graph is open.
 
-Discrete samples (Bernoulli bits, categorical indices, one-hot vectors) are used as indices, compared,
-converted to integers: autograd cannot follow them. They leave the graph as :class:`Provenance`, a
-light tensor subclass that carries its nodes' probes through every op, floating or not, so
-``table[z]``, ``embedding(z)``, ``(b.long() * powers).sum()`` and ``b == 1`` all keep their
-dependencies. Its cost is one Python call per op on tensors derived from discrete samples; the
-graph benchmark measures it.
+The cost is one Python call per op on tensors computed from samples (≈ 5 µs on a CPU); outputs are
+re-classed in place, so autograd's graph is the one the plain ops would build. The graph benchmark
+measures the total (``BENCHMARKS.md``, task 1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.utils._pytree import tree_map
 
-__all__ = ["Provenance", "depends_on", "mark", "plain"]
+if TYPE_CHECKING:
+    from gradest.graph.graph import Graph
+
+__all__ = ["Provenance", "Tag", "depends_on", "plain"]
+
+
+class Tag:
+    """One node of one graph, as carried by the tensors computed from its samples."""
+
+    __slots__ = ("graph", "index", "name")
+
+    def __init__(self, graph: Graph, index: int, name: str) -> None:
+        self.graph, self.index, self.name = graph, index, name
 
 
 class Provenance(Tensor):
-    """An integer or boolean tensor that remembers which graph nodes produced it."""
+    """A tensor computed from a graph's samples, carrying the tags of the nodes it depends on.
 
-    _gradest_probes: tuple[Tensor, ...]
+    A tensor that borrowed tags by being updated in place (a buffer the user owns) becomes plain
+    again once their graphs have closed; a tensor computed from samples may not be used after that.
+    """
+
+    _gradest_tags: tuple[Tag, ...]
+    _gradest_borrowed: bool
 
     @staticmethod
-    def wrap(x: Tensor, probes: tuple[Tensor, ...]) -> Provenance:
+    def wrap(x: Tensor, tags: tuple[Tag, ...]) -> Provenance:
         out = x.as_subclass(Provenance)
-        out._gradest_probes = probes
+        out._gradest_tags = tags
+        out._gradest_borrowed = False
         return out
 
     @classmethod
@@ -47,16 +66,23 @@ class Provenance(Tensor):
             out = func(*args, **kwargs)
         if not found or func in _NO_WRAP:
             return out
-        if type(out) is Tensor and "out" not in kwargs and not any(out is a for a in args) \
-                and func.__name__ != "__get__":
-            # A new tensor (not an argument updated in place, nor a stored attribute such as .grad):
-            # re-class it rather than wrap it, since ``as_subclass`` would add an alias node to
-            # autograd's graph for every op
+        kind = _KINDS.get(func)
+        if kind is None:
+            kind = _KINDS[func] = _kind(func)
+        if kind is _GETTER:  # an attribute (.grad, .data, .shape): only new tensors are wrapped
+            return Provenance.wrap(out, found) if type(out) is Tensor else out
+        mutated = kwargs.get("out", args[0] if args and kind is _IN_PLACE else None)
+        if isinstance(mutated, Tensor):
+            _borrow(mutated, found)
+        if type(out) is Tensor and not any(out is a for a in args) and out is not mutated:
+            # a new tensor: re-class it rather than wrap it (``as_subclass`` would add an alias node to
+            # autograd's graph for every op)
             out.__class__ = Provenance
-            out._gradest_probes = found  # type: ignore[attr-defined]
+            out._gradest_tags = found  # type: ignore[attr-defined]
+            out._gradest_borrowed = False  # type: ignore[attr-defined]
             return out
         if isinstance(out, Tensor):
-            return Provenance.wrap(out, found)
+            return out if isinstance(out, Provenance) else Provenance.wrap(out, found)
         if isinstance(out, (tuple, list)) and not hasattr(out, "_fields"):
             return type(out)(Provenance.wrap(t, found) if isinstance(t, Tensor) else t for t in out)
         return tree_map(lambda t: Provenance.wrap(t, found) if isinstance(t, Tensor) else t, out)
@@ -64,48 +90,83 @@ class Provenance(Tensor):
 
 _DISPLAY = {Tensor.__repr__, Tensor.__format__}
 _NO_WRAP = {Tensor.__repr__, Tensor.__format__, Tensor.tolist, Tensor.item, Tensor.numpy}
+_SETTERS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__",
+            "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__"}
 
 
-def _scan(items: Any, probes: dict[int, Tensor]) -> None:
+_GETTER, _IN_PLACE, _OTHER = "getter", "in-place", "other"
+_KINDS: dict[Any, str] = {}  # func -> kind, filled on first use
+
+
+def _kind(func: Any) -> str:
+    name = getattr(func, "__name__", "")
+    if name == "__get__":
+        return _GETTER
+    if name in _SETTERS or (name.endswith("_") and not name.endswith("__")):
+        return _IN_PLACE
+    return _OTHER
+
+
+def _borrow(t: Tensor, tags: tuple[Tag, ...]) -> None:
+    """``t`` was updated in place from tensors carrying ``tags``: it carries them too."""
+    if isinstance(t, Provenance):
+        extra = tuple(g for g in tags if g not in t._gradest_tags)
+        if extra:
+            t._gradest_tags = t._gradest_tags + extra
+    elif type(t) is Tensor:  # not nn.Parameter or another subclass
+        t.__class__ = Provenance
+        t._gradest_tags = tags  # type: ignore[attr-defined]
+        t._gradest_borrowed = True  # type: ignore[attr-defined]
+
+
+def _scan(items: Any, tags: dict[int, Tag]) -> None:
     for a in items:
         if isinstance(a, Provenance):
-            for p in a._gradest_probes:
-                probes[id(p)] = p
+            for g in _live(a):
+                tags[id(g)] = g
         elif isinstance(a, (tuple, list)):
-            _scan(a, probes)
+            _scan(a, tags)
         elif isinstance(a, dict):
-            _scan(a.values(), probes)
+            _scan(a.values(), tags)
 
 
-def _collect(args: Any, kwargs: dict[str, Any]) -> tuple[Tensor, ...]:
-    """The probes carried by an op's arguments (the union), after checking their graphs are open."""
-    found: tuple[Tensor, ...] = ()
+def _live(t: Provenance) -> tuple[Tag, ...]:
+    """``t``'s tags, after checking their graphs are open (a borrowed tensor drops closed ones)."""
+    tags = t._gradest_tags
+    for g in tags:
+        if g.graph.closed:
+            if not t._gradest_borrowed:
+                raise RuntimeError(
+                    f"Graph: a sample of node {g.name!r} was used after its graph was closed; "
+                    "do all computation on samples inside the `with Graph() as g:` block."
+                )
+            tags = tuple(h for h in tags if not h.graph.closed)
+            t._gradest_tags = tags
+            if not tags:
+                t.__class__ = Tensor  # type: ignore[assignment]
+            break
+    return tags
+
+
+def _collect(args: Any, kwargs: dict[str, Any]) -> tuple[Tag, ...]:
+    """The tags carried by an op's arguments (the union)."""
+    found: tuple[Tag, ...] = ()
     nested = bool(kwargs)
-    for a in args:  # fast path: the op's tensors are top-level arguments, with the same probes
+    for a in args:  # fast path: the op's tensors are top-level arguments, with the same tags
         if isinstance(a, Provenance):
-            if not found or a._gradest_probes is found:
-                found = a._gradest_probes
+            tags = _live(a)
+            if not found or tags is found:
+                found = tags
             else:
                 nested = True
         elif isinstance(a, (tuple, list, dict)):
             nested = True
     if nested:
-        probes: dict[int, Tensor] = {}
-        _scan(args, probes)
-        _scan(kwargs.values(), probes)
-        found = tuple(probes.values())
-    for p in found:
-        if getattr(p, "_gradest_graph").closed:  # probes carry their node's graph, name and index
-            raise RuntimeError(
-                f"Graph: a sample of node {getattr(p, '_gradest_node')!r} was used after its graph was closed; "
-                "do all computation on samples inside the `with Graph() as g:` block."
-            )
+        merged: dict[int, Tag] = {}
+        _scan(args, merged)
+        _scan(kwargs.values(), merged)
+        found = tuple(merged.values())
     return found
-
-
-def mark(t: Tensor, probe: Tensor) -> Tensor:
-    """``t + probe``: the same value (the probe is zero), now reachable from the probe's node."""
-    return t + probe.to(t.dtype)
 
 
 def plain(t: Tensor) -> Tensor:
@@ -113,52 +174,11 @@ def plain(t: Tensor) -> Tensor:
     return t.as_subclass(Tensor) if isinstance(t, Provenance) else t
 
 
-def depends_on(tensors: Iterable[Tensor], *, autograd: bool = True) -> list[Tensor]:
-    """The probes that ``tensors`` depend on (see :func:`_depends_on`).
-
-    torch.compile cannot trace autograd's graph, so there the search runs outside the compiled
-    region (a graph break); ``torch.compiler.disable`` is applied lazily so that importing gradest
-    does not load the compiler.
-    """
-    if autograd and torch.compiler.is_compiling():
-        return torch.compiler.disable(_depends_on, recursive=True)(tensors, autograd=True)
-    return _depends_on(tensors, autograd=autograd)
-
-
-def _depends_on(tensors: Iterable[Tensor], *, autograd: bool = True) -> list[Tensor]:
-    """The probes that ``tensors`` depend on: reachable through autograd, or carried by Provenance.
-
-    Args:
-        tensors: the roots (a cost, or a distribution's parameters).
-        autograd: also search autograd's graph, for continuous nodes' probes; a graph with no
-            continuous nodes skips it (its discrete nodes' probes ride on Provenance).
-
-    Returns:
-        The probe tensors found (each marks one node), in no particular order.
-    """
-    found: dict[int, Tensor] = {}
-    stack = []
-    seen: set[int] = set()
+def depends_on(tensors: Iterable[Tensor]) -> list[Tag]:
+    """The tags of the nodes that ``tensors`` (a cost, or a distribution's parameters) depend on."""
+    found: dict[int, Tag] = {}
     for t in tensors:
-        for p in getattr(t, "_gradest_probes", ()):
-            found[id(p)] = p
-        if not autograd:
-            continue
-        if t.grad_fn is not None:
-            stack.append(t.grad_fn)
-        elif getattr(t, "_gradest_node", None) is not None:  # a probe itself
-            found[id(t)] = t
-    while stack:
-        fn = stack.pop()
-        if id(fn) in seen:
-            continue
-        seen.add(id(fn))
-        variable = getattr(fn, "variable", None)  # AccumulateGrad: a leaf
-        if variable is not None:
-            if getattr(variable, "_gradest_node", None) is not None:
-                found[id(variable)] = variable
-            continue
-        for nxt, _ in fn.next_functions:
-            if nxt is not None and id(nxt) not in seen:
-                stack.append(nxt)
+        if isinstance(t, Provenance):
+            for g in _live(t):
+                found[id(g)] = g
     return list(found.values())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -16,7 +15,7 @@ from gradest._validation import check_distribution, check_finite, check_n, descr
 from gradest.estimators.base import Draw, Estimator, default_for
 from gradest.estimators.multisample import refuse_in_expectation
 from gradest.graph import compose
-from gradest.graph.dependencies import Provenance, mark, plain
+from gradest.graph.dependencies import Provenance, Tag, plain
 from gradest.graph.dependencies import depends_on as depends_on_nodes
 
 __all__ = ["Graph"]
@@ -105,17 +104,18 @@ class Graph:
     The graph holds no global state: several can be open at once. Samples may be used only while
     their graph is open.
 
-    Dependencies are found (``track=True``, the default): continuous samples through autograd's graph,
-    searched once per cost; discrete samples (used as indices, compared, cast to integers, which
-    autograd cannot follow) as a light tensor subclass that carries its node through every op, a few
-    microseconds per op on tensors computed from discrete samples. With ``track=False`` the samples are
-    plain tensors and nothing is searched: each ``sample`` and ``cost`` takes the nodes it depends on
-    from ``depends_on=`` (names; their ancestors are added), and without it from every node sampled
-    so far. Crediting a cost to a node it does not depend on keeps the estimate unbiased (the term is
-    zero in expectation) but adds variance; a node declared independent of one it does depend on
-    gives a biased gradient. This is the mode for ``torch.compile(fullgraph=True)``. Tracked
-    continuous nodes compile with a graph break per search; tracked discrete nodes do not compile
-    (torch's compiler cannot trace the subclass): use ``track=False`` there.
+    Dependencies are found (``track=True``, the default): samples are a light tensor subclass that
+    carries its node through every op, floating or not, so indices (``table[z]``), comparisons,
+    integer casts and thresholds of continuous samples (``(y > 0).long()``) all keep their
+    dependencies, as do plain tensors the samples are written into in place (``buf[t] = z``); it costs
+    a few microseconds per op on tensors computed from samples. Writing into a *view* of a plain
+    tensor (``buf[t].copy_(z)``) marks only the view: write through the tensor itself. With
+    ``track=False`` the samples are plain tensors and nothing is tracked: each ``sample`` and
+    ``cost`` takes the nodes it depends on from ``depends_on=`` (names; their ancestors are added),
+    and without it from every node sampled so far. Crediting a cost to a node it does not depend on
+    keeps the estimate unbiased (the term is zero in expectation) but adds variance; a node declared
+    independent of one it does depend on gives a biased gradient. ``track=False`` is the mode for
+    ``torch.compile`` (with ``fullgraph=True``): torch's compiler cannot trace the subclass.
 
     Args:
         enumerate_budget: the largest joint support (product of the sizes of all enumerated
@@ -143,7 +143,6 @@ class Graph:
             )
         self.enumerate_budget = enumerate_budget
         self.track = track
-        self._continuous = False  # has nodes tracked through autograd (see _ContinuousGraphs)
         self.nodes: list[Node] = []
         self.slots: list[Slot] = []  # slots[q - 1] is position q
         self.costs: list[Cost] = []
@@ -169,17 +168,15 @@ class Graph:
 
     # -- nodes -----------------------------------------------------------------------------------
 
-    def _node_ids(self, probes: list[Tensor], where: str) -> set[int]:
+    def _node_ids(self, tags: list[Tag], where: str) -> set[int]:
         ids = set()
-        for p in probes:
-            graph = getattr(p, "_gradest_graph")  # probes carry their node's graph, name and index
-            if graph is not self:
+        for tag in tags:
+            if tag.graph is not self:
                 raise RuntimeError(
-                    f"Graph.{where}: depends on node {getattr(p, '_gradest_node')!r} of another graph"
-                    f"{' that is closed' if graph.closed else ''}; a graph's samples may "
+                    f"Graph.{where}: depends on node {tag.name!r} of another graph; a graph's samples may "
                     "only be used in its own costs."
                 )
-            ids.add(getattr(p, "_gradest_index"))
+            ids.add(tag.index)
         return ids
 
     def _declared(self, depends_on: object, where: str) -> set[int]:
@@ -205,7 +202,7 @@ class Graph:
             return self._declared(depends_on, where)
         if not self.track:
             return set(range(len(self.nodes)))
-        return self._node_ids(depends_on_nodes(tensors, autograd=_continuous_graphs.live > 0), where)
+        return self._node_ids(depends_on_nodes(tensors), where)
 
     def sample(
         self,
@@ -277,19 +274,7 @@ class Graph:
         value = node.view(plain(draw.value))
         if not self.track:
             return value
-        probe = torch.zeros((), dtype=_float_dtype(draw.value), device=draw.value.device, requires_grad=True)
-        probe._gradest_node = name  # type: ignore[attr-defined]
-        probe._gradest_index = index  # type: ignore[attr-defined]
-        probe._gradest_graph = self  # type: ignore[attr-defined]
-        if dist.has_enumerate_support or (isinstance(dist, Independent) and dist.base_dist.has_enumerate_support):
-            return Provenance.wrap(value, (probe,))
-        if not self._continuous:
-            if torch.compiler.is_compiling():  # weakref.finalize is not traceable; tracked graphs break anyway
-                torch.compiler.disable(_continuous_graphs.add)(self)
-            else:
-                _continuous_graphs.add(self)
-        self._continuous = True
-        return mark(value, probe)
+        return Provenance.wrap(value, (Tag(self, index, name),))
 
     def _place(self, depth: int, m: int, pairable: bool) -> int:
         """The position of a new node: the first shareable slot above its parents, else a fresh one."""
@@ -382,33 +367,6 @@ class Graph:
         if not self.costs:
             raise ValueError("Graph.loss: no costs were added; call g.cost(value) for each cost first.")
         return compose.loss(self.nodes, self.slots, self.costs)
-
-
-class _ContinuousGraphs:
-    """How many graphs with continuous nodes are alive.
-
-    Continuous samples carry their node's probe through autograd, and a probe keeps its graph alive;
-    so while no such graph is alive, no tensor anywhere can reach a probe through autograd, and the
-    dependency search skips autograd's graph (its costliest part) with the same result. A graph is
-    counted until it is garbage-collected, so the count errs only towards searching.
-    """
-
-    def __init__(self) -> None:
-        self.live = 0
-
-    def add(self, graph: Graph) -> None:
-        self.live += 1
-        weakref.finalize(graph, self._release)
-
-    def _release(self) -> None:
-        self.live -= 1
-
-
-_continuous_graphs = _ContinuousGraphs()
-
-
-def _float_dtype(x: Tensor) -> torch.dtype:
-    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
 
 
 def _plain_draw(draw: Draw) -> Draw:

@@ -220,16 +220,35 @@ def test_continuous_sample_of_another_node_gives_exactly_zero() -> None:
 
 
 
-def test_provenance_leaves_tensors_it_does_not_create_alone() -> None:
-    """Ops on discrete samples re-class the tensors they create; a plain tensor updated in place with a
-    sample, and attributes such as ``.grad``, stay plain (usable after the graph closes)."""
+def test_thresholded_continuous_sample_keeps_its_dependencies() -> None:
+    """A continuous sample turned into an index leaves autograd's graph; the cost is still credited to
+    it and to the discrete node above it."""
     logits = torch.zeros(3, requires_grad=True)
-    running = torch.zeros(2)
     with Graph() as g:
-        k = g.sample("k", Categorical(logits=logits), n=2)
-        shifted = k + 1
-        assert isinstance(shifted, Provenance)
-        running.add_(k.to(running.dtype))
-        g.cost(torch.tensor([1.0, 2.0, 3.0])[k])
-    assert type(running) is torch.Tensor
-    running + 1  # usable: it is not a sample
+        k = g.sample("k", Categorical(logits=logits), n=4)
+        y = g.sample("y", Normal(torch.tensor([-1.0, 0.0, 1.0])[k], 1.0))
+        g.cost(torch.tensor([0.0, 1.0])[(y > 0).long()], name="threshold")
+    assert {g.nodes[i].name for i in g.costs[0].deps} == {"k", "y"}
+    g.loss().backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_samples_written_into_a_plain_tensor_in_place_keep_their_dependencies() -> None:
+    """``buf[t] = z`` and ``h.add_(y)`` make the buffers carry the nodes while the graph is open; once it
+    has closed they are the user's plain tensors again (usable, unlike the samples themselves)."""
+    logits = torch.zeros(2, 3, requires_grad=True)
+    actions = torch.zeros(2, 4, dtype=torch.long)
+    running = torch.zeros(4)
+    with Graph() as g:
+        for t in range(2):
+            actions[t] = g.sample(f"a{t}", Categorical(logits=logits[t]), n=4)
+        running.add_(actions[1].to(running.dtype))
+        g.cost(TABLE[actions].sum(0), name="rollout")
+        x = g.sample("x", Normal(torch.zeros(()), 1.0), n=4, depends_on=())
+        assert isinstance(running, Provenance) and isinstance(x * 0 + 1, Provenance)
+    assert {g.nodes[i].name for i in g.costs[0].deps} == {"a0", "a1"}
+    g.loss().backward()
+    assert (logits.grad.abs().sum(-1) > 0).all()
+    assert type(running + 1) is torch.Tensor and type(running) is torch.Tensor  # plain again
+    with pytest.raises(RuntimeError, match="node 'x' was used after its graph was closed"):
+        x + 1

@@ -129,21 +129,3 @@ def test_untracked_graph_compiles_with_fullgraph() -> None:
         out = compiled(*params)
     torch.testing.assert_close(out, eager)
     torch.testing.assert_close(flat_grads(out, params), flat_grads(eager, params))
-
-
-@pytest.mark.usefixtures("fresh_dynamo")
-def test_tracked_continuous_graph_compiles_with_graph_breaks() -> None:
-    """With ``track=True`` the dependency search runs outside the compiled region (a graph break)."""
-    def step(mu: Tensor, w: Tensor) -> Tensor:
-        with Graph() as g:
-            y = g.sample("y", Normal(mu, 1.0, validate_args=False), n=2)
-            g.cost((y - w) ** 2)
-        return g.loss()
-
-    mu, w = leaves(torch.tensor([0.3, -0.1]), torch.tensor(0.5))
-    with seeded(0):
-        eager = step(mu, w)
-    with seeded(0):
-        out = torch.compile(step, backend="aot_eager")(mu, w)
-    torch.testing.assert_close(out, eager)
-    torch.testing.assert_close(flat_grads(out, [mu, w]), flat_grads(eager, [mu, w]))

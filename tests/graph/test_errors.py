@@ -223,7 +223,9 @@ def test_sample_and_cost_after_close() -> None:
     with pytest.raises(RuntimeError, match=r"Graph.sample: the graph is closed"):
         g.sample("y", Normal(0.0, 1.0))
     with pytest.raises(RuntimeError, match=r"Graph.cost: the graph is closed"):
-        g.cost(x**2)
+        g.cost(torch.ones(2))
+    with pytest.raises(RuntimeError, match="a sample of node 'x' was used after its graph was closed"):
+        x**2  # continuous samples too
     with pytest.raises(RuntimeError, match="this graph was already closed"), g:
         pass
 
@@ -246,5 +248,5 @@ def test_cost_using_samples_of_another_graph() -> None:
             h.cost(x**2)
         with pytest.raises(RuntimeError, match="Graph.sample: depends on node 'x' of another graph;"):
             h.sample("y", Normal(x, 1.0))
-    with Graph() as k, pytest.raises(RuntimeError, match="node 'x' of another graph that is closed"):
+    with Graph() as k, pytest.raises(RuntimeError, match="node 'x' was used after its graph was closed"):
         k.cost(x**2)
