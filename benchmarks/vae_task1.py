@@ -21,6 +21,7 @@ Implementations (``--impls``, comma-separated; the reference ``rloo`` always run
     gradest          (b) gradest.expectation(f, Independent(OneHotCategorical), ScoreFunction(LeaveOneOut()), n=4)
     gradest-noval    (b) with gradest.set_validation(False) during its steps (no NaN check)
     graph            (b) written with gradest.Graph: one node, the reconstruction cost per image
+    graph-untracked  (b) with gradest.Graph(track=False): plain samples, the cost's node declared
     gumbel           (c) hand-written Gumbel-Softmax, temperature 0.5 (biased)
     pyro             (d) Pyro TraceGraph_ELBO, decaying-average baseline
     pyro-nobaseline      Pyro TraceGraph_ELBO, no baseline (Pyro's default)
@@ -88,7 +89,8 @@ VARIANCE_SEED = 1000  # + the implementation's index in IMPLS: independent strea
 PYRO_BASELINE_WARMUP = 50  # training batches that settle Pyro's decaying average before measuring
 TEMPERATURE = 0.5  # Gumbel-Softmax
 
-IMPLS = ("rloo", "rloo-dist", "gradest", "gradest-noval", "graph", "gumbel", "pyro", "pyro-nobaseline", "storch")
+IMPLS = ("rloo", "rloo-dist", "gradest", "gradest-noval", "graph", "graph-untracked", "gumbel", "pyro",
+         "pyro-nobaseline", "storch")
 PEERS = {"pyro": "pyro", "pyro-nobaseline": "pyro", "storch": "storch"}  # implementation -> module
 
 
@@ -263,6 +265,20 @@ class GradestGraph(Gradest):
         (g.loss() + kl_uniform(q.base_dist.logits).mean()).backward()
 
 
+class GradestGraphUntracked(Gradest):
+    """(b) as a one-node ``gradest.Graph(track=False)``: plain samples, the cost's node declared."""
+
+    name = "graph-untracked"
+
+    def backward(self, x: Tensor) -> None:
+        dec = self.model.dec
+        q = Independent(OneHotCategorical(logits=self.model.enc(x).view(-1, LATENTS, CATEGORIES)), 1)
+        with gradest.Graph(track=False) as g:
+            z = g.sample("z", q, self.estimator, n=N)
+            g.cost(-log_lik(dec, z, x) / x.shape[0], name="reconstruction", depends_on="z")
+        (g.loss() + kl_uniform(q.base_dist.logits).mean()).backward()
+
+
 class _gradest_validation:
     def __init__(self, enabled: bool | None) -> None:
         self.enabled = enabled
@@ -374,8 +390,8 @@ class Storch(Impl):
 CLASSES: dict[str, type[Impl]] = {
     c.name: c
     for c in (
-        HandRLOO, HandRLOODist, Gradest, GradestNoValidation, GradestGraph, HandGumbel, PyroTraceGraph, PyroNoBaseline,
-        Storch,
+        HandRLOO, HandRLOODist, Gradest, GradestNoValidation, GradestGraph, GradestGraphUntracked, HandGumbel,
+        PyroTraceGraph, PyroNoBaseline, Storch,
     )
 }
 

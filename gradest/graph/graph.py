@@ -265,7 +265,9 @@ class Graph:
         pairable = type(estimator).reduce is Estimator.reduce
         position = self._place(depth, m, pairable)
         index = len(self.nodes)
-        node = Node(name, index, dist, estimator, _plain_draw(draw), position, position - 1 - depth, depth,
+        if parents:  # only parameters computed from samples are Provenance
+            draw = _plain_draw(draw)
+        node = Node(name, index, dist, estimator, draw, position, position - 1 - depth, depth,
                     frozenset(parents), frozenset(ancestors))
         self.nodes.append(node)
         self._names[name] = index
@@ -375,8 +377,8 @@ def _plain_draw(draw: Draw) -> Draw:
 
 
 def _plain_dist(dist: Distribution) -> Distribution:
-    """``dist``, or a shallow copy whose :class:`Provenance` tensors (parameters built from discrete
-    samples, e.g. ``logits=W[z]``) are plain: baselines read the draw's distribution in ``loss()``,
+    """``dist``, or a shallow copy whose :class:`Provenance` tensors (parameters built from samples,
+    e.g. ``logits=W[z]``) are plain: baselines read the draw's distribution in ``loss()``,
     which may run after the graph has closed."""
     tensors = vars(dist)
     base = dist.base_dist if isinstance(dist, Independent) else None
