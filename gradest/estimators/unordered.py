@@ -22,6 +22,15 @@ for every T ⊆ S: one pass over the :math:`2^k` subsets gives P(S), every leave
 leave-two-out probability. Every term is positive, so nothing cancels; r is summed over the categories
 not drawn (not computed as 1 − p(S), which would cancel when S holds almost all the mass).
 
+Factorised families (``Bernoulli`` and ``Independent`` Bernoulli, Categorical or OneHotCategorical)
+have a joint support too large to perturb state by state; their k distinct joint states are drawn by
+*stochastic beam search* (Kool et al. 2019): the states are built coordinate by coordinate, each
+partial state carrying the maximum G of the Gumbel-perturbed log-probabilities of all its completions,
+each extension's maximum drawn conditionally on its parent's (a Gumbel truncated at G), and the k
+largest kept. The k complete states are then exactly the Gumbel-top-k of the joint distribution, so
+the estimator is the same; r is then 1 − p(S), computed as ``log1mexp`` of log p(S) (the joint
+support cannot be summed over).
+
 References:
     Kool et al. (2020). Estimating Gradients for Discrete Random Variables by Sampling without
     Replacement. ICLR. arXiv:2002.06043.
@@ -32,11 +41,12 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
-from torch.distributions import Categorical, Distribution, OneHotCategorical
-from torch.nn.functional import one_hot
+from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
+from torch.nn.functional import one_hot, softplus
 
 from gradest._validation import describe
 from gradest.estimators._gumbel import gumbel
@@ -99,15 +109,75 @@ def _leave_out_ratios(log_p: Tensor, log_rest: Tensor) -> tuple[Tensor, Tensor]:
     return log_r1, torch.where(diagonal, torch.zeros_like(log_r2), log_r2)
 
 
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 − eˣ) for x ≤ 0, accurate near 0 and for very negative x (Mächler 2012)."""
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def _factorised(dist: Distribution) -> tuple[Distribution, int] | None:
+    """``(leaf, r)`` for Bernoulli/Categorical/OneHotCategorical leaves with ``r`` reinterpreted batch
+    dims (0 without Independent); None for other families."""
+    r = 0
+    while isinstance(dist, Independent):
+        r += dist.reinterpreted_batch_ndims
+        dist = dist.base_dist
+    return (dist, r) if isinstance(dist, (Bernoulli, Categorical, OneHotCategorical)) else None
+
+
+def _coordinate_table(leaf: Distribution, r: int) -> Tensor:
+    """log-probabilities ``[*B, d, K]`` of each of the d = Π(event dims) coordinates taking each of
+    its K values (K = 2 for bits), differentiable."""
+    if isinstance(leaf, Bernoulli):
+        table = torch.stack([-softplus(leaf.logits), -softplus(-leaf.logits)], -1)  # log(1 − p), log p
+    else:
+        table = _categorical(leaf).logits
+    batch = table.shape[: table.dim() - 1 - r]
+    return table.reshape(*batch, -1, table.shape[-1])
+
+
+def _beam_search(log_table: Tensor, k: int, n: int) -> Tensor:
+    """k distinct joint states per set, without replacement (stochastic beam search; Kool et al.
+    2019, Algorithm 2): returns their coordinates ``[n, *B, k, d]``.
+
+    Args:
+        log_table: ``[*B, d, K]`` coordinate log-probabilities (not differentiated).
+        k: states per set, at most K^d.
+        n: independent sets.
+    """
+    *batch, d, size = log_table.shape
+    shape = (n, *batch)
+    phi = log_table.new_zeros((*shape, 1))  # log-probability of each partial state in the beam
+    top = gumbel((*shape, 1), dtype=log_table.dtype, device=log_table.device)  # the max over its completions
+    states = torch.zeros((*shape, 1, 0), dtype=torch.long, device=log_table.device)
+    for j in range(d):
+        width = phi.shape[-1]
+        child = (phi.unsqueeze(-1) + log_table[..., j, :].unsqueeze(-2)).flatten(-2)  # [*, width·K]
+        perturbed = child + gumbel(child.shape, dtype=child.dtype, device=child.device)
+        z = perturbed.unflatten(-1, (width, size)).amax(-1, keepdim=True)
+        # Gumbel(child) conditioned on the maximum over the parent's children being the parent's own
+        # maximum T: −log(e^{−T} − e^{−Z} + e^{−G}), in the stable form of Kool et al. (2019), App. B
+        parent = top.unsqueeze(-1)
+        v = parent - perturbed.unflatten(-1, (width, size)) + _log1mexp(
+            (perturbed.unflatten(-1, (width, size)) - z).clamp(max=0))
+        keys = (parent - v.clamp(min=0) - torch.log1p(torch.exp(-v.abs()))).flatten(-2)
+        keep = min(k, width * size)
+        top, chosen = keys.topk(keep, -1)
+        parent_index, value = chosen // size, chosen % size
+        states = torch.cat([states.gather(-2, parent_index.unsqueeze(-1).expand(*parent_index.shape, j)),
+                            value.unsqueeze(-1)], -1)
+        phi = child.gather(-1, chosen)
+    return states
+
+
 class UnorderedSet(Estimator):
-    r"""Unordered set estimator: k distinct categories without replacement, with its built-in baseline.
+    r"""Unordered set estimator: k distinct states without replacement, with its built-in baseline.
 
     .. math::
         \hat J = \sum_{s\in S} p(s) R(S, s)\, f(s), \qquad
         \hat g = \sum_{s\in S} \nabla_\theta p_\theta(s)\, R(S, s)
         \Bigl(f(s) - \sum_{s'\in S} p(s') R^{D\setminus\{s\}}(S, s')\, f(s')\Bigr)
 
-    where S is a set of k distinct categories drawn without replacement (Gumbel-top-k),
+    where S is a set of k distinct states drawn without replacement (Gumbel-top-k),
     :math:`R(S, s) = P^{D\setminus\{s\}}(S\setminus\{s\}) / P(S)` and
     :math:`R^{D\setminus\{s\}}(S, s') = P^{D\setminus\{s,s'\}}(S\setminus\{s,s'\}) /
     P^{D\setminus\{s\}}(S\setminus\{s\})` (1 when s' = s), as in Kool et al. (2020).
@@ -116,21 +186,24 @@ class UnorderedSet(Estimator):
     it from: the estimator is REINFORCE without a baseline. With k equal to the support size the
     value and the gradient are exact.
 
-    f is called once on ``[k·n, *B, *E]`` points: n independent sets of k distinct categories each
+    f is called once on ``[k·n, *B, *E]`` points: n independent sets of k distinct states each
     (rows ``j·n + i`` hold element j of set i), the family's own samples (indices for Categorical,
-    one-hot vectors for OneHotCategorical). The surrogate's value is :math:`\hat J` averaged over the
-    n sets (the weights p(s)R(S, s) of a set sum to 1); its gradient is :math:`\hat g` averaged over
-    them, and parameters inside f receive :math:`\sum_s p(s)R(S, s)\nabla f(s)`, unbiased.
+    one-hot vectors for OneHotCategorical, bits for Bernoulli; with the event shape of
+    ``Independent``). The surrogate's value is :math:`\hat J` averaged over the n sets (the weights
+    p(s)R(S, s) of a set sum to 1); its gradient is :math:`\hat g` averaged over them, and
+    parameters inside f receive :math:`\sum_s p(s)R(S, s)\nabla f(s)`, unbiased.
 
     The weights enter as ``⊥(p(s)R(S, s))·□(log p(s))`` (DiCE's magic box) and the baseline as a
     zero-valued correction, so R is held fixed when differentiating, as in the paper.
 
-    Requires: ``dist`` is Categorical or OneHotCategorical (not Independent: sampling joint
-    configurations without replacement needs stochastic beam search), from ``logits`` or ``probs``,
-    with every category of positive probability (k at most the number of categories with p > 0);
-    k ≤ 16 (the probabilities of the unordered set are computed exactly over its 2^k subsets). Each
-    cost element may depend only on its own batch element's samples (the sets of different batch
-    elements are unrelated), as for every estimator in ``expectation``.
+    Requires: ``dist`` is Categorical, OneHotCategorical or Bernoulli, or ``Independent`` of one of
+    them (a set is then k distinct *joint* states, drawn by stochastic beam search over the
+    coordinates in d steps), from ``logits`` or ``probs``, with every state of positive probability
+    (k at most the number of states with p > 0); k ≤ 16 (the probabilities of the unordered set are
+    computed exactly over its 2^k subsets). Each cost element may depend only on its own batch
+    element's samples (the sets of different batch elements are unrelated), as for every estimator
+    in ``expectation``. On joint supports far larger than k (200 bits) the weights sum to 1 only to
+    about 1e-5 in float32; use float64 where that matters.
     Bias: none.
 
     Note:
@@ -142,7 +215,8 @@ class UnorderedSet(Estimator):
 
     Raises:
         ValueError: k < 1, k larger than the support, or k > 16.
-        NotImplementedError: dist is not Categorical or OneHotCategorical.
+        NotImplementedError: dist is not Categorical, OneHotCategorical or Bernoulli (or Independent
+            of one of them).
 
     Example:
         >>> import torch, gradest
@@ -182,37 +256,57 @@ class UnorderedSet(Estimator):
         self.k = k
 
     def check(self, dist: Distribution, n: int) -> None:
-        if not isinstance(dist, (Categorical, OneHotCategorical)):
+        found = _factorised(dist)
+        if found is None:
             raise NotImplementedError(
-                f"UnorderedSet: dist={describe(dist)} is not Categorical or OneHotCategorical; UnorderedSet "
-                "supports those two (from logits or probs). For Bernoulli and Independent families use "
-                "ScoreFunction(LeaveOneOut()), DisARM(), REBAR() or RELAX(control)."
+                f"UnorderedSet: dist={describe(dist)} is not Bernoulli, Categorical or OneHotCategorical "
+                "(or Independent of one of them); UnorderedSet supports those (from logits or probs). For "
+                "continuous families use Pathwise() or ScoreFunction(LeaveOneOut())."
             )
-        support = _categorical(dist).param_shape[-1]
-        if self.k > support:
+        leaf, r = found
+        size = 2 if isinstance(leaf, Bernoulli) else _categorical(leaf).param_shape[-1]
+        coordinates = math.prod(leaf.batch_shape[len(leaf.batch_shape) - r :]) if r else 1
+        if size**coordinates < self.k:
+            support = size**coordinates
             raise ValueError(
                 f"UnorderedSet: k={self.k} is larger than the support size {support} of dist={describe(dist)}; "
                 f"use k <= {support} (k = {support} gives the exact gradient, as Enumerate() does)."
             )
 
     def draw(self, dist: Distribution, n: int) -> Draw:
-        categorical = _categorical(dist)
-        log_probs = categorical.logits  # normalised: log-probabilities [*B, K], differentiable
-        k, size = self.k, log_probs.shape[-1]
-        fixed = stop_gradient(log_probs)
-        keys = fixed + gumbel((n, *log_probs.shape), dtype=log_probs.dtype, device=log_probs.device)
-        top = keys.topk(k, -1).indices  # [n, *B, k]: k distinct categories, the Gumbel-top-k
-        log_p = log_probs.expand(keys.shape).gather(-1, top)  # [n, *B, k], differentiable
-        taken = torch.zeros(keys.shape, dtype=torch.bool, device=keys.device).scatter_(-1, top, True)
-        log_rest = torch.logsumexp(fixed.masked_fill(taken, -torch.inf), -1)  # [n, *B]
+        leaf, r = _factorised(dist)  # type: ignore[misc]  # check() has run
+        k = self.k
+        if isinstance(leaf, Bernoulli) or r:
+            log_table = _coordinate_table(leaf, r)  # [*B, d, K], differentiable
+            states = _beam_search(stop_gradient(log_table), k, n)  # [n, *B, k, d]
+            log_p = _gather_states(log_table, states)  # [n, *B, k], differentiable
+            log_rest = _log1mexp(torch.logsumexp(stop_gradient(log_p), -1).clamp(max=0))
+            index = states.movedim(-2, 0)  # [k, n, *B, d]
+            event = dist.event_shape
+            if isinstance(leaf, Bernoulli):
+                value = index.to(log_table.dtype).reshape(k * n, *index.shape[2:-1], *event)
+            elif isinstance(leaf, Categorical):
+                value = index.reshape(k * n, *index.shape[2:-1], *event)
+            else:
+                value = one_hot(index, log_table.shape[-1]).to(log_table.dtype)
+                value = value.reshape(k * n, *index.shape[2:-1], *event)
+        else:
+            log_probs = _categorical(leaf).logits  # normalised: log-probabilities [*B, K], differentiable
+            size = log_probs.shape[-1]
+            fixed = stop_gradient(log_probs)
+            keys = fixed + gumbel((n, *log_probs.shape), dtype=log_probs.dtype, device=log_probs.device)
+            top = keys.topk(k, -1).indices  # [n, *B, k]: k distinct categories, the Gumbel-top-k
+            log_p = log_probs.expand(keys.shape).gather(-1, top)  # [n, *B, k], differentiable
+            taken = torch.zeros(keys.shape, dtype=torch.bool, device=keys.device).scatter_(-1, top, True)
+            log_rest = torch.logsumexp(fixed.masked_fill(taken, -torch.inf), -1)  # [n, *B]
+            flat = top.movedim(-1, 0).reshape(k * n, *top.shape[1:-1])
+            value = flat if isinstance(leaf, Categorical) else one_hot(flat, size).to(log_probs.dtype)
         log_p_set = stop_gradient(log_p).movedim(-1, 0)  # [k, n, *B]
         log_r1, log_r2 = _leave_out_ratios(log_p_set, log_rest)
-        index = top.movedim(-1, 0).reshape(k * n, *top.shape[1:-1])
-        value = index if isinstance(dist, Categorical) else one_hot(index, size).to(log_probs.dtype)
-        log_prob = log_p.movedim(-1, 0).reshape(index.shape)
+        log_prob = log_p.movedim(-1, 0).reshape(k * n, *log_p.shape[1:-1])
         return Draw(value, log_prob, dist, {
             "box": magic_box(log_prob),
-            "log_weight": (log_p_set + log_r1).reshape(index.shape),  # log p(s)R(S, s)
+            "log_weight": (log_p_set + log_r1).reshape(log_prob.shape),  # log p(s)R(S, s)
             "log_pair": log_p_set.unsqueeze(0) + log_r2,  # [k, k, n, *B]: log p(s')R^{D∖s}(S, s')
         })
 
@@ -236,6 +330,13 @@ class UnorderedSet(Estimator):
 
     def extra_repr(self) -> str:
         return f"k={self.k}"
+
+
+def _gather_states(log_table: Tensor, states: Tensor) -> Tensor:
+    """log p of joint states ``[n, *B, k, d]`` under coordinate log-probabilities ``[*B, d, K]``:
+    ``[n, *B, k]``, differentiable in the table."""
+    table = log_table.unsqueeze(-3).expand(*states.shape, log_table.shape[-1])  # [n, *B, k, d, K]
+    return table.gather(-1, states.unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
 def _categorical(dist: Distribution) -> Categorical:

@@ -429,16 +429,6 @@ def test_unsupported_family_raises(factory: Callable[[], Estimator], dist: Distr
         expectation(lambda x: x.sum(-1) if x.dim() > 1 else x, dist, est)
 
 
-@pytest.mark.parametrize("dist", [
-    Bernoulli(logits=torch.zeros(3)),
-    Independent(OneHotCategorical(logits=torch.zeros(2, 4)), 1),
-    Independent(Categorical(logits=torch.zeros(2, 4)), 1),
-], ids=["Bernoulli", "Independent(OneHotCategorical)", "Independent(Categorical)"])
-def test_unordered_set_refuses_other_discrete_families(dist: Distribution) -> None:
-    with pytest.raises(NotImplementedError, match="UnorderedSet: dist=.* supports those two"):
-        UnorderedSet(2).check(dist, 1)
-
-
 def test_unordered_set_k_out_of_range() -> None:
     dist = Categorical(logits=torch.zeros(4))
     with pytest.raises(ValueError, match=r"UnorderedSet: k=5 is larger than the support size 4"):
