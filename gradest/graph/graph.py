@@ -239,7 +239,8 @@ class Graph:
             )
         estimator.check(dist, n)
 
-        parents = self._dependencies(_dist_tensors(dist), depends_on, where)
+        tensors = _dist_tensors(dist)
+        parents = self._dependencies(tensors, depends_on, where)
         ancestors = set(parents)
         for p in parents:
             ancestors |= self.nodes[p].ancestors
@@ -265,7 +266,7 @@ class Graph:
         pairable = type(estimator).reduce is Estimator.reduce
         position = self._place(depth, m, pairable)
         index = len(self.nodes)
-        if parents:  # only parameters computed from samples are Provenance
+        if any(isinstance(t, Provenance) for t in tensors):  # parameters computed from samples
             draw = _plain_draw(draw)
         node = Node(name, index, dist, estimator, draw, position, position - 1 - depth, depth,
                     frozenset(parents), frozenset(ancestors))
