@@ -15,6 +15,9 @@ Estimators (each with 2 evaluations of f per image and step, as in the papers):
     arm         ARM(), n=1 (one antithetic pair)
     disarm      DisARM(), n=1
     rebar       REBAR(temperature=0.5, eta=1.0), n=1 (f at b, σ(z/τ), σ(z̃/τ): 3 evaluations)
+    rebar-learn REBAR(temperature=0.5, eta=1.0, learn=True), n=1: the same 3 evaluations, with η and
+                log τ trained on the estimator's variance in the same backward (Tucker et al. 2017,
+                §3.3), as RELAX trains its control
     relax       RELAX(RelaxControl()), n=1: c(z) = η·cost(σ(z/τ)) + r(σ(z)), η, log τ and a 200-50-1
                 tanh network r learned by the variance loss (f at b, plus 2 evaluations in the control)
     gumbel      GumbelSoftmax(0.5), n=2 (biased: f at relaxed points)
@@ -40,19 +43,22 @@ Measured, in one process, on one thread (OMP_NUM_THREADS=1 before torch loads):
     weight and bias (157,000 numbers); reported: the trace of their covariance, its standard error
     (from G disjoint groups), and ||mean − mean(DisARM)|| against the size noise alone gives it;
     RELAX's control, which its own run trains alongside the model, is first trained alone for up to
-    300 batches at the snapshot's parameters (REBAR's τ = 0.5 and η = 1 are fixed, as gradest's REBAR
-    has them; the paper tunes them online);
+    300 batches at the snapshot's parameters, and so are rebar-learn's η and τ (the rebar row keeps
+    τ = 0.5 and η = 1 fixed; rebar-learn tunes them online, as the paper does);
 (b) the ELBO on the first 10,000 training images and on the 10,000 test images (exact KL + a
     10-sample reconstruction term) after a fixed step budget, and the 100-sample importance-weighted
     bound on the test set (``gradest.multisample.iwae_bound``);
 (c) step time (zero_grad + forward + backward + Adam step), all implementations interleaved step by
     step with a rotating order: median wall time from step 21, the median of the per-step ratios to
-    the hand-written version of the same estimator (paired), and thread CPU time.
+    the hand-written version of the same estimator (paired), and thread CPU time. ``--timing-only``
+    measures (c) alone: the same interleaved training run, without the ELBO evaluations along it,
+    the snapshots, (a) and (b).
 
 Data: ``../shared/data/binarized_mnist/`` (the static binarization of Salakhutdinov & Murray 2008, as
 the ARM paper used; see its README). ``--data`` points elsewhere. Nothing in gradest needs it.
 
-Run (about 10 minutes on a 2-core CPU; ``--quick`` for a smoke run):
+Run (a quarter of an hour or more on a 2-core CPU; ``--timing-only`` for (c) alone, ``--quick`` for a
+smoke run):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/binary_vae.py --json benchmarks/binary_vae.json \
         --figure benchmarks/binary_vae.png
@@ -111,13 +117,15 @@ VARIANCE_GROUPS = 10
 VARIANCE_IMAGES = 50  # training images 0..49
 CONTROL_WARMUP = 300  # batches that train RELAX's control alone at a snapshot's parameters
 TEMPERATURE = 0.5  # Gumbel-Softmax
+REBAR_TEMPERATURE = 0.5  # REBAR's (gradest's default), and rebar-learn's initial τ
 DATA_SEED, MODEL_SEED, SAMPLE_SEED, VARIANCE_SEED = 1, 0, 12345, 1000
 REFERENCE = "disarm"  # its gradest run supplies the snapshots; variance ratios are to it
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "binarized_mnist"
 
-ESTIMATORS = ("reinforce", "rloo", "arm", "disarm", "rebar", "relax", "gumbel", "unordered")
+ESTIMATORS = ("reinforce", "rloo", "arm", "disarm", "rebar", "rebar-learn", "relax", "gumbel", "unordered")
 PEER_MODULES = {  # estimators other engineers add; used when present
     "rebar": "gradest.estimators.rebar_relax",
+    "rebar-learn": "gradest.estimators.rebar_relax",
     "relax": "gradest.estimators.rebar_relax",
     "unordered": "gradest.estimators.unordered",
 }
@@ -254,11 +262,15 @@ def estimator_status() -> tuple[list[str], dict[str, str]]:
         except ImportError as e:
             missing[name] = f"{module} not importable ({e})"
             continue
-        cls = {"rebar": "REBAR", "relax": "RELAX", "unordered": "UnorderedSet"}[name]
+        cls = {"rebar": "REBAR", "rebar-learn": "REBAR", "relax": "RELAX", "unordered": "UnorderedSet"}[name]
         if not hasattr(mod, cls):
             missing[name] = f"{module} has no {cls}"
             continue
-        estimator, n = gradest_estimator(name)
+        try:
+            estimator, n = gradest_estimator(name)
+        except TypeError as e:  # e.g. a REBAR without learn=
+            missing[name] = f"{module}.{cls} does not take this configuration ({e})"
+            continue
         try:  # does it take this model's q, Independent(Bernoulli) with 200 latents?
             estimator.check(Independent(Bernoulli(logits=torch.zeros(1, LATENTS)), 1), n)
         except (NotImplementedError, ValueError) as e:
@@ -284,6 +296,10 @@ def gradest_estimator(name: str) -> tuple[gradest.Estimator, int]:
         from gradest.estimators.rebar_relax import REBAR
 
         return REBAR(), 1
+    if name == "rebar-learn":
+        from gradest.estimators.rebar_relax import REBAR
+
+        return REBAR(temperature=REBAR_TEMPERATURE, eta=1.0, learn=True), 1
     if name == "relax":
         from gradest.estimators.rebar_relax import RELAX
 
@@ -384,12 +400,16 @@ class HandImpl(Impl):
     kind = "hand"
 
     def setup(self) -> None:
-        fn = getattr(self, f"_{self.name}", None)
+        fn = getattr(self, "_" + self.name.replace("-", "_"), None)
         if fn is None:
             raise NotImplementedError(f"no hand-written {self.name}")
         self.fn = fn
         if self.name == "relax":
             self.extra = self.control = RelaxControl()
+        if self.name == "rebar-learn":
+            self.extra = self.rebar = nn.Module()
+            self.rebar.eta = nn.Parameter(torch.tensor(1.0))
+            self.rebar.log_temperature = nn.Parameter(torch.tensor(math.log(REBAR_TEMPERATURE)))
 
     def loss(self, x: Tensor) -> Tensor:
         return self.fn(x)
@@ -431,25 +451,43 @@ class HandImpl(Impl):
         return self._antithetic(x, disarm=True)
 
     def _perturbed(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """z = ℓ + logistic noise, the bits b = 1[z > 0], and z̃ ∼ p(z | b), differentiable in ℓ."""
+        """z = ℓ + logistic noise, the bits b = 1[z > 0], and z̃ ∼ p(z | b), differentiable in ℓ.
+
+        z̃ in one formula for both bits, with s = 2b − 1: s·(logaddexp(c, a + log(1 − v)) − log v − c),
+        a = log σ(sℓ), c = log σ(−sℓ) (the math gradest's ``conditional_logistic`` uses)."""
         u = torch.rand(logits.shape)
         z = logits + torch.log(u) - torch.log1p(-u)
         b = (z.detach() > 0).float()
         v = torch.rand(logits.shape)
-        log_v, log_1mv = torch.log(v), torch.log1p(-v)
-        lp, lq = F.logsigmoid(logits), F.logsigmoid(-logits)
-        one = torch.logaddexp(lq, lp + log_1mv) - lp - log_v
-        zero = lq + log_v - torch.logaddexp(lp, lq + log_1mv)
-        return z, b, logits + torch.where(b.bool(), one, zero)
+        s = 2 * b - 1
+        a, c = F.logsigmoid(s * logits), F.logsigmoid(-s * logits)
+        return z, b, s * (torch.logaddexp(c, a + torch.log1p(-v)) - torch.log(v) - c)
 
     def _rebar(self, x: Tensor) -> Tensor:
-        """REBAR with fixed τ = 0.5, η = 1 (gradest's defaults), n = 1; costs c = −f."""
+        """REBAR with fixed τ = 0.5, η = 1 (gradest's defaults), n = 1; costs c = −f; the score term
+        from the closed-form score b − σ(ℓ)."""
         logits = self.model.logits(x)
         ld = logits.detach()
         z, b, zt = self._perturbed(logits)
         c = -self.model.f(torch.stack([b, torch.sigmoid(z / TEMPERATURE), torch.sigmoid(zt / TEMPERATURE)]), x, ld)
-        lq = (b * logits - F.softplus(logits)).sum(-1)
-        return (c[0] + (c[0] - c[2]).detach() * (lq - lq.detach()) + c[1] - c[2]).mean()
+        score = ((b - torch.sigmoid(ld)) * logits).sum(-1)
+        return (c[0] + (c[0] - c[2]).detach() * (score - score.detach()) + c[1] - c[2]).mean()
+
+    def _rebar_learn(self, x: Tensor) -> Tensor:
+        """REBAR with η and log τ learned, n = 1: RELAX's recipe with the control c(z) = η·cost(σ(z/τ)),
+        whose two evaluations share one call of f with the exact sample (as gradest's REBAR makes it)."""
+        logits = self.model.logits(x)
+        ld = logits.detach()
+        free = ld.clone().requires_grad_()
+        z, b, zt = self._perturbed(free)
+        eta, tau = self.rebar.eta, self.rebar.log_temperature.exp()
+        c = -self.model.f(torch.stack([b, torch.sigmoid(z / tau), torch.sigmoid(zt / tau)]), x, ld)
+        g = (c[0].detach() - eta * c[2]).unsqueeze(-1) * (b - torch.sigmoid(free))
+        g = g + torch.autograd.grad(eta * (c[1] - c[2]).sum(), free, create_graph=True)[0]
+        params = [self.rebar.eta, self.rebar.log_temperature]
+        d = torch.autograd.grad(g.square().sum(), params, retain_graph=True)  # c[0] is backpropagated below
+        linear = sum((di.detach() * p).sum() for di, p in zip(d, params))
+        return (c[0] + (g.detach() * logits).sum(-1)).mean() + linear / x.shape[0]
 
     def _relax(self, x: Tensor) -> Tensor:
         """RELAX with the same control, n = 1: ĝ by autograd.grad on a copy of the logits, the control
@@ -531,7 +569,7 @@ class StorchImpl(Impl):
 
 
 CLASSES: dict[str, type[Impl]] = {c.kind: c for c in (GradestImpl, HandImpl, StorchImpl)}
-HAND = {"reinforce", "rloo", "arm", "disarm", "rebar", "relax", "gumbel"}  # hand-written versions that exist
+HAND = {"reinforce", "rloo", "arm", "disarm", "rebar", "rebar-learn", "relax", "gumbel"}  # hand-written versions
 STORCH = {"reinforce", "rloo", "arm", "disarm", "rebar", "relax", "gumbel"}  # Storchastic methods used
 
 
@@ -639,15 +677,15 @@ def gradient_variance(
     """Trace of the covariance of ``estimates`` independent encoder-gradient estimates at ``state``
     on images ``x``, its standard error from ``groups`` disjoint groups, and the mean gradient.
 
-    A learned control (RELAX's) is state that training carries: it is first trained alone, with the
-    model frozen at ``state``, on the batches ``warmup`` (those that precede the snapshot in the
-    training sequence), then frozen while the estimates are taken."""
+    A learned control (RELAX's network, rebar-learn's η and τ) is state that training carries: it is
+    first trained alone, with the model frozen at ``state``, on the batches ``warmup`` (those that
+    precede the snapshot in the training sequence), then frozen while the estimates are taken."""
     kind, name = label.split("-", 1)
     runner = Runner(CLASSES[kind](name, state), seed)
     impl = runner.impl
-    controls = [m for m in impl.extra.modules() if isinstance(m, RelaxControl)]
-    if controls and warmup:
-        control_opt = torch.optim.Adam(controls[0].parameters(), lr=LR)
+    learned = list(impl.extra.parameters())
+    if learned and warmup:
+        control_opt = torch.optim.Adam(learned, lr=LR)
 
         def control_step(xb: Tensor) -> None:
             impl.grad(xb)
@@ -693,6 +731,16 @@ def versions() -> dict[str, str]:
 
 def tables(result: dict) -> str:
     """Markdown tables (a), (b) and (c) from a result dict."""
+    lines: list[str] = []
+    if result["variance"]:
+        lines += _variance_table(result)
+    if result["quality"]:
+        lines += _quality_table(result)
+    lines += _timing_table(result)
+    return "\n".join(lines)
+
+
+def _variance_table(result: dict) -> list[str]:
     lines = []
     variance = result["variance"]
     snaps = sorted(variance, key=int)
@@ -716,6 +764,11 @@ def tables(result: dict) -> str:
         cells.append(f"{last.get('mean_diff_over_noise', float('nan')):.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    return lines
+
+
+def _quality_table(result: dict) -> list[str]:
+    lines = []
     lines.append(f"(b) ELBO after {result['config']['steps']} steps (nats per image; higher is better)")
     lines.append("")
     lines.append("| estimator | train ELBO | test ELBO | test 100-sample bound |")
@@ -723,6 +776,11 @@ def tables(result: dict) -> str:
     for label, q in result["quality"].items():
         lines.append(f"| {label} | {q['train']:.2f} | {q['test']:.2f} | {q.get('test_bound', float('nan')):.2f} |")
     lines.append("")
+    return lines
+
+
+def _timing_table(result: dict) -> list[str]:
+    lines = []
     lines.append("(c) Step time, interleaved, one thread (ms; ratios to the hand-written version of the same "
                  "estimator)")
     lines.append("")
@@ -731,7 +789,7 @@ def tables(result: dict) -> str:
     for label, t in result["timing"].items():
         ratios = ["-" if t.get(k) is None else f"{t[k]:.3f}" for k in ("ratio", "paired_ratio", "cpu_ratio")]
         lines.append(f"| {label} | {t['median_ms']:.3f} | " + " | ".join(ratios) + " |")
-    return "\n".join(lines)
+    return lines
 
 
 def plot(result: dict, path: str) -> None:
@@ -741,10 +799,26 @@ def plot(result: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    if result["variance"]:
+        _plot_variance(axes[0], result)
+    curves = any(c.get("train") for c in result["curves"].values())
+    if curves:
+        _plot_curves(axes[1], result)
+    for ax, measured in ((axes[0], bool(result["variance"])), (axes[1], curves)):
+        if not measured:
+            ax.text(0.5, 0.5, "not measured (--timing-only)", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+    _plot_timing(axes[2], result)
+    fig.suptitle("Binary VAE (784-200-784, 200 Bernoulli latents) on static binarized MNIST")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_variance(ax, result: dict) -> None:
     variance = result["variance"]
     snaps = sorted(variance, key=int)
     names = [lab for lab in variance[snaps[0]] if lab.startswith("gradest-")]
-    ax = axes[0]
     width = 0.8 / len(snaps)
     for i, s in enumerate(snaps):
         vals = [variance[s][lab]["trace"] for lab in names]
@@ -756,7 +830,8 @@ def plot(result: dict, path: str) -> None:
     ax.set_title("(a) gradient variance at the same parameters")
     ax.legend(fontsize=8)
 
-    ax = axes[1]
+
+def _plot_curves(ax, result: dict) -> None:
     for label, c in result["curves"].items():
         steps = sorted(c["train"], key=int)
         ax.plot([int(s) for s in steps], [c["train"][s] for s in steps], marker="o", label=label[8:])
@@ -769,7 +844,8 @@ def plot(result: dict, path: str) -> None:
     ax.set_title("(b) training curves (batch 50)")
     ax.legend(fontsize=8)
 
-    ax = axes[2]
+
+def _plot_timing(ax, result: dict) -> None:
     timing = result["timing"]
     labels = [lab for lab in timing if timing[lab].get("paired_ratio") is not None and not lab.startswith("hand-")]
     ax.barh(range(len(labels)), [timing[lab]["paired_ratio"] for lab in labels],
@@ -780,10 +856,6 @@ def plot(result: dict, path: str) -> None:
     ax.set_xlim(0, max([timing[lab]["paired_ratio"] for lab in labels] + [1.2]) * 1.05)
     ax.set_xlabel("step time / hand-written (paired median); dashed: 1.10")
     ax.set_title("(c) overhead: gradest (blue), Storchastic (orange)")
-    fig.suptitle("Binary VAE (784-200-784, 200 Bernoulli latents) on static binarized MNIST")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def run(
@@ -800,9 +872,11 @@ def run(
     eval_samples: int = EVAL_SAMPLES,
     bound_samples: int = BOUND_SAMPLES,
     control_warmup: int = CONTROL_WARMUP,
+    timing_only: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Everything (a), (b), (c) measure, as a JSON-ready dict."""
+    """Everything (a), (b), (c) measure, as a JSON-ready dict; with ``timing_only`` (c) alone (the
+    same interleaved training run, without evaluations, snapshots, (a) and (b))."""
     labels = []
     for name in estimators:
         labels.append(f"gradest-{name}")
@@ -812,9 +886,11 @@ def run(
             labels.append(f"storch-{name}")
     reference = REFERENCE if REFERENCE in estimators else estimators[0]
     ref_label = f"gradest-{reference}"
-    snapshots = tuple(sorted({min(s, steps) for s in snapshots}))
-    eval_at = tuple(sorted({max(1, round(steps * (i + 1) / EVAL_POINTS)) for i in range(EVAL_POINTS)}))
-    eval_sets = {"train": train_data[:eval_train_images]}  # the curve; the test set is evaluated at the end
+    snapshots = () if timing_only else tuple(sorted({min(s, steps) for s in snapshots}))
+    eval_at = () if timing_only else tuple(
+        sorted({max(1, round(steps * (i + 1) / EVAL_POINTS)) for i in range(EVAL_POINTS)}))
+    # the curve; the test set is evaluated at the end
+    eval_sets = {} if timing_only else {"train": train_data[:eval_train_images]}
     log(f"binary VAE: {len(labels)} implementations x {steps} steps, interleaved; torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s)")
     runners, curves, snaps = train(
@@ -852,7 +928,7 @@ def run(
     # (b) quality after the budget
     quality = {}
     for label, r in runners.items():
-        if not label.startswith("gradest-") or r.failed is not None:
+        if timing_only or not label.startswith("gradest-") or r.failed is not None:
             continue
         model = r.impl.model
         quality[label] = {
@@ -887,7 +963,7 @@ def run(
             "reference": reference, "snapshots": list(snapshots), "eval_at": list(eval_at),
             "variance_estimates": variance_estimates, "variance_groups": variance_groups,
             "eval_train_images": eval_train_images, "control_warmup": control_warmup,
-            "eval_samples": eval_samples, "bound_samples": bound_samples,
+            "eval_samples": eval_samples, "bound_samples": bound_samples, "timing_only": timing_only,
             "timed_steps": f"{first + 1}..{steps}", "threads": torch.get_num_threads(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "failed": {lab: r.failed for lab, r in runners.items() if r.failed},
@@ -909,6 +985,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated: gradest,hand,storch")
     p.add_argument("--variance-estimates", type=int, help=f"default {VARIANCE_ESTIMATES}; 40 with --quick")
     p.add_argument("--quick", action="store_true", help="a smoke run: 200 steps, 40 variance estimates")
+    p.add_argument("--timing-only", action="store_true",
+                   help="measure (c) step times alone: no ELBO evaluations, snapshots, (a) or (b)")
     p.add_argument("--json", metavar="PATH", help="write the results here")
     p.add_argument("--figure", metavar="PATH", help="write the PNG figure here")
     args = p.parse_args(argv)
@@ -945,7 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         snapshots = (steps,)
     result = run(train_data=train_data, test_data=test_data, steps=steps, estimators=estimators, kinds=kinds,
-                 snapshots=snapshots, variance_estimates=estimates)
+                 snapshots=snapshots, variance_estimates=estimates, timing_only=args.timing_only)
     result["config"]["missing"] = {e: missing[e] for e in wanted if e in missing}
     result["config"]["command"] = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/binary_vae.py " + " ".join(
         sys.argv[1:] if argv is None else argv)

@@ -26,7 +26,7 @@ def _load():
 
 
 bv = _load()
-PEERS = [e for e in ("rebar", "relax") if e in bv.estimator_status()[0]]  # tested when present
+PEERS = [e for e in ("rebar", "rebar-learn", "relax") if e in bv.estimator_status()[0]]  # tested when present
 
 
 @pytest.fixture(autouse=True)

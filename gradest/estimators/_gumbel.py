@@ -167,36 +167,43 @@ def conditional_gumbel(
 
 
 def conditional_logistic(
-    logits: Tensor, b: Tensor, *, generator: torch.Generator | None = None
+    logits: Tensor, b: Tensor, *, perturbed: bool = False, generator: torch.Generator | None = None
 ) -> Tensor:
     r"""Logistic noise conditioned on the bit it produces: :math:`L \mid 1[\ell + L > 0] = b`.
 
     With :math:`L = \operatorname{logit} U` and :math:`p = \sigma(\ell)`, the bit is 1 exactly when
-    :math:`U > 1 - p`, so U given b is uniform on (1 − p, 1) or (0, 1 − p). With V ∼ U(0, 1), in log
-    space (``ls`` = log-sigmoid):
+    :math:`U > 1 - p`, so U given b is uniform on (1 − p, 1) or (0, 1 − p): :math:`1 - U = pV` or
+    :math:`U = (1 - p)V` with V ∼ U(0, 1). Both cases are one formula in the sign s = 2b − 1 of the
+    bit: with :math:`a = \mathrm{ls}(s\ell)` and :math:`c = \mathrm{ls}(-s\ell)` (``ls`` =
+    log-sigmoid; the log-probabilities of the drawn bit and of the other one),
 
     .. math::
-        b = 1:\; L = \operatorname{logaddexp}\bigl(\mathrm{ls}(-\ell), \mathrm{ls}(\ell) + \log(1 - V)\bigr)
-                     - \mathrm{ls}(\ell) - \log V \\
-        b = 0:\; L = \mathrm{ls}(-\ell) + \log V
-                     - \operatorname{logaddexp}\bigl(\mathrm{ls}(\ell), \mathrm{ls}(-\ell) + \log(1 - V)\bigr)
+        t = \operatorname{logaddexp}\bigl(c,\; a + \log(1 - V)\bigr) - \log V, \qquad
+        L = s\,(t - a), \qquad \ell + L = s\,(t - c),
+
+    where :math:`t = \log\bigl(1 - e^{a} V\bigr) - \log V`, with :math:`1 - e^{a}V = e^{c} + e^{a}(1 - V)`
+    taken in log space, so it is finite for every finite ℓ and V in the open interval. One
+    log-add-exp per element, and no selection between the two cases.
 
     Args:
         logits: ``[*S]`` (or broadcastable) logits of the Bernoulli.
         b: ``[*S]`` bits (0/1, float or bool) to condition on.
+        perturbed: return the perturbed logits :math:`\tilde z = \ell + L` (what REBAR evaluates
+            its relaxation at), computed directly rather than as ``logits + L``.
         generator: optional ``torch.Generator`` for the noise.
 
     Returns:
-        ``[*S]`` noise L with ``1[logits + L > 0] == b``, differentiable in ``logits``.
+        ``[*S]`` noise L with ``1[logits + L > 0] == b`` (or ``logits + L`` with ``perturbed=True``),
+        differentiable in ``logits``.
     """
     shape = _broadcast(b.shape, logits.shape)
-    logits = logits.expand(shape)
     v = uniform(shape, dtype=logits.dtype, device=logits.device, generator=generator)
     log_v, log_1mv = torch.log(v), torch.log1p(-v)
-    lp, lq = logsigmoid(logits), logsigmoid(-logits)  # log p, log(1 − p)
-    one = torch.logaddexp(lq, lp + log_1mv) - lp - log_v
-    zero = lq + log_v - torch.logaddexp(lp, lq + log_1mv)
-    return torch.where(b.expand(shape).bool(), one, zero)
+    sign = 2 * b.to(logits.dtype) - 1
+    signed = sign * logits
+    a, c = logsigmoid(signed), logsigmoid(-signed)  # log P(bit = b), log P(bit ≠ b)
+    t = torch.logaddexp(c, a + log_1mv) - log_v
+    return sign * (t - c) if perturbed else sign * (t - a)
 
 
 def concrete_log_prob(logits: Tensor, log_value: Tensor, temperature: float) -> Tensor:

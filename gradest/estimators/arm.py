@@ -3,9 +3,14 @@ r"""Antithetic estimators for Bernoulli latents: ARM and DisARM.
 Both draw n antithetic pairs from one uniform vector u each, :math:`b = 1[u < \sigma(\phi)]` and
 :math:`\tilde b = 1[1 - u < \sigma(\phi)]` (each an exact sample of the Bernoulli), evaluate f at all
 2n points, and give an unbiased gradient with respect to the logits φ. The gradient enters the
-surrogate as a zero-valued term ``straight_through(0, Σ_j g_j φ_j)`` with g computed from the
+surrogate as a zero-valued term ``straight_through(0, mean_i Σ_j g_ij φ_j)`` with g computed from the
 (stopped) costs, so it reaches the logits and from there, by the chain rule, whatever produced them
 (an encoder, or ``probs`` when the distribution was built from probabilities).
+
+The per-pair coefficients are never materialised as a ``[n, *B, *R]`` tensor times the costs: each
+rule writes its term as (a per-pair number) × Σ_j (a per-coordinate factor)·φ_j, the factor is
+multiplied into the logits once and summed, and the per-pair costs scale the sum. This is the same
+arithmetic a hand-written surrogate does, with two fewer passes over the latents.
 
 References:
     Yin & Zhou (2019). ARM: Augment-REINFORCE-Merge Gradient for Stochastic Binary Networks. ICLR.
@@ -21,7 +26,6 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Distribution
 
 from gradest._validation import describe
-from gradest.estimators._gumbel import uniform
 from gradest.estimators.base import Draw, Estimator
 from gradest.estimators.relaxed import _event_dims, _leaf, _logits, _sum_last
 from gradest.surrogate import stop_gradient, straight_through
@@ -30,7 +34,7 @@ __all__ = ["ARM", "DisARM"]
 
 
 class _Antithetic(Estimator):
-    """Shared draw and correction of ARM and DisARM; subclasses give the per-pair coefficients."""
+    """Shared draw and correction of ARM and DisARM; subclasses give the per-pair term."""
 
     def check(self, dist: Distribution, n: int) -> None:
         name = type(self).__name__
@@ -44,25 +48,26 @@ class _Antithetic(Estimator):
     def draw(self, dist: Distribution, n: int) -> Draw:
         leaf = _leaf(dist)
         logits = stop_gradient(_logits(leaf))
-        u = uniform((n, *leaf.batch_shape), dtype=logits.dtype, device=logits.device)
-        noise = torch.log(u) - torch.log1p(-u)  # logit(u): u < σ(φ) ⇔ logit(u) < φ
-        b = (noise < logits).to(logits.dtype)
-        b_anti = (-noise < logits).to(logits.dtype)  # 1 − u < σ(φ)
-        return Draw(torch.cat([b, b_anti], 0), None, dist, {"u": u})
+        # torch.rand may return exactly 0, which is harmless here (b = 1, b̃ = 0 for any p > 0): no clamp.
+        u = torch.rand((n, *leaf.batch_shape), dtype=logits.dtype, device=logits.device)
+        probs = torch.sigmoid(logits)
+        # [b_1..b_n, b̃_1..b̃_n] in one comparison: b = 1[u < σ(φ)], b̃ = 1[1 − u < σ(φ)].
+        value = (torch.cat([u, 1 - u], 0) < probs).to(logits.dtype)
+        return Draw(value, None, dist, {"u": u, "probs": probs})
 
-    def coefficients(self, draw: Draw, difference: Tensor) -> Tensor:
-        """Per-pair gradient ``[n, *B, *R]`` w.r.t. the logits from ``difference = f(b) − f(b̃)``."""
+    def pair_term(self, draw: Draw, difference: Tensor, logits: Tensor, r: int) -> Tensor:
+        """Σ_j g_ij φ_j ``[n, *B]`` for each pair i, from ``difference = f(b) − f(b̃)`` ``[n, *B]``
+        (stopped) and the logits ``[*B, *R]`` (differentiable); R: the ``r`` event dims."""
         raise NotImplementedError
 
     def correction(self, draw: Draw, cost: Tensor) -> Tensor:
         leaf = _leaf(draw.dist)
-        u = draw.extra["u"]
-        n, r = u.shape[0], _event_dims(draw.dist, leaf)
+        n = draw.extra["u"].shape[0]
         c = stop_gradient(cost)
-        difference = c[:n] - c[n:]
-        g = self.coefficients(draw, difference.reshape(difference.shape + (1,) * r))
-        # Both rows of a pair carry the pair's estimate, so the mean over the 2n rows averages the n pairs.
-        term = _sum_last(torch.cat([g, g], 0) * _logits(leaf), r)
+        term = self.pair_term(draw, c[:n] - c[n:], _logits(leaf), _event_dims(draw.dist, leaf))
+        if n > 1:
+            term = term.mean(0, keepdim=True)
+        # [1, *B]: the mean over the n pairs, broadcast over all 2n rows, so their mean keeps it.
         return straight_through(0.0, term)
 
 
@@ -100,8 +105,9 @@ class ARM(_Antithetic):
 
     unbiased = True
 
-    def coefficients(self, draw: Draw, difference: Tensor) -> Tensor:
-        return -difference * (draw.extra["u"] - 0.5)
+    def pair_term(self, draw: Draw, difference: Tensor, logits: Tensor, r: int) -> Tensor:
+        # g_ij = −(f(b_i) − f(b̃_i))(u_ij − ½)
+        return -difference * _sum_last((draw.extra["u"] - 0.5) * logits, r)
 
 
 class DisARM(_Antithetic):
@@ -112,7 +118,9 @@ class DisARM(_Antithetic):
         (-1)^{\tilde b_{ij}}\, 1[b_{ij} \ne \tilde b_{ij}]\, \sigma(|\phi_j|)
 
     with the antithetic pairs of :class:`ARM`. It is ARM's conditional expectation given (b, b̃), so
-    its variance is no larger in any coordinate; in one dimension at p = ½ it is exactly zero.
+    its variance is no larger in any coordinate; in one dimension at p = ½ it is exactly zero. For
+    bits, :math:`(-1)^{\tilde b}\, 1[b \ne \tilde b] = b - \tilde b`, and
+    :math:`\sigma(|\phi|) = \max(\sigma(\phi), 1 - \sigma(\phi))`, which is how it is computed.
 
     Requires: ``dist`` is Bernoulli or Independent(Bernoulli), from ``logits`` or ``probs``; f need
     not be differentiable in b.
@@ -137,8 +145,9 @@ class DisARM(_Antithetic):
 
     unbiased = True
 
-    def coefficients(self, draw: Draw, difference: Tensor) -> Tensor:
-        n = draw.extra["u"].shape[0]
+    def pair_term(self, draw: Draw, difference: Tensor, logits: Tensor, r: int) -> Tensor:
+        n = difference.shape[0]
         b, b_anti = draw.value[:n], draw.value[n:]
-        weight = torch.sigmoid(stop_gradient(_logits(_leaf(draw.dist))).abs())
-        return 0.5 * difference * (1 - 2 * b_anti) * (b != b_anti).to(b.dtype) * weight
+        probs = draw.extra["probs"]
+        weight = torch.maximum(probs, 1 - probs)  # σ(|φ|)
+        return (0.5 * difference) * _sum_last((b - b_anti) * weight * logits, r)

@@ -81,7 +81,7 @@ class Estimator(nn.Module):
         return None
 
     def correction(self, draw: Draw, cost: Tensor) -> Tensor | None:
-        """Zero-valued additive term ``[m, *B]`` built from the costs (None: nothing)."""
+        """Zero-valued additive term, broadcastable to ``[m, *B]``, built from the costs (None: nothing)."""
         return None
 
     def reduce(self, draw: Draw, x: Tensor) -> Tensor:

@@ -13,8 +13,10 @@ noise *conditioned on the sample it produced* (``_gumbel.conditional_logistic`` 
 is unbiased for :math:`\nabla_\ell \mathbb{E}[f(b)]` whatever c is: the second and third terms
 remove in expectation exactly what :math:`c(\tilde z)` subtracts from the first (Tucker et al. 2017,
 §3; Grathwohl et al. 2018, §3.3). REBAR takes :math:`c(z) = \eta\, f(\sigma_\tau(z))`, f itself at the
-Concrete relaxation of temperature τ; RELAX takes a learned network :math:`c_\phi` and trains φ to
-minimise the estimator's variance (its squared norm), in the same ``backward()``.
+Concrete relaxation of temperature τ (fixed, or with ``learn=True`` η and τ trained as RELAX trains
+its control); RELAX takes a learned network :math:`c_\phi` and trains φ to minimise the estimator's
+variance (its squared norm), in the same ``backward()``. Both training rules share one implementation
+(``_learned_correction``).
 
 The gradient is with respect to the logits and flows from there, by the chain rule, to whatever
 produced them (``probs`` when the distribution was built from probabilities; an encoder). The
@@ -36,20 +38,22 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, Distribution
-from torch.nn.functional import one_hot, softplus
+from torch.nn.functional import one_hot
 
+from gradest._validation import is_validation_enabled
 from gradest.estimators._gumbel import conditional_gumbel, conditional_logistic, gumbel, logistic
 from gradest.estimators.base import Draw, Estimator
 from gradest.estimators.relaxed import (
     _check_family,
     _check_precision,
+    _check_temperature,
     _event_dims,
     _leaf,
     _logits,
     _sum_last,
     _Temperature,
 )
-from gradest.surrogate import magic_box, stop_gradient, straight_through
+from gradest.surrogate import stop_gradient, straight_through
 
 __all__ = ["REBAR", "RELAX"]
 
@@ -66,20 +70,11 @@ def _perturb(leaf: Distribution, logits: Tensor, n: int) -> tuple[Tensor, Tensor
     if isinstance(leaf, Bernoulli):
         z = logits + logistic(shape, dtype=logits.dtype, device=logits.device)
         hard = (stop_gradient(z) > 0).to(logits.dtype)
-        return z, logits + conditional_logistic(logits, hard), hard, hard
+        return z, conditional_logistic(logits, hard, perturbed=True), hard, hard
     z = logits + gumbel(shape, dtype=logits.dtype, device=logits.device)
     index = stop_gradient(z).argmax(-1)
     hard = one_hot(index, logits.shape[-1]).to(logits.dtype)
     return z, logits + conditional_gumbel(logits, index), hard, index
-
-
-def _log_prob(leaf: Distribution, logits: Tensor, hard: Tensor, r: int) -> Tensor:
-    """log p(sample) ``[n, *B]``, summed over the ``r`` event dims of ``Independent``."""
-    if isinstance(leaf, Bernoulli):
-        log_prob = hard * logits - softplus(logits)
-    else:
-        log_prob = (hard * torch.log_softmax(logits, -1)).sum(-1)
-    return _sum_last(log_prob, r)
 
 
 def _score(leaf: Distribution, logits: Tensor, hard: Tensor) -> Tensor:
@@ -89,11 +84,75 @@ def _score(leaf: Distribution, logits: Tensor, hard: Tensor) -> Tensor:
     return hard - torch.softmax(logits, -1)
 
 
-def _relax(leaf: Distribution, z: Tensor, temperature: float) -> Tensor:
+def _score_term(leaf: Distribution, logits: Tensor, hard: Tensor, r: int) -> Tensor:
+    """``[n, *B]`` of value 0 whose gradient is ∇ log p(sample): ``straight_through(0, Σ ⊥(∇_ℓ log p)·ℓ)``.
+
+    The closed-form score dotted into the logits (summed over the ``r`` event dims of ``Independent``
+    and the categories) has the gradient of ``log p`` to first order, one softplus cheaper than
+    differentiating ``log p`` itself.
+    """
+    term = _score(leaf, stop_gradient(logits), hard) * logits
+    if not isinstance(leaf, Bernoulli):
+        term = term.sum(-1)
+    return straight_through(0.0, _sum_last(term, r))
+
+
+def _relax(leaf: Distribution, z: Tensor, temperature: float | Tensor) -> Tensor:
     """The Concrete relaxation σ_τ(z): ``sigmoid(z / τ)`` for bits, ``softmax(z / τ)`` for categories."""
     if isinstance(leaf, Bernoulli):
         return torch.sigmoid(z / temperature)
     return torch.softmax(z / temperature, -1)
+
+
+def _learned_correction(
+    leaf: Distribution, free: Tensor, hard: Tensor, f: Tensor, c_z: Tensor, c_tilde: Tensor, params: list[Tensor]
+) -> Tensor:
+    r"""The zero-valued term ``[*B]`` of a control variate trained on its own variance (RELAX, and
+    ``REBAR(learn=True)``).
+
+    From the stopped costs f ``[n, *B]`` at the exact samples ``hard`` and the control c at z and z̃
+    (``[n, *B]``, differentiable in ``free``, the logits held apart from θ, and in ``params``):
+
+    .. math::
+        \hat g = \frac1n\sum_i \bigl(f_i - c(\tilde z_i)\bigr)\nabla_\ell \log p(b_i)
+                 + \nabla_\ell c(z_i) - \nabla_\ell c(\tilde z_i)
+
+    by ``torch.autograd.grad(..., create_graph=True)`` with respect to ``free``. Returned:
+    ``straight_through(0, Σ ⊥(ĝ)·ℓ)``, which routes ĝ from the distribution's own logits ℓ to θ, plus
+    ``straight_through(0, Σ_p ⊥(∂_p Σ_b‖ĝ_b‖²)·p / |B|)`` for the trainable ``params`` p, so that
+    ``surrogate.sum().backward()`` gives each exactly :math:`\partial_p \sum_b \lVert \hat g_b\rVert^2`.
+    """
+    n, batch = f.shape[0], f.shape[1:]
+    event = free.dim() - len(batch)  # R, and K for categorical families
+    coefficient = (f - c_tilde).reshape(f.shape + (1,) * event)
+    g = (coefficient * _score(leaf, free, hard)).sum(0)
+    path = (c_z - c_tilde).sum()
+    if path.requires_grad:
+        (g_path,) = torch.autograd.grad(path, free, create_graph=True, allow_unused=True)
+        if g_path is not None:
+            g = g + g_path
+    g = g / n  # [*B, *R(, K)]: the estimate of ∂E[f]/∂ℓ, a differentiable function of the params
+    logits = _logits(leaf)
+    term = straight_through(0.0, _sum_last(stop_gradient(g).to(logits.dtype) * logits, event))
+    trainable = [p for p in params if p.requires_grad]
+    if trainable and g.requires_grad:
+        # retain_graph: the surrogate's own backward may still pass through f's graph (REBAR's
+        # relaxed rows share one call of f with the exact samples); it is freed with g.
+        grads = torch.autograd.grad(g.square().sum(), trainable, allow_unused=True, retain_graph=True)
+        linear = sum(((stop_gradient(d) * p).sum() for d, p in zip(grads, trainable) if d is not None),
+                     torch.zeros((), dtype=term.dtype, device=term.device))
+        term = term + straight_through(0.0, linear / max(batch.numel(), 1))
+    return term
+
+
+def _mean(x: Tensor) -> Tensor:
+    """The mean over dim 0; for one row, the row itself (the same value, one op fewer)."""
+    return x[0] if x.shape[0] == 1 else x.mean(0)
+
+
+def _scale(eta: float | Tensor, x: Tensor) -> Tensor:
+    """η·x, skipping the multiplication by a fixed η = 1 (the default)."""
+    return x if isinstance(eta, float) and eta == 1.0 else eta * x
 
 
 def _check_eta(eta: object) -> float:
@@ -124,33 +183,59 @@ class REBAR(_Temperature):
     ``(x * table).sum(-1)`` or ``x @ embedding``. The surrogate's value is the mean of f over the
     exact samples only.
 
-    The surrogate is a DiCE score term at the exact samples, a zero-valued baseline term for
-    :math:`\eta f(\sigma_\tau(\tilde z_i))`, and the zero-valued pathwise difference
-    ``straight_through(0, η·mean_i(f(σ(z_i)) − f(σ(z̃_i))))`` applied in ``reduce``. So the gradient of
-    parameters ψ inside f (a decoder) is :math:`\nabla_\psi f(b_i) + \eta(\nabla_\psi f(\sigma_\tau(z_i))
-    - \nabla_\psi f(\sigma_\tau(\tilde z_i)))`: unbiased, because z and z̃ have the same marginal
-    distribution; the second part only adds noise of mean zero.
+    The surrogate is the mean of f at the exact samples, a zero-valued score term
+    ``⊥(f(b_i) − η f(σ_τ(z̃_i)))·straight_through(0, log p(b_i))`` (from the closed-form score), and
+    the zero-valued pathwise difference ``straight_through(0, η·mean_i(f(σ(z_i)) − f(σ(z̃_i))))``
+    applied in ``reduce``. So the gradient of parameters ψ inside f (a decoder) is
+    :math:`\nabla_\psi f(b_i) + \eta(\nabla_\psi f(\sigma_\tau(z_i)) - \nabla_\psi f(\sigma_\tau(\tilde z_i)))`:
+    unbiased, because z and z̃ have the same marginal distribution; the second part only adds noise
+    of mean zero.
+
+    **Learning η and τ** (``learn=True``; Tucker et al. 2017, §3.3). The mean of ĝ does not depend
+    on η or τ, so the gradient of the estimator's variance is that of its second moment,
+
+    .. math::
+        \nabla_{\eta,\,\log\tau}\, \mathrm{Var}[\hat g_\ell]
+        = \mathbb{E}\bigl[\nabla_{\eta,\,\log\tau} \lVert \hat g_\ell \rVert^2\bigr],
+
+    with :math:`\hat g_\ell` the estimate of the gradient with respect to the logits. η and log τ
+    become ``nn.Parameter``\ s of this module, and the estimator is :class:`RELAX` with the control
+    :math:`c(z) = \eta f(\sigma_\tau(z))`, its two evaluations supplied by the same call of f on
+    ``[3n, *B, *E]``: ĝ_ℓ is formed with ``torch.autograd.grad(..., create_graph=True)`` with respect
+    to a copy of the logits held apart from θ, enters the surrogate as ``straight_through(0, Σ ⊥(ĝ)·ℓ)``,
+    and :math:`\partial_{\eta,\log\tau}\sum_b \lVert \hat g_b\rVert^2` enters as a second
+    zero-valued term, so ``surrogate.sum().backward()`` trains θ on ĝ and (η, log τ) on the variance
+    at once, and the value is unchanged. Put ``estimator.parameters()`` in your optimiser.
+    Parameters ψ inside f then receive :math:`\nabla_\psi f(b_i)` only (as under RELAX), and the
+    gradient with respect to θ is the same as with ``learn=False`` at the same η and τ.
 
     Requires: ``dist`` is Bernoulli, Categorical or OneHotCategorical (or Independent of these), from
     ``logits`` or ``probs``; f defined, continuous and differentiable on the relaxed points (bits in
     (0, 1), points of the simplex). A cost that is piecewise constant in x (an argmax, a table
     lookup by ``x.long()``) has zero pathwise derivative and makes the estimate biased: extend it
-    multilinearly instead (``(x * table).sum(-1)``).
-    Bias: none, for every temperature τ > 0 and every η.
+    multilinearly instead (``(x * table).sum(-1)``). With ``learn=True``: ``gradest.expectation``
+    (a ``Graph`` that combines several nodes or costs hands its estimators stopped costs, and the
+    pathwise terms need f's gradient at the relaxed points), one extra backward pass through f and a
+    double-backward per call, and no ``torch.compile(fullgraph=True)`` (it calls
+    ``torch.autograd.grad``).
+    Bias: none, for every temperature τ > 0 and every η, fixed or learned.
 
     Note:
-        First derivatives only. τ and η are fixed numbers: the paper's online tuning of η and τ
-        by the estimator's variance is what :class:`RELAX` does for a learned control; pass
-        ``RELAX(control)`` with a control module that holds a learnable τ and η (see its Args).
+        First derivatives only.
 
     Args:
         temperature: τ > 0 of the relaxation used by the control variate; 0.1 to 1 is typical
-            (it changes the variance only, never the mean).
+            (it changes the variance only, never the mean). The initial value with ``learn=True``.
         eta: η, the control variate's scale; 1.0 is typical, 0 gives REINFORCE without a baseline.
+            The initial value with ``learn=True``.
+        learn: train η and log τ on the estimator's variance in the same ``backward()`` (as the
+            paper does); they become the parameters ``eta`` and ``log_temperature``.
 
     Raises:
+        TypeError: learn is not a bool, temperature or eta not a number.
         ValueError: temperature ≤ 0, a non-finite temperature or eta.
-        NotImplementedError: dist is not one of the families above.
+        NotImplementedError: dist is not one of the families above; ``learn=True`` where f's
+            output carries no gradient at the relaxed points (see Requires).
 
     Example:
         >>> import torch, gradest
@@ -160,57 +245,121 @@ class REBAR(_Temperature):
         >>> s = gradest.expectation(lambda b: (b - 0.45) ** 2, dist, gradest.REBAR(temperature=0.5), n=4)
         >>> s.sum().backward(); logits.grad.shape
         torch.Size([3])
+        >>> est = gradest.REBAR(temperature=0.5, eta=1.0, learn=True)
+        >>> opt = torch.optim.Adam([logits, *est.parameters()], lr=1e-2)
+        >>> s = gradest.expectation(lambda b: (b - 0.45) ** 2, dist, est, n=4)
+        >>> s.sum().backward(); opt.step()   # θ on ĝ, (η, log τ) on the variance, in one backward
+        >>> sorted(name for name, _ in est.named_parameters())
+        ['eta', 'log_temperature']
 
     References:
         Tucker et al. (2017). REBAR: Low-Variance, Unbiased Gradient Estimates for Discrete Latent
         Variable Models. NeurIPS. arXiv:1703.07370.
+        Grathwohl et al. (2018). Backpropagation through the Void: Optimizing Control Variates for
+        Black-Box Gradient Estimation. ICLR. arXiv:1711.00123.
         Maddison et al. (2017). The Concrete Distribution: A Continuous Relaxation of Discrete Random
         Variables. ICLR. arXiv:1611.00712.
     """
 
     unbiased = True
+    eta: float | nn.Parameter
 
-    def __init__(self, *, temperature: float = 0.5, eta: float = 1.0) -> None:
+    def __init__(self, *, temperature: float = 0.5, eta: float = 1.0, learn: bool = False) -> None:
         super().__init__()
-        self.temperature = temperature
-        self.eta = _check_eta(eta)
+        if not isinstance(learn, bool):
+            raise TypeError(
+                f"REBAR: learn={learn!r} must be a bool: True trains eta and log(temperature) on the "
+                "estimator's variance in the same backward(); pass learn=True or learn=False."
+            )
+        self.learn = learn
+        temperature = _check_temperature("REBAR", temperature)
+        eta = _check_eta(eta)
+        if learn:
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+            self.eta = nn.Parameter(torch.tensor(eta))
+        else:
+            self.temperature = temperature
+            self.eta = eta
+
+    @property
+    def temperature(self) -> float:
+        """τ; with ``learn=True`` the current ``exp(log_temperature)`` (reading it syncs the device)."""
+        if self.learn:
+            return float(stop_gradient(self.log_temperature).exp())
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        value = _check_temperature("REBAR", value)
+        if self.learn:
+            with torch.no_grad():
+                self.log_temperature.fill_(math.log(value))
+        else:
+            self._temperature = value
 
     def check(self, dist: Distribution, n: int) -> None:
         leaf = _check_family(
             "REBAR", dist,
             "For continuous families use Pathwise(); for other discrete ones ScoreFunction(LeaveOneOut()).",
         )
-        _check_precision("REBAR", self.temperature, leaf)
+        if not self.learn or is_validation_enabled():  # a learned τ is read from the device
+            _check_precision("REBAR", self.temperature, leaf)
 
     def draw(self, dist: Distribution, n: int) -> Draw:
         leaf = _leaf(dist)
-        logits = _logits(leaf)
-        z, z_tilde, hard, _ = _perturb(leaf, logits, n)
-        tau = self.temperature
+        if self.learn:  # differentiated with respect to a copy of the logits held apart from θ
+            free = stop_gradient(_logits(leaf)).requires_grad_()
+            z, z_tilde, hard, _ = _perturb(leaf, free, n)
+            tau: float | Tensor = self.log_temperature.exp()
+            extra = {"logits": free}
+        else:
+            logits = _logits(leaf)
+            z, z_tilde, hard, _ = _perturb(leaf, logits, n)
+            tau = self._temperature
+            extra = {"score": _score_term(leaf, logits, hard, _event_dims(dist, leaf))}
         value = torch.cat([hard, _relax(leaf, z, tau), _relax(leaf, z_tilde, tau)], 0)
-        box = magic_box(_log_prob(leaf, logits, hard, _event_dims(dist, leaf)))
-        return Draw(value, None, dist, {"box": box, "z": z, "z_tilde": z_tilde, "hard": hard})
+        return Draw(value, None, dist, {**extra, "z": z, "z_tilde": z_tilde, "hard": hard})
 
-    def weight(self, draw: Draw) -> Tensor:
-        box = draw.extra["box"]
-        ones = torch.ones_like(box)
-        return torch.cat([box, ones, ones], 0)
+    def correction(self, draw: Draw, cost: Tensor) -> Tensor | None:
+        n = draw.extra["hard"].shape[0]
+        if self.learn:
+            return self._learned(draw, cost, n)
+        c = stop_gradient(cost)
+        # value 0; gradient (f(b) − η f(σ(z̃)))∇log p(b): η f(σ(z̃)) knows b only through z̃ | b
+        term = (c[:n] - _scale(self.eta, c[2 * n :])) * draw.extra["score"]
+        return term.mean(0, keepdim=True) if n > 1 else term  # [1, *B], the same on all 3n rows
 
-    def correction(self, draw: Draw, cost: Tensor) -> Tensor:
-        box = draw.extra["box"]
-        n = box.shape[0]
-        baseline = self.eta * stop_gradient(cost[2 * n :])  # η f(σ(z̃)): knows b only through z̃ | b
-        term = (1 - box) * baseline
-        return torch.cat([term, torch.zeros_like(term), torch.zeros_like(term)], 0)
+    def _learned(self, draw: Draw, cost: Tensor, n: int) -> Tensor | None:
+        if not torch.is_grad_enabled():
+            return None
+        if not cost.requires_grad:
+            raise NotImplementedError(
+                f"REBAR(learn=True): f's output (shape {tuple(cost.shape)}) carries no gradient at the "
+                "relaxed points, so the pathwise terms and the variance of η and τ cannot be formed. "
+                "Either f is not differentiable there (a lookup by x.long(), a detach: extend it "
+                "multilinearly, (x * table).sum(-1)), or the estimator sits in a Graph that combines "
+                "several nodes or costs, which hands each estimator stopped costs: learn=True works "
+                "through gradest.expectation; in such a Graph use REBAR(learn=False) or RELAX(control)."
+            )
+        free, hard = draw.extra["logits"], draw.extra["hard"]
+        f = stop_gradient(cost[:n]).to(free.dtype)
+        c_z, c_tilde = self.eta * cost[n : 2 * n], self.eta * cost[2 * n :]  # c(z) = η f(σ_τ(z))
+        term = _learned_correction(_leaf(draw.dist), free, hard, f, c_z, c_tilde, list(self.parameters()))
+        return term.to(cost.dtype).expand(cost.shape)
 
     def reduce(self, draw: Draw, x: Tensor) -> Tensor:
-        """The mean over the n exact samples, plus the zero-valued pathwise difference of the relaxed rows."""
-        n = draw.extra["box"].shape[0]
-        difference = (x[n : 2 * n] - x[2 * n : 3 * n]).mean(0)
-        return x[:n].mean(0) + straight_through(0.0, self.eta * difference)
+        """The mean over the n exact samples, plus (``learn=False``) the zero-valued pathwise
+        difference of the relaxed rows."""
+        n = draw.extra["hard"].shape[0]
+        if self.learn:
+            return _mean(x[:n])
+        difference = _mean(x[n : 2 * n] - x[2 * n : 3 * n])
+        return _mean(x[:n]) + straight_through(0.0, _scale(self.eta, difference))
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature:g}, eta={self.eta:g}"
+        eta = float(stop_gradient(self.eta)) if isinstance(self.eta, Tensor) else self.eta
+        learn = ", learn=True" if self.learn else ""
+        return f"temperature={self.temperature:g}, eta={eta:g}{learn}"
 
 
 class RELAX(Estimator):
@@ -330,29 +479,11 @@ class RELAX(Estimator):
     def correction(self, draw: Draw, cost: Tensor) -> Tensor | None:
         if not torch.is_grad_enabled():
             return None
-        leaf = _leaf(draw.dist)
         free, z, z_tilde, hard = (draw.extra[k] for k in ("logits", "z", "z_tilde", "hard"))
-        n, batch = cost.shape[0], cost.shape[1:]
         f = stop_gradient(cost).to(free.dtype)
         c_z = self._evaluate(z, cost.shape)
         c_tilde = self._evaluate(z_tilde, cost.shape)
-        event = free.dim() - len(batch)  # R, and K for categorical families
-        coefficient = (f - c_tilde).reshape(cost.shape + (1,) * event)
-        g = (coefficient * _score(leaf, free, hard)).sum(0)
-        path = (c_z - c_tilde).sum()
-        if path.requires_grad:
-            (g_path,) = torch.autograd.grad(path, free, create_graph=True, allow_unused=True)
-            if g_path is not None:
-                g = g + g_path
-        g = g / n  # [*B, *R(, K)]: the estimate of ∂E[f]/∂ℓ, a differentiable function of φ
-        logits = _logits(leaf)
-        term = straight_through(0.0, _sum_last(stop_gradient(g).to(logits.dtype) * logits, event))
-        params = [p for p in self.control.parameters() if p.requires_grad]
-        if params and g.requires_grad:
-            grads = torch.autograd.grad(g.square().sum(), params, allow_unused=True)
-            linear = sum(((stop_gradient(d) * p).sum() for d, p in zip(grads, params) if d is not None),
-                         torch.zeros((), dtype=term.dtype, device=term.device))
-            term = term + straight_through(0.0, linear / max(batch.numel(), 1))
+        term = _learned_correction(_leaf(draw.dist), free, hard, f, c_z, c_tilde, list(self.control.parameters()))
         return term.to(cost.dtype).expand(cost.shape)
 
     def extra_repr(self) -> str:

@@ -12,8 +12,9 @@ are claimed unbiased for the true gradient, on:
 - UnorderedSet for k = 1, 2, 4 and several sets (n > 1); with k equal to the support size it is
   exact on every draw.
 
-RELAX's control is a small MLP, trained for a few steps of its own variance loss inside the factory
-(on the same problem), so the registry checks the estimator with a control whose state is used.
+RELAX's control is a small MLP, and ``REBAR(learn=True)`` has η and log τ; each is trained for a few
+steps of its own variance loss inside the factory (on the same problem, REBAR's η from 0 on some), so
+the registry checks the estimator with learned state in use.
 """
 
 from __future__ import annotations
@@ -114,17 +115,17 @@ TRAINING_STEPS = 20
 TRAINING_REPLICATIONS = 32
 
 
-def trained_relax(problem: Problem, features: int, event_dims: int, *, n: int = 1,
-                  steps: int = TRAINING_STEPS) -> Callable[[], Estimator]:
-    """A factory: RELAX with an ``EventMLP`` control after ``steps`` Adam steps on its variance loss.
+def trained(make: Callable[[], Estimator], problem: Problem, *, n: int = 1, steps: int = TRAINING_STEPS,
+            lr: float = 1e-2) -> Callable[[], Estimator]:
+    """A factory: ``make()`` after ``steps`` Adam steps of its own parameters on their variance loss.
 
     Each step is one ``backward()`` of the surrogate on R = 32 replications of ``problem``: the same
-    call that gives θ its gradient trains the control.
+    call that gives θ its gradient trains the estimator's parameters (RELAX's control, REBAR's η and τ).
     """
 
     def factory() -> Estimator:
-        est = RELAX(EventMLP(features, event_dims))
-        opt = torch.optim.Adam(est.control.parameters(), lr=1e-2)
+        est = make()
+        opt = torch.optim.Adam(est.parameters(), lr=lr)
         for _ in range(steps):
             params = problem.params(TRAINING_REPLICATIONS)
             s = expectation(problem.f, problem.dist(*params), est, n=n)
@@ -134,6 +135,19 @@ def trained_relax(problem: Problem, features: int, event_dims: int, *, n: int = 
         return est
 
     return factory
+
+
+def trained_relax(problem: Problem, features: int, event_dims: int, *, n: int = 1,
+                  steps: int = TRAINING_STEPS) -> Callable[[], Estimator]:
+    """A factory: RELAX with an ``EventMLP`` control, trained as in :func:`trained`."""
+    return trained(lambda: RELAX(EventMLP(features, event_dims)), problem, n=n, steps=steps)
+
+
+def trained_rebar(problem: Problem, temperature: float = 0.5, eta: float = 1.0, *, n: int = 1,
+                  steps: int = TRAINING_STEPS) -> Callable[[], Estimator]:
+    """A factory: ``REBAR(learn=True)`` after ``steps`` Adam steps (lr 0.05) of η and log τ."""
+    return trained(lambda: REBAR(temperature=temperature, eta=eta, learn=True).to(torch.float64), problem,
+                   n=n, steps=steps, lr=5e-2)
 
 
 def _rebar(temperature: float = 0.5, eta: float = 1.0) -> Callable[[], Estimator]:
@@ -162,6 +176,26 @@ def _rebar_cases() -> list[Case]:
         _case("rebar(0.5,1)", _rebar(), one_hot_table(), 1, replications=20_000),
         _case("rebar(0.5,1)", _rebar(), categorical_probs_table(), 1, replications=20_000),
         _case("rebar(0.5,1)", _rebar(), multilinear_joint_one_hot_table(), 1, replications=20_000),
+    ]
+    return cases
+
+
+def _rebar_learn_cases() -> list[Case]:
+    """REBAR with η and τ trained on its variance (from poor starting values), on the smooth problems."""
+    toy = BERNOULLI_TOYS[1]
+    table, one_hot, joint = MultilinearBernoulliTable(3), one_hot_table(), multilinear_joint_one_hot_table()
+    categorical, probs = CategoricalTable(10), categorical_probs_table()
+    label = "rebar(learn)"
+    cases = [_case(label, trained_rebar(p, eta=0.0), p, 1, replications=20_000) for p in BERNOULLI_TOYS]
+    cases += [
+        _case(label, trained_rebar(toy, 1.0, 0.5, n=3), toy, 3, replications=10_000),
+        _case(label, trained_rebar(bernoulli_probs_toy()), bernoulli_probs_toy(), 1, replications=20_000),
+        _case(label, trained_rebar(table, eta=0.0), table, 1, replications=20_000),
+        _case(label, trained_rebar(table, n=2), table, 2, replications=10_000),
+        _case(label, trained_rebar(categorical, 0.3), categorical, 1, replications=20_000),
+        _case(label, trained_rebar(one_hot), one_hot, 1, replications=20_000),
+        _case(label, trained_rebar(probs), probs, 1, replications=20_000),
+        _case(label, trained_rebar(joint), joint, 1, replications=20_000),
     ]
     return cases
 
@@ -198,4 +232,4 @@ def _unordered_set_cases() -> list[Case]:
     return cases
 
 
-CASES: list[Case] = _rebar_cases() + _relax_cases() + _unordered_set_cases()
+CASES: list[Case] = _rebar_cases() + _rebar_learn_cases() + _relax_cases() + _unordered_set_cases()

@@ -8,6 +8,9 @@
 - RELAX: the surrogate's value is the mean of f at the exact samples, whatever the control's training
   term; training the control on its variance loss lowers the estimator's variance (z·SE comparison of
   the trace of the covariance, same problem, same control before and after).
+- REBAR(learn=True): the value is unchanged; θ's gradient is REBAR's, and η, log τ get exactly what
+  RELAX gives the control η f(σ_τ(z)); a parameter inside f gets ∇ψ f(b) only; a few optimiser steps
+  on η lower the variance (z·SE); the parameters round-trip through ``state_dict``.
 - The harness has power: a REBAR without its pathwise correction, and an unordered-set baseline
   without its own term, are caught as biased.
 - Bad input gives the documented errors; every estimator works as a node of a ``Graph``: a one-node
@@ -38,7 +41,7 @@ from gradest.estimators.unordered import UnorderedSet
 from gradest.problems import BernoulliTable, BernoulliToy, CategoricalTable, Problem, gradient_draws
 from gradest.testing import assert_unbiased, z_for
 from tests.estimators.cases import seeded
-from tests.estimators.cases_rebar_relax import EventMLP
+from tests.estimators.cases_rebar_relax import EventMLP, MultilinearBernoulliTable
 
 F64 = torch.float64
 FALSE_ALARM = 1e-6
@@ -223,6 +226,128 @@ def test_rebar_is_relax_with_its_control(family: str) -> None:
     assert bool(g_tau != 0) and bool(g_eta != 0)
 
 
+class Spy:
+    """Wraps f and records the points it is called at and what it returns."""
+
+    def __init__(self, f: Callable[[Tensor], Tensor]) -> None:
+        self.f, self.inputs, self.outputs = f, [], []  # type: ignore[var-annotated]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        y = self.f(x)
+        self.inputs.append(x.detach())
+        self.outputs.append(y.detach())
+        return y
+
+
+def _learn_setup(family: str) -> tuple[Tensor, type[Bernoulli | OneHotCategorical], Callable[[Tensor], Tensor]]:
+    g = torch.Generator().manual_seed(12)
+    if family == "bernoulli":
+        logits = torch.randn(3, generator=g, dtype=F64).requires_grad_()
+        return logits, Bernoulli, lambda x: (x - T).square()
+    logits = torch.randn(3, 4, generator=g, dtype=F64).requires_grad_()
+    table = torch.randn(4, generator=g, dtype=F64)
+    return logits, OneHotCategorical, lambda x: torch.sin((x * table).sum(-1))
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "one-hot"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
+def test_rebar_learn_is_relax_with_its_control(family: str, dtype: torch.dtype) -> None:
+    """REBAR(learn=True) on one draw: the value is the mean of f at the exact samples (the training
+    term adds exactly 0); θ gets the gradient REBAR(learn=False) gives at the same η, τ and noise;
+    and η, log τ get exactly what RELAX gives the parameters of the control c(z) = η f(σ_τ(z)):
+    ∂Σ‖ĝ‖²/∂(η, log τ), checked by hand for that control in the RELAX tests above. ``dtype`` is
+    the estimator's parameters' (the logits are float64 either way)."""
+    logits, make, f = _learn_setup(family)
+    spy = Spy(f)
+    est = REBAR(temperature=0.4, eta=0.7, learn=True).to(dtype)
+    tau, eta = est.temperature, float(est.eta.detach())  # as rounded to the parameters' dtype
+    with seeded(13):
+        learned = expectation(spy, make(logits=logits), est, n=4)
+    with seeded(13):
+        fixed = expectation(f, make(logits=logits), REBAR(temperature=tau, eta=eta), n=4)
+    control = REBARControl(f, tau, eta, event=family != "bernoulli")
+    with seeded(13):
+        relax = expectation(f, make(logits=logits), RELAX(control), n=4)
+    (x,), (cost,) = spy.inputs, spy.outputs
+    assert x.shape[0] == 12 and learned.dtype == F64
+    assert torch.equal(learned.detach(), cost[:4].mean(0))
+    _close(learned.detach(), fixed.detach())
+    g_learned = torch.autograd.grad(learned.sum(), (logits, est.log_temperature, est.eta))
+    g_fixed = torch.autograd.grad(fixed.sum(), logits)[0]
+    g_relax = torch.autograd.grad(relax.sum(), (logits, control.log_temperature, control.eta))
+    _close(g_learned[0], g_fixed)
+    _close(g_learned[0], g_relax[0])
+    rtol = 1e-10 if dtype == F64 else 1e-5  # float32 parameters: their gradients are rounded to float32
+    for mine, theirs in zip(g_learned[1:], g_relax[1:]):
+        assert mine.dtype == dtype and bool(mine != 0)
+        torch.testing.assert_close(mine.to(F64), theirs, rtol=rtol, atol=rtol * float(theirs.abs()))
+
+
+def test_rebar_learn_leaves_fs_parameters_the_exact_sample_gradient() -> None:
+    """A parameter ψ inside f gets ∇ψ f(b) only: the relaxed rows feed ĝ and the variance, not ψ."""
+    logits, w = _bits(4)
+    est = REBAR(temperature=0.5, learn=True).double()
+    with seeded(14):
+        draw = est.draw(Bernoulli(logits=logits), 5)
+    cost = w * (draw.value - T).square()
+    s = est.surrogate(draw, cost)
+    (g_w,) = torch.autograd.grad(s.sum(), w)
+    _close(g_w, (draw.value[:5] - T).square().mean(0).sum())
+
+
+class MultilinearShiftedTable(MultilinearBernoulliTable):
+    """The multilinear BernoulliTable(3) + 3: far from zero, where η = 0 (no control) leaves a large variance."""
+
+    def f(self, b: Tensor) -> Tensor:
+        return super().f(b) + 3.0
+
+    def objective(self, logits: Tensor) -> Tensor:
+        return super().objective(logits) + 3.0
+
+
+def test_rebar_learning_eta_lowers_the_variance() -> None:
+    """From η = 0 (REINFORCE without a baseline), 20 Adam steps on η alone, each one backward() of
+    the surrogate as in training, lower the trace of the covariance of ĝ by many standard errors,
+    and the estimator stays unbiased."""
+    problem = MultilinearShiftedTable(3)
+    r = 20_000
+    with seeded(15):
+        est = REBAR(temperature=0.5, eta=0.0, learn=True).double()
+        log_temperature = est.log_temperature.detach().clone()
+        before = gradient_draws(problem, est, replications=r)
+        opt = torch.optim.Adam([est.eta], lr=0.1)
+        for _ in range(20):
+            params = problem.params(64)
+            s = expectation(problem.f, problem.dist(*params), est, n=1)
+            opt.zero_grad()
+            s.sum().backward()
+            opt.step()
+        after = gradient_draws(problem, est, replications=r)
+    assert torch.equal(est.log_temperature, log_temperature)  # τ was not in the optimiser: untouched
+    (v_before, se_before), (v_after, se_after) = _trace_variance(before), _trace_variance(after)
+    z = z_for(FALSE_ALARM, 1)
+    assert v_before - v_after > z * math.hypot(se_before, se_after), (v_before, v_after)
+    assert_unbiased(before, problem.exact_gradient())
+    assert_unbiased(after, problem.exact_gradient())
+
+
+def test_rebar_learn_under_no_grad_is_the_mean_cost() -> None:
+    logits, _ = _bits()
+    with torch.no_grad():
+        s = expectation(lambda b: (b - T).square(), Bernoulli(logits=logits), REBAR(learn=True), n=3)
+    assert not s.requires_grad and s.shape == (4,)
+
+
+def test_rebar_learn_temperature_is_the_parameter() -> None:
+    est = REBAR(temperature=0.5, eta=0.3, learn=True)
+    assert math.isclose(est.temperature, 0.5, rel_tol=1e-6)
+    est.temperature = 0.25  # an annealing schedule writes into the learned parameter
+    assert math.isclose(float(est.log_temperature.detach()), math.log(0.25), rel_tol=1e-6)
+    assert est.log_temperature.requires_grad and "learn=True" in repr(est)
+    with pytest.raises(ValueError, match="REBAR: temperature=-1.0 must be > 0"):
+        est.temperature = -1.0
+
+
 def test_relax_under_no_grad_is_the_mean_cost() -> None:
     logits, _ = _bits()
     with torch.no_grad():
@@ -357,7 +482,7 @@ class REBARWithoutPathwise(REBAR):
     """REBAR with the pathwise difference dropped: the baseline η f(σ(z̃)) depends on b, so biased."""
 
     def reduce(self, draw: Draw, x: Tensor) -> Tensor:
-        return x[: draw.extra["box"].shape[0]].mean(0)
+        return x[: draw.extra["hard"].shape[0]].mean(0)
 
 
 class UnorderedSetWithoutOwnTerm(UnorderedSet):
@@ -414,6 +539,27 @@ def test_rebar_eta_must_be_a_finite_number() -> None:
         REBAR(temperature="0.5")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("learn", ["yes", 1, None, torch.tensor(True)], ids=repr)
+def test_rebar_learn_must_be_a_bool(learn: object) -> None:
+    with pytest.raises(TypeError, match=r"REBAR: learn=.* must be a bool: True trains eta and log\(temperature\)"):
+        REBAR(learn=learn)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="REBAR: learn='yes'"):
+        REBAR(learn="yes")  # type: ignore[arg-type]
+
+
+def test_rebar_learn_refuses_costs_without_gradient() -> None:
+    """f not differentiable at the relaxed points, or a Graph of several nodes (stopped costs)."""
+    logits = torch.zeros(3, dtype=F64, requires_grad=True)
+    with pytest.raises(NotImplementedError, match=r"REBAR\(learn=True\): f's output \(shape \(6, 3\)\) carries no"):
+        expectation(lambda b: (b > 0.5).to(F64), Bernoulli(logits=logits), REBAR(learn=True), n=2)
+    with Graph() as g:  # two nodes: the graph hands each estimator stopped costs
+        x = g.sample("x", Bernoulli(logits=logits), REBAR(learn=True), n=2)
+        y = g.sample("y", Normal(2 * x, 1.0))
+        g.cost((y - T).square())
+    with pytest.raises(NotImplementedError, match=r"in such a Graph use REBAR\(learn=False\) or RELAX\(control\)"):
+        g.loss()
+
+
 UNSUPPORTED = [
     Normal(torch.zeros(3), 1.0),
     Independent(Normal(torch.zeros(2, 3), 1.0), 1),
@@ -465,6 +611,21 @@ def test_rebar_low_precision_warns() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         expectation(lambda b: b, Bernoulli(logits=torch.zeros(3, dtype=F64)), REBAR(temperature=0.01))
+
+
+def test_rebar_learn_state_round_trips() -> None:
+    est = REBAR(temperature=0.5, eta=1.0, learn=True)
+    with torch.no_grad():
+        est.eta.fill_(0.37)
+        est.log_temperature.fill_(-0.9)
+    buffer = io.BytesIO()
+    torch.save(est.state_dict(), buffer)
+    buffer.seek(0)
+    other = REBAR(learn=True)
+    other.load_state_dict(torch.load(buffer, weights_only=True))
+    assert set(est.state_dict()) == {"eta", "log_temperature"}
+    assert torch.equal(other.eta, est.eta) and torch.equal(other.log_temperature, est.log_temperature)
+    assert REBAR().state_dict() == {}  # fixed τ and η are configuration, not state
 
 
 def test_relax_state_round_trips() -> None:
