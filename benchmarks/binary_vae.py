@@ -21,9 +21,8 @@ Estimators (each with 2 evaluations of f per image and step, as in the papers):
     relax       RELAX(RelaxControl()), n=1: c(z) = η·cost(σ(z/τ)) + r(σ(z)), η, log τ and a 200-50-1
                 tanh network r learned by the variance loss (f at b, plus 2 evaluations in the control)
     gumbel      GumbelSoftmax(0.5), n=2 (biased: f at relaxed points)
-    unordered   UnorderedSet(2): runs only if it accepts Independent(Bernoulli) (it takes Categorical
-                and OneHotCategorical: sets without replacement over 2^200 joint states would need
-                stochastic beam search), else reported as not applicable
+    unordered   UnorderedSet(2), n=1: one set of 2 distinct joint states of the 200 bits, drawn by
+                stochastic beam search (2 evaluations of f)
 
 REBAR, RELAX and UnorderedSet come from modules other engineers wrote (gradest.estimators.rebar_relax,
 .unordered); an estimator whose module is missing is skipped with a note.
@@ -307,7 +306,7 @@ def gradest_estimator(name: str) -> tuple[gradest.Estimator, int]:
     if name == "unordered":
         from gradest.estimators.unordered import UnorderedSet
 
-        return UnorderedSet(2), 2
+        return UnorderedSet(2), 1  # one set of 2 distinct states: 2 evaluations of f
     raise ValueError(f"unknown estimator {name!r}; choose from {ESTIMATORS}")
 
 
@@ -447,6 +446,29 @@ class HandImpl(Impl):
     def _arm(self, x: Tensor) -> Tensor:
         return self._antithetic(x, disarm=False)
 
+    def _unordered(self, x: Tensor) -> Tensor:
+        """UnorderedSet(2): the set {a, b} of 2 distinct joint states comes from gradest's beam search
+        (the sampler is not hand-written again: the ratio measures the estimator around it); then the
+        k = 2 closed forms: P(S) = p_a p_b (1/(1 − p_a) + 1/(1 − p_b)), weight p_a R(S, a) =
+        p_a p_b / ((1 − p_a) P(S)), and a's baseline p_a f_a + (1 − p_a) f_b, so that f_a minus it is
+        (1 − p_a)(f_a − f_b)."""
+        from gradest.estimators.unordered import _beam_search, _log1mexp
+
+        logits = self.model.logits(x)
+        ld = logits.detach()
+        with torch.no_grad():
+            table = torch.stack([-F.softplus(ld), -F.softplus(-ld)], -1)  # [B, 200, 2]
+            b = _beam_search(table, 2, 1)[0].movedim(-2, 0).float()  # [2, B, 200]
+        lp = (b * logits - F.softplus(logits)).sum(-1)  # [2, B], differentiable
+        f = self.model.f(b, x, ld)  # [2, B]
+        with torch.no_grad():
+            l = lp.detach()
+            log_rest = _log1mexp(l)  # log(1 − p_s)
+            log_set = l.sum(0) + torch.logaddexp(-log_rest[0], -log_rest[1])  # log P(S)
+            weight = torch.exp(l + l.flip(0) - log_rest - log_set)  # p_s R(S, s)
+            signal = torch.exp(log_rest) * (f.detach() - f.detach().flip(0))  # f_s minus its baseline
+        return -((weight * f).sum(0) + (weight * signal * (lp - l)).sum(0)).mean()
+
     def _disarm(self, x: Tensor) -> Tensor:
         return self._antithetic(x, disarm=True)
 
@@ -569,7 +591,8 @@ class StorchImpl(Impl):
 
 
 CLASSES: dict[str, type[Impl]] = {c.kind: c for c in (GradestImpl, HandImpl, StorchImpl)}
-HAND = {"reinforce", "rloo", "arm", "disarm", "rebar", "rebar-learn", "relax", "gumbel"}  # hand-written versions
+# hand-written versions
+HAND = {"reinforce", "rloo", "arm", "disarm", "rebar", "rebar-learn", "relax", "gumbel", "unordered"}
 STORCH = {"reinforce", "rloo", "arm", "disarm", "rebar", "relax", "gumbel"}  # Storchastic methods used
 
 

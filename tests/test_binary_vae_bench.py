@@ -15,7 +15,7 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "binary_vae.py"
-BASE = ["reinforce", "rloo", "arm", "disarm", "gumbel"]  # the estimators that need no peer module
+BASE = ["reinforce", "rloo", "arm", "disarm", "gumbel", "unordered"]  # the estimators that need no peer module
 
 
 def _load():

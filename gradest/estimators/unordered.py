@@ -135,9 +135,24 @@ def _coordinate_table(leaf: Distribution, r: int) -> Tensor:
     return table.reshape(*batch, -1, table.shape[-1])
 
 
+CHILDREN = 64
+"""Stochastic beam search extends each partial state by as many coordinates at once as keep the number
+of extensions at most this (6 bits, 2 four-way categories, 1 ten-way category)."""
+
+
+@functools.lru_cache(maxsize=32)
+def _combinations(size: int, width: int) -> Tensor:
+    """All ``size**width`` value combinations of ``width`` coordinates ``[size**width, width]`` (CPU)."""
+    grid = torch.arange(size**width).unsqueeze(-1) // size ** torch.arange(width - 1, -1, -1)
+    return grid % size
+
+
 def _beam_search(log_table: Tensor, k: int, n: int) -> Tensor:
     """k distinct joint states per set, without replacement (stochastic beam search; Kool et al.
     2019, Algorithm 2): returns their coordinates ``[n, *B, k, d]``.
+
+    The coordinates are taken in chunks of c (the largest with K^c ≤ ``CHILDREN``): a chunk is one
+    token of K^c values, so the search takes ⌈d / c⌉ steps; the law of the result does not depend on c.
 
     Args:
         log_table: ``[*B, d, K]`` coordinate log-probabilities (not differentiated).
@@ -145,27 +160,30 @@ def _beam_search(log_table: Tensor, k: int, n: int) -> Tensor:
         n: independent sets.
     """
     *batch, d, size = log_table.shape
+    step = max(1, int(math.log(CHILDREN) / math.log(size) + 1e-9))
     shape = (n, *batch)
     phi = log_table.new_zeros((*shape, 1))  # log-probability of each partial state in the beam
     top = gumbel((*shape, 1), dtype=log_table.dtype, device=log_table.device)  # the max over its completions
     states = torch.zeros((*shape, 1, 0), dtype=torch.long, device=log_table.device)
-    for j in range(d):
-        width = phi.shape[-1]
-        child = (phi.unsqueeze(-1) + log_table[..., j, :].unsqueeze(-2)).flatten(-2)  # [*, width·K]
+    for start in range(0, d, step):
+        width, chunk = phi.shape[-1], min(step, d - start)
+        combos = _combinations(size, chunk).to(log_table.device)  # [C, chunk]
+        token = log_table[..., start : start + chunk, :]  # [*B, chunk, K]
+        token = token[..., torch.arange(chunk, device=combos.device), combos].sum(-1)  # [*B, C]
+        children = combos.shape[0]
+        child = phi.unsqueeze(-1) + token.unsqueeze(-2)  # [n, *B, width, C]
         perturbed = child + gumbel(child.shape, dtype=child.dtype, device=child.device)
-        z = perturbed.unflatten(-1, (width, size)).amax(-1, keepdim=True)
+        z = perturbed.amax(-1, keepdim=True)
         # Gumbel(child) conditioned on the maximum over the parent's children being the parent's own
         # maximum T: −log(e^{−T} − e^{−Z} + e^{−G}), in the stable form of Kool et al. (2019), App. B
         parent = top.unsqueeze(-1)
-        v = parent - perturbed.unflatten(-1, (width, size)) + _log1mexp(
-            (perturbed.unflatten(-1, (width, size)) - z).clamp(max=0))
+        v = parent - perturbed + _log1mexp((perturbed - z).clamp(max=0))
         keys = (parent - v.clamp(min=0) - torch.log1p(torch.exp(-v.abs()))).flatten(-2)
-        keep = min(k, width * size)
-        top, chosen = keys.topk(keep, -1)
-        parent_index, value = chosen // size, chosen % size
-        states = torch.cat([states.gather(-2, parent_index.unsqueeze(-1).expand(*parent_index.shape, j)),
-                            value.unsqueeze(-1)], -1)
-        phi = child.gather(-1, chosen)
+        top, chosen = keys.topk(min(k, width * children), -1)
+        parent_index, value = chosen // children, chosen % children
+        states = torch.cat([states.gather(-2, parent_index.unsqueeze(-1).expand(*parent_index.shape, start)),
+                            combos[value]], -1)
+        phi = child.flatten(-2).gather(-1, chosen)
     return states
 
 

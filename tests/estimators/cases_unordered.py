@@ -44,7 +44,7 @@ def _unordered(k: int) -> Callable[[], Estimator]:
 
 
 def _cases() -> list[Case]:
-    toy, bits, wide = BERNOULLI_TOYS[1], BernoulliTable(3), BernoulliTable(6, seed=2)
+    toy, bits, wide = BERNOULLI_TOYS[1], BernoulliTable(3), BernoulliTable(8, seed=2)  # 8 bits: 2 beam steps
     one_hot, categorical = joint_one_hot_table(), joint_categorical_table()
     return [
         _case("unordered-set(1)", _unordered(1), toy, 2, replications=20_000),

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal, OneHotCategorical
 
 from gradest import UnorderedSet, expectation
+from gradest.estimators import unordered
 from gradest.testing import z_for
 from tests.graph.common import seeded
 
@@ -34,10 +35,14 @@ def _set_probability(p: dict[tuple, float], members: list[tuple]) -> float:
     return total
 
 
+@pytest.mark.parametrize("children", [2, 4, 64], ids=lambda c: f"children={c}")
 @pytest.mark.parametrize("family", ["bits", "categorical"])
-def test_beam_search_draws_sets_with_the_law_of_sampling_without_replacement(family: str) -> None:
+def test_beam_search_draws_sets_with_the_law_of_sampling_without_replacement(
+        family: str, children: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every unordered set's frequency over 40,000 draws is within z·SE of its exact probability (a
-    binomial standard error, z for a family-wise false-alarm rate of 1e-3 over all sets)."""
+    binomial standard error, z for a family-wise false-alarm rate of 1e-3 over all sets), whether the
+    search extends one coordinate per step, two, or all at once (``CHILDREN``)."""
+    monkeypatch.setattr(unordered, "CHILDREN", children)
     k, draws = 2, 40_000
     if family == "bits":
         logits = torch.tensor([0.8, -0.4, 0.1], dtype=F64)
