@@ -19,11 +19,12 @@ No Python loop runs over time steps. Two vectorised algorithms:
   of the float64 loop at any T.
 * :func:`discounted_reverse_scan` (``b_t = discount · (1 − reset_t)``, a constant discount cut at
   episode ends): for short inputs, where the cost is the number of torch calls rather than the data,
-  a closed form in about fifteen calls: in reversed time
+  a closed form in eleven calls whatever T is: in reversed time
   :math:`y_t = c^{t}\bigl(S_t - S_{s(t)-1}\bigr)`, with :math:`S` the cumulative sum of
-  :math:`c^{-t} a_t` and :math:`s(t)` the start of t's episode (one running maximum over the resets).
-  It is used only while :math:`c^{-T}` stays far inside the floating-point range and T is small
-  (its rounding error grows like ``eps · min(T, 1/(1 − c)) · max|a|``); otherwise it calls
+  :math:`c^{-t} a_t` and :math:`s(t)` the start of t's episode (one running maximum of the start
+  indices). The powers :math:`c^{\pm t}` and the indices are computed once per (T, c, dtype, rank, device)
+  and kept. It is used only while :math:`c^{-T}` stays far inside the floating-point range and T is
+  small (its rounding error grows like ``eps · min(T, 1/(1 − c)) · max|a|``); otherwise it calls
   :func:`reverse_scan`.
 
 Both are plain torch, differentiable, and run unchanged on CUDA.
@@ -74,18 +75,17 @@ def discounted_reverse_scan(a: Tensor, discount: float, reset: Tensor | None) ->
         ``[T, *B]`` tensor ``y``.
     """
     steps = a.shape[0]
+    if steps <= _CLOSED_FORM_STEPS and a.numel() <= _CLOSED_FORM_ELEMENTS:
+        tables = _TABLES.get((steps, discount, a.dtype, a.dim(), None if a.is_cpu else a.device))
+        if tables is None:
+            tables = _tables(steps, discount, a)
+        if tables:
+            return _closed_form(a, discount, reset, tables)
     if discount == 0.0 or steps == 0:
         return a.clone()
-    if (
-        steps <= _CLOSED_FORM_STEPS
-        and steps * -math.log2(discount) <= _CLOSED_FORM_RANGE_BITS.get(a.dtype, -1.0)
-        and a.numel() <= _CLOSED_FORM_ELEMENTS
-    ):
-        return _closed_form(a, discount, reset)
-    b = torch.full_like(a, discount)
-    if reset is not None:
-        b.masked_fill_(reset, 0.0)
-    return reverse_scan(a, b)
+    if reset is None:
+        return reverse_scan(a, torch.full_like(a, discount))
+    return reverse_scan(a, torch.where(reset, a.new_zeros(()), discount))  # faster than masked_fill_ on bool
 
 
 def _flat(a: Tensor, b: Tensor) -> Tensor:
@@ -138,29 +138,49 @@ def _blocked(a: Tensor, b: Tensor) -> Tensor:
     return out.view(chunks * chunk, n)[:steps]
 
 
-def _closed_form(a: Tensor, discount: float, reset: Tensor | None) -> Tensor:
+Tables = tuple[Tensor, ...]  # (c^t, c^-t, t) as [T, 1, ...] columns, or () where the closed form is not used
+_TABLES: dict[tuple[object, ...], Tables] = {}
+_TABLES_KEPT = 64  # at most this many (T, c, dtype, rank, device) are kept; then the cache starts afresh
+
+
+def _tables(steps: int, discount: float, a: Tensor) -> Tables:
+    """``c^t``, ``c^-t`` (``a``'s dtype) and ``t`` (int64) for t = 0 .. T-1, as ``[T, 1, ...]`` columns.
+
+    Empty where the closed form does not apply: c = 0, T = 0, or :math:`c^{-T}` not far inside the
+    range of ``a``'s dtype (float32 and float64 only). Computed once per (T, c, dtype, rank, device)
+    and kept, since building them would cost the closed form three more calls. Never written to.
+    """
+    tables: Tables = ()
+    if 0.0 < discount and 0 < steps and steps * -math.log2(discount) <= _CLOSED_FORM_RANGE_BITS.get(a.dtype, -1.0):
+        column = (steps,) + (1,) * (a.dim() - 1)
+        # Ordinary tensors even when called under inference_mode, so that autograd may save them later.
+        with torch.inference_mode(False):
+            # Each rounded once: logspace raises the base to exact integers.
+            power = torch.logspace(0, steps - 1, steps, base=discount, dtype=a.dtype, device=a.device)
+            inverse = torch.logspace(0, steps - 1, steps, base=1.0 / discount, dtype=a.dtype, device=a.device)
+            index = torch.arange(steps, device=a.device)
+        tables = (power.view(column), inverse.view(column), index.view(column))
+    if not torch.compiler.is_compiling():  # a traced (fake) tensor must not outlive its trace
+        if len(_TABLES) >= _TABLES_KEPT:
+            _TABLES.clear()
+        _TABLES[(steps, discount, a.dtype, a.dim(), None if a.is_cpu else a.device)] = tables
+    return tables
+
+
+def _closed_form(a: Tensor, discount: float, reset: Tensor | None, tables: Tables | None = None) -> Tensor:
     """Short inputs with a constant discount: cumulative sums in reversed time (see the module doc).
 
-    About fifteen torch calls whatever T is: for short rollouts the cost is the calls, not the data.
+    Eleven torch calls whatever T is (five without resets): for short rollouts the cost is the calls,
+    not the data, so every call that can work in place does. ``tables`` are :func:`_tables`'s.
     """
-    steps = a.shape[0]
-    column = (steps,) + (1,) * (a.dim() - 1)
-    # c^t and c^-t for t = 0 .. T-1, each rounded once (logspace raises the base to exact integers).
-    power = torch.logspace(0, steps - 1, steps, base=discount, dtype=a.dtype, device=a.device).view(column)
-    inverse = torch.logspace(0, steps - 1, steps, base=1.0 / discount, dtype=a.dtype, device=a.device)
-    inverse = inverse.view(column)
+    power, inverse, index = _tables(a.shape[0], discount, a) if tables is None else tables
     u = a.flip(0).mul_(inverse)  # reversed time: u[t] = c^-t a[T-1-t]
     total = u.cumsum(0)
     if reset is None:
         return total.mul_(power).flip(0)
-    # In reversed time an episode starts where reset is True. The running maximum of reset · c^-t (which
-    # grows with t, by far more than rounding while c < 0.999, so no two starts tie) points at the last
-    # start <= t; before the first start it may point anywhere, and the sums are kept at starts only,
-    # zero elsewhere, so the prefix subtracts 0. Closer to 1, the start indices themselves are the key.
-    starts = reset.flip(0)
-    if discount < 0.999:
-        last = starts.mul(inverse).cummax(0).indices
-    else:
-        last = torch.arange(steps, device=a.device).view(column).mul(starts).cummax(0).values
-    before = torch.gather(total.sub(u).mul_(starts), 0, last)  # sum before the episode's first step
+    # In reversed time an episode starts where reset is True; the running maximum of t · reset is the
+    # last start <= t, or 0 before the first one. The sum before an episode's first step s is
+    # total[s] - u[s]; at s = 0 that is exactly 0, which is also what t before the first start needs.
+    last = reset.flip(0).mul(index).cummax(0).values
+    before = torch.gather(total - u, 0, last)
     return total.sub_(before).mul_(power).flip(0)

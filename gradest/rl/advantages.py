@@ -16,14 +16,8 @@ import torch
 from torch import Tensor
 
 from gradest._distributed import all_reduce_flat, check_process_group, resolve
-from gradest._validation import (
-    check_exclusive_flags,
-    check_positive,
-    check_tensor,
-    check_time_major,
-    fits_time_major,
-    unit_interval,
-)
+from gradest._validation import check_positive, check_tensor, unit_interval
+from gradest.rl._checks import check_args, explain
 from gradest.rl._scan import discounted_reverse_scan, reverse_scan
 
 __all__ = ["gae", "vtrace", "group_advantages"]
@@ -94,31 +88,29 @@ def gae(
         Pardo et al. (2018). Time Limits in Reinforcement Learning. ICML. arXiv:1712.00378.
     """
     where = "gae"
-
-    def check() -> None:
-        check_time_major(where, {"rewards": rewards, "values": values, "next_values": next_values},
-                         {"terminated": terminated, "truncated": truncated})
-
-    if not fits_time_major((rewards, values, next_values), (terminated, truncated)):
-        check()
+    tensors, flags = (rewards, values, next_values), (terminated, truncated)
+    check_args(where, _GAE_ARGS, tensors, flags)
     gamma = unit_interval(where, "gamma", gamma)
     lambda_ = unit_interval(where, "lambda_", lambda_)
-    check_exclusive_flags(where, terminated, truncated)
     try:
         if rewards.requires_grad or values.requires_grad or next_values.requires_grad:
             with torch.no_grad():
                 return _gae(rewards, values, next_values, terminated, truncated, gamma, lambda_)
         return _gae(rewards, values, next_values, terminated, truncated, gamma, lambda_)
     except (RuntimeError, TypeError):
-        check()  # a dtype or device torch rejected first: name the argument
+        explain(where, _GAE_ARGS, tensors, flags)  # a dtype or device torch rejected first: name the argument
         raise
+
+
+_GAE_ARGS = ("rewards", "values", "next_values")
 
 
 def _gae(
     rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, truncated: Tensor | None,
     gamma: float, lambda_: float,
 ) -> Tensor:
-    delta = torch.sub(rewards - values, next_values.masked_fill(terminated, 0.0), alpha=-gamma)
+    # torch.where rather than masked_fill: the same values, faster on long rollouts
+    delta = torch.sub(rewards - values, torch.where(terminated, 0.0, next_values), alpha=-gamma)
     done = terminated if truncated is None else terminated | truncated
     return discounted_reverse_scan(delta, gamma * lambda_, done)
 
@@ -200,21 +192,12 @@ def vtrace(
         Actor-Learner Architectures. ICML. arXiv:1802.01561.
     """
     where = "vtrace"
-
-    def check() -> None:
-        check_time_major(
-            where,
-            {"log_rhos": log_rhos, "rewards": rewards, "values": values, "next_values": next_values},
-            {"terminated": terminated, "truncated": truncated},
-        )
-
-    if not fits_time_major((log_rhos, rewards, values, next_values), (terminated, truncated)):
-        check()
+    tensors, flags = (log_rhos, rewards, values, next_values), (terminated, truncated)
+    check_args(where, _VTRACE_ARGS, tensors, flags)
     gamma = unit_interval(where, "gamma", gamma)
     lambda_ = unit_interval(where, "lambda_", lambda_)
     rho_bar = check_positive(where, "rho_bar", rho_bar, "1.0 is the paper's choice")
     c_bar = check_positive(where, "c_bar", c_bar, "1.0 is the paper's choice")
-    check_exclusive_flags(where, terminated, truncated)
     try:
         with torch.no_grad():
             ratio = log_rhos.exp()
@@ -230,8 +213,11 @@ def vtrace(
             pg_advantages = rho * torch.add(rewards - values, vs_next, alpha=gamma)
             return vs, pg_advantages
     except (RuntimeError, TypeError):
-        check()
+        explain(where, _VTRACE_ARGS, tensors, flags)
         raise
+
+
+_VTRACE_ARGS = ("log_rhos", "rewards", "values", "next_values")
 
 
 def group_advantages(*, rewards: Tensor, normalize: bool = False, eps: float = 1e-4,

@@ -12,13 +12,8 @@ import math
 import torch
 from torch import Tensor
 
-from gradest._validation import (
-    check_exclusive_flags,
-    check_positive,
-    check_tensor,
-    check_time_major,
-    fits_time_major,
-)
+from gradest._validation import check_positive, check_tensor
+from gradest.rl._checks import check_args, explain
 from gradest.rl._scan import discounted_reverse_scan
 
 __all__ = ["importance_weights", "per_decision_importance_weights"]
@@ -116,15 +111,10 @@ def per_decision_importance_weights(
         Precup et al. (2000). Eligibility Traces for Off-Policy Policy Evaluation. ICML.
     """
     where = "per_decision_importance_weights"
-
-    def check() -> None:
-        check_time_major(where, {"log_rhos": log_rhos}, {"terminated": terminated, "truncated": truncated})
-
-    if not fits_time_major((log_rhos,), (terminated, truncated)):
-        check()
+    tensors, flags = (log_rhos,), (terminated, truncated)
+    check_args(where, ("log_rhos",), tensors, flags)
     if clip is not None:
         clip = check_positive(where, "clip", clip, "1.0 is typical")
-    check_exclusive_flags(where, terminated, truncated)
     try:
         with torch.no_grad():
             logs = log_rhos if clip is None else log_rhos.clamp(max=math.log(clip))
@@ -136,5 +126,5 @@ def per_decision_importance_weights(
             total = discounted_reverse_scan(logs.flip(0), 1.0, restart.flip(0))
             return total.flip(0).exp_()
     except (RuntimeError, TypeError):
-        check()
+        explain(where, ("log_rhos",), tensors, flags)
         raise

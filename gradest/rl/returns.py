@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradest._validation import check_exclusive_flags, check_time_major, fits_time_major, unit_interval
+from gradest._validation import unit_interval
+from gradest.rl._checks import check_args, explain
 from gradest.rl._scan import discounted_reverse_scan
 
 __all__ = ["discounted_returns", "td_lambda"]
@@ -76,15 +77,9 @@ def discounted_returns(
         Pardo et al. (2018). Time Limits in Reinforcement Learning. ICML. arXiv:1712.00378.
     """
     where = "discounted_returns"
-
-    def check() -> None:
-        check_time_major(where, {"rewards": rewards, "next_values": next_values},
-                         {"terminated": terminated, "truncated": truncated})
-
-    if not fits_time_major((rewards, next_values), (terminated, truncated)):
-        check()
+    tensors, flags = (rewards, next_values), (terminated, truncated)
+    check_args(where, _ARGS, tensors, flags)
     gamma = unit_interval(where, "gamma", gamma)
-    check_exclusive_flags(where, terminated, truncated)
     try:
         with torch.no_grad():
             done = terminated if truncated is None else terminated | truncated
@@ -97,8 +92,11 @@ def discounted_returns(
                 a = torch.addcmul(rewards, next_values, cut.to(rewards.dtype), value=gamma)
             return discounted_reverse_scan(a, gamma, done)
     except (RuntimeError, TypeError):
-        check()  # a dtype or device torch rejected first: name the argument
+        explain(where, _ARGS, tensors, flags)  # a dtype or device torch rejected first: name the argument
         raise
+
+
+_ARGS = ("rewards", "next_values")  # the floating arguments of both functions, in the order checked
 
 
 def td_lambda(
@@ -164,16 +162,10 @@ def td_lambda(
         Estimation. ICLR. arXiv:1506.02438.
     """
     where = "td_lambda"
-
-    def check() -> None:
-        check_time_major(where, {"rewards": rewards, "next_values": next_values},
-                         {"terminated": terminated, "truncated": truncated})
-
-    if not fits_time_major((rewards, next_values), (terminated, truncated)):
-        check()
+    tensors, flags = (rewards, next_values), (terminated, truncated)
+    check_args(where, _ARGS, tensors, flags)
     gamma = unit_interval(where, "gamma", gamma)
     lambda_ = unit_interval(where, "lambda_", lambda_)
-    check_exclusive_flags(where, terminated, truncated)
     try:
         with torch.no_grad():
             if rewards.shape[0] == 0:
@@ -186,5 +178,5 @@ def td_lambda(
             a = torch.addcmul(rewards, next_values, weight, value=gamma)
             return discounted_reverse_scan(a, gamma * lambda_, done)
     except (RuntimeError, TypeError):
-        check()
+        explain(where, _ARGS, tensors, flags)
         raise

@@ -77,6 +77,45 @@ def test_closed_form_is_used_only_within_its_range():
     assert calls == [torch.Size([128, 2])]
 
 
+@pytest.mark.parametrize("batch", [(), (3,), (2, 3)])
+def test_closed_form_keeps_its_tables_apart_by_rank_and_dtype(batch):
+    """The kept tables are keyed by (T, c, dtype, rank, device): one T and c, every rank and dtype."""
+    g = torch.Generator().manual_seed(2)
+    for dtype in (torch.float64, torch.float32):
+        a = torch.randn(40, *batch, generator=g, dtype=dtype)
+        reset = torch.rand(40, *batch, generator=g) < 0.1
+        want = ref.reverse_scan(a, 0.9 * (~reset).double())
+        got = discounted_reverse_scan(a, 0.9, reset)
+        assert got.dtype == dtype and got.shape == a.shape
+        torch.testing.assert_close(got.double(), want, rtol=1e-5 if dtype == torch.float32 else 1e-9,
+                                   atol=1e-5 if dtype == torch.float32 else 1e-9)
+
+
+def test_closed_form_tables_are_bounded_and_serve_autograd_after_inference_mode(monkeypatch):
+    monkeypatch.setattr(_scan, "_TABLES", {})
+    a = torch.randn(30, 2, dtype=torch.float64)
+    reset = torch.zeros(30, 2, dtype=torch.bool)
+    reset[10] = True
+    with torch.inference_mode():  # the tables made here must still be ordinary tensors
+        discounted_reverse_scan(a, 0.8, reset)
+    x = a.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: discounted_reverse_scan(t, 0.8, reset), (x,))
+    for i in range(3 * _scan._TABLES_KEPT):
+        discounted_reverse_scan(a, 0.5 + i / (10 * _scan._TABLES_KEPT), reset)
+    assert 0 < len(_scan._TABLES) <= _scan._TABLES_KEPT
+
+
+def test_cummax_ties_do_not_matter():
+    """The closed form takes the running maximum of the start *indices* (its values), so it relies on
+    no tie-breaking rule: every reset pattern of a short column, checked exhaustively."""
+    steps = 6
+    a = torch.randn(steps, 1 << steps, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    bits = torch.arange(1 << steps)
+    reset = ((bits.unsqueeze(0) >> torch.arange(steps).unsqueeze(1)) & 1).bool()  # column k: the bits of k
+    for discount in (0.5, 1.0):
+        _close(_scan._closed_form(a, discount, reset), ref.reverse_scan(a, discount * (~reset).double()))
+
+
 @pytest.mark.parametrize("steps,batch", [(128, 8), (1000, 64), (10000, 16)])
 @pytest.mark.parametrize("discount", [0.99 * 0.95, 0.99, 1.0])
 def test_float32_stays_within_1e_5_of_the_float64_loop(steps, batch, discount):
