@@ -315,13 +315,7 @@ def test_rebar_learning_eta_lowers_the_variance() -> None:
         est = REBAR(temperature=0.5, eta=0.0, learn=True).double()
         log_temperature = est.log_temperature.detach().clone()
         before = gradient_draws(problem, est, replications=r)
-        opt = torch.optim.Adam([est.eta], lr=0.1)
-        for _ in range(20):
-            params = problem.params(64)
-            s = expectation(problem.f, problem.dist(*params), est, n=1)
-            opt.zero_grad()
-            s.sum().backward()
-            opt.step()
+        _train_on_variance(est, [est.eta], problem, steps=20, lr=0.1)
         after = gradient_draws(problem, est, replications=r)
     assert torch.equal(est.log_temperature, log_temperature)  # τ was not in the optimiser: untouched
     (v_before, se_before), (v_after, se_after) = _trace_variance(before), _trace_variance(after)
@@ -451,19 +445,24 @@ def _trace_variance(draws: Tensor) -> tuple[float, float]:
     return float(t.sum() / (r - 1)), float(t.std() / r**0.5 * r / (r - 1))
 
 
+def _train_on_variance(est, parameters, problem, *, steps: int, lr: float) -> None:
+    """Adam on ``parameters`` for ``steps`` steps, each one backward of the surrogate, as in training."""
+    opt = torch.optim.Adam(parameters, lr=lr)
+    for _ in range(steps):
+        params = problem.params(64)
+        s = expectation(problem.f, problem.dist(*params), est, n=1)
+        opt.zero_grad()
+        s.sum().backward()
+        opt.step()
+
+
 def test_relax_training_lowers_the_variance() -> None:
     problem = ShiftedBernoulliTable(3)
     r = 20_000
     with seeded(8):
         est = RELAX(EventMLP(3, 1))
         before = gradient_draws(problem, est, replications=r)
-        opt = torch.optim.Adam(est.control.parameters(), lr=1e-2)
-        for _ in range(100):  # each step: one backward of the surrogate, as in training
-            params = problem.params(64)
-            s = expectation(problem.f, problem.dist(*params), est, n=1)
-            opt.zero_grad()
-            s.sum().backward()
-            opt.step()
+        _train_on_variance(est, est.control.parameters(), problem, steps=100, lr=1e-2)
         after = gradient_draws(problem, est, replications=r)
     (v_before, se_before), (v_after, se_after) = _trace_variance(before), _trace_variance(after)
     z = z_for(FALSE_ALARM, 1)
