@@ -16,25 +16,36 @@ measures the total (``BENCHMARKS.md``, task 1).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils._pytree import tree_map
 
-if TYPE_CHECKING:
-    from gradest.graph.graph import Graph
+__all__ = ["Provenance", "Scope", "Tag", "depends_on", "plain"]
 
-__all__ = ["Provenance", "Tag", "depends_on", "plain"]
+
+class Scope:
+    """A graph's identity and open/closed state, as its tags see it.
+
+    Tags hold this rather than the :class:`~gradest.graph.Graph`: the graph holds its costs, a cost can
+    be a view whose base is a tensor carrying tags, and a view's link to its base is invisible to
+    Python's garbage collector, so a tag that held its graph would make every step's graph uncollectable.
+    """
+
+    __slots__ = ("closed",)
+
+    def __init__(self) -> None:
+        self.closed = False
 
 
 class Tag:
     """One node of one graph, as carried by the tensors computed from its samples."""
 
-    __slots__ = ("graph", "index", "name")
+    __slots__ = ("scope", "index", "name")
 
-    def __init__(self, graph: Graph, index: int, name: str) -> None:
-        self.graph, self.index, self.name = graph, index, name
+    def __init__(self, scope: Scope, index: int, name: str) -> None:
+        self.scope, self.index, self.name = scope, index, name
 
 
 class Provenance(Tensor):
@@ -134,13 +145,13 @@ def _live(t: Provenance) -> tuple[Tag, ...]:
     """``t``'s tags, after checking their graphs are open (a borrowed tensor drops closed ones)."""
     tags = t._gradest_tags
     for g in tags:
-        if g.graph.closed:
+        if g.scope.closed:
             if not t._gradest_borrowed:
                 raise RuntimeError(
                     f"Graph: a sample of node {g.name!r} was used after its graph was closed; "
                     "do all computation on samples inside the `with Graph() as g:` block."
                 )
-            tags = tuple(h for h in tags if not h.graph.closed)
+            tags = tuple(h for h in tags if not h.scope.closed)
             t._gradest_tags = tags
             if not tags:
                 t.__class__ = Tensor  # type: ignore[assignment]

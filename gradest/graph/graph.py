@@ -15,7 +15,7 @@ from gradest._validation import check_distribution, check_finite, check_n, descr
 from gradest.estimators.base import Draw, Estimator, default_for
 from gradest.estimators.multisample import refuse_in_expectation
 from gradest.graph import compose
-from gradest.graph.dependencies import Provenance, Tag, plain
+from gradest.graph.dependencies import Provenance, Scope, Tag, plain
 from gradest.graph.dependencies import depends_on as depends_on_nodes
 
 __all__ = ["Graph"]
@@ -146,8 +146,13 @@ class Graph:
         self.nodes: list[Node] = []
         self.slots: list[Slot] = []  # slots[q - 1] is position q
         self.costs: list[Cost] = []
-        self.closed = False
+        self._scope = Scope()
         self._names: dict[str, int] = {}
+
+    @property
+    def closed(self) -> bool:
+        """Whether the graph's ``with`` block has ended (its samples may no longer be used)."""
+        return self._scope.closed
 
     # -- context ---------------------------------------------------------------------------------
 
@@ -157,7 +162,7 @@ class Graph:
         return self
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.closed = True
+        self._scope.closed = True
 
     def _open(self, where: str) -> None:
         if self.closed:
@@ -171,7 +176,7 @@ class Graph:
     def _node_ids(self, tags: list[Tag], where: str) -> set[int]:
         ids = set()
         for tag in tags:
-            if tag.graph is not self:
+            if tag.scope is not self._scope:
                 raise RuntimeError(
                     f"Graph.{where}: depends on node {tag.name!r} of another graph; a graph's samples may "
                     "only be used in its own costs."
@@ -277,7 +282,7 @@ class Graph:
         value = node.view(plain(draw.value))
         if not self.track:
             return value
-        return Provenance.wrap(value, (Tag(self, index, name),))
+        return Provenance.wrap(value, (Tag(self._scope, index, name),))
 
     def _place(self, depth: int, m: int, pairable: bool) -> int:
         """The position of a new node: the first shareable slot above its parents, else a fresh one."""

@@ -120,3 +120,35 @@ def test_loss_is_repeatable() -> None:
     first, second = g.loss(), g.loss()
     assert torch.equal(first, second)
     assert torch.equal(flat_grads(first, [logits], retain_graph=True), flat_grads(second, [logits]))
+
+
+@pytest.mark.parametrize("backward", [True, False])
+@pytest.mark.parametrize("track", [True, False])
+def test_a_finished_graph_is_freed(track: bool, backward: bool) -> None:
+    """Nothing outlives a step: once its loss is dropped, the graph, its draws and the tensors computed
+    from its samples are garbage. The cost here is a view (``squeeze``) whose base was computed from a
+    sample, the shape that once made tracked graphs uncollectable, one per step."""
+    import gc
+    import weakref
+
+    from gradest.graph.dependencies import Provenance
+
+    logits, loc = _params()
+    weight = leaves(torch.randn(3, 1, dtype=DTYPE))[0]
+
+    def step() -> weakref.ref:
+        with Graph(track=track) as g:
+            z = g.sample("z", Categorical(logits=logits), ScoreFunction(LeaveOneOut()), n=4)
+            y = g.sample("y", Normal(loc, 1.0), n=4, depends_on=None if track else ())
+            g.cost((torch.nn.functional.one_hot(z, 3).to(DTYPE) @ weight).squeeze(-1) * y)
+        loss = g.loss()
+        if backward:
+            loss.backward()
+        return weakref.ref(g)
+
+    gc.collect()
+    before = sum(1 for o in gc.get_objects() if type(o) is Provenance)
+    refs = [step() for _ in range(3)]
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
+    assert sum(1 for o in gc.get_objects() if type(o) is Provenance) == before
