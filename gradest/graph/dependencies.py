@@ -28,9 +28,9 @@ __all__ = ["Provenance", "Scope", "Tag", "depends_on", "plain"]
 class Scope:
     """A graph's identity and open/closed state, as its tags see it.
 
-    Tags hold this rather than the :class:`~gradest.graph.Graph`: the graph holds its costs, a cost can
-    be a view whose base is a tensor carrying tags, and a view's link to its base is invisible to
-    Python's garbage collector, so a tag that held its graph would make every step's graph uncollectable.
+    Tags hold this rather than the :class:`~gradest.graph.Graph`: the graph holds its costs as plain
+    aliases of tensors carrying tags, and an alias's link to its base is invisible to Python's garbage
+    collector, so a tag that held its graph would make every tracked graph uncollectable.
     """
 
     __slots__ = ("closed",)

@@ -126,8 +126,9 @@ def test_loss_is_repeatable() -> None:
 @pytest.mark.parametrize("track", [True, False])
 def test_a_finished_graph_is_freed(track: bool, backward: bool) -> None:
     """Nothing outlives a step: once its loss is dropped, the graph, its draws and the tensors computed
-    from its samples are garbage. The cost here is a view (``squeeze``) whose base was computed from a
-    sample, the shape that once made tracked graphs uncollectable, one per step."""
+    from its samples are garbage. (The graph keeps each cost as a plain alias, which holds the tensor
+    computed from samples in C++, out of the garbage collector's sight; when tags held their graph,
+    that made every tracked graph uncollectable.)"""
     import gc
     import weakref
 
