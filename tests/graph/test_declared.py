@@ -129,3 +129,21 @@ def test_untracked_graph_compiles_with_fullgraph() -> None:
         out = compiled(*params)
     torch.testing.assert_close(out, eager)
     torch.testing.assert_close(flat_grads(out, params), flat_grads(eager, params))
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("fullgraph", [True, False])
+def test_tracked_graph_under_compile_names_the_fix(fullgraph: bool) -> None:
+    """A tracked graph cannot be compiled (the compiler does not run the subclass that carries the
+    nodes, so credit would be lost silently): with or without ``fullgraph`` the error says so and
+    names ``Graph(track=False)``."""
+    def step(logits: Tensor, w: Tensor) -> Tensor:
+        with Graph() as g:
+            k = g.sample("k", Categorical(logits=logits, validate_args=False), ScoreFunction(LeaveOneOut()), n=3)
+            g.cost(TABLE[k] * w)
+        return g.loss()
+
+    logits, _, w = _params()
+    compiled = torch.compile(step, fullgraph=fullgraph, backend="aot_eager")
+    with pytest.raises(Exception, match=r"cannot be traced by torch.compile.*Graph\(track=False\)"):
+        compiled(logits, w)
