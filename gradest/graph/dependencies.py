@@ -73,7 +73,7 @@ class Provenance(Tensor):
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
         found = _collect(args, kwargs)
-        if isinstance(func, torch._ops.OpOverload):  # an aten op run by a compiled graph: plain in, plain out
+        if isinstance(func, torch._ops.OpOverload):  # an aten op (from compiled code): its kernel takes plain tensors
             args, kwargs = tree_map(plain, (args, kwargs))
         with torch._C.DisableTorchFunctionSubclass():
             out = func(*args, **kwargs)

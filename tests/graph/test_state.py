@@ -3,6 +3,9 @@ leaves torch's RNG (beyond its own draws), validation switches and autograd mode
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from torch import Tensor
@@ -10,6 +13,7 @@ from torch.distributions import Categorical, Distribution, Normal
 
 import gradest
 from gradest import Enumerate, Graph, LeaveOneOut, ScoreFunction, expectation
+from gradest.graph.dependencies import Provenance
 from tests.graph.common import DTYPE, flat_grads, leaves, seeded
 
 TABLE = torch.tensor([0.5, -1.0, 2.0], dtype=DTYPE)
@@ -129,11 +133,6 @@ def test_a_finished_graph_is_freed(track: bool, backward: bool) -> None:
     from its samples are garbage. (The graph keeps each cost as a plain alias, which holds the tensor
     computed from samples in C++, out of the garbage collector's sight; when tags held their graph,
     that made every tracked graph uncollectable.)"""
-    import gc
-    import weakref
-
-    from gradest.graph.dependencies import Provenance
-
     logits, loc = _params()
     weight = leaves(torch.randn(3, 1, dtype=DTYPE))[0]
 
