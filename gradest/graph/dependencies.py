@@ -72,9 +72,9 @@ class Provenance(Tensor):
         if func in _DISPLAY:  # printing a sample (a log line, a traceback) is allowed after its graph closed
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
+        if _is_compiling():  # the compiler does not run this method: credit would be lost silently
+            raise RuntimeError(_COMPILE_MESSAGE)
         found = _collect(args, kwargs)
-        if isinstance(func, torch._ops.OpOverload):  # an aten op (from compiled code): its kernel takes plain tensors
-            args, kwargs = tree_map(plain, (args, kwargs))
         with torch._C.DisableTorchFunctionSubclass():
             out = func(*args, **kwargs)
         if not found or func in _NO_WRAP:
@@ -101,15 +101,14 @@ class Provenance(Tensor):
         return tree_map(lambda t: Provenance.wrap(t, found) if isinstance(t, Tensor) else t, out)
 
 
-COMPILE_MESSAGE = (
+_is_compiling = torch.compiler.is_compiling
+_COMPILE_MESSAGE = (
     "Graph: a tracked graph (track=True, the default) cannot be traced by torch.compile, whose compiler "
     "does not follow the tensor subclass that carries each sample's node; use Graph(track=False) and name "
     "each cost's nodes with depends_on=, or keep the graph outside the compiled function."
 )
 _DISPLAY = {Tensor.__repr__, Tensor.__format__}
-# ``_base`` is returned as is: wrapping it would make an alias whose ``_base`` is wrapped again, without end
-_NO_WRAP = {Tensor.__repr__, Tensor.__format__, Tensor.tolist, Tensor.item, Tensor.numpy,
-            Tensor._base.__get__}  # type: ignore[union-attr]
+_NO_WRAP = {Tensor.__repr__, Tensor.__format__, Tensor.tolist, Tensor.item, Tensor.numpy}
 _SETTERS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__",
             "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__"}
 
@@ -152,13 +151,9 @@ def _scan(items: Any, tags: dict[int, Tag]) -> None:
 
 def _live(t: Provenance) -> tuple[Tag, ...]:
     """``t``'s tags, after checking their graphs are open (a borrowed tensor drops closed ones)."""
-    tags = getattr(t, "_gradest_tags", None)
-    if tags is None:  # made by torch.compile's tracer, which does not run this class's code
-        raise RuntimeError(COMPILE_MESSAGE)
+    tags = t._gradest_tags
     for g in tags:
         if g.scope.closed:
-            if torch.compiler.is_compiling():
-                raise RuntimeError(COMPILE_MESSAGE)
             if not t._gradest_borrowed:
                 raise RuntimeError(
                     f"Graph: a sample of node {g.name!r} was used after its graph was closed; "

@@ -15,7 +15,7 @@ from gradest._validation import check_distribution, check_finite, check_n, descr
 from gradest.estimators.base import Draw, Estimator, default_for
 from gradest.estimators.multisample import refuse_in_expectation
 from gradest.graph import compose
-from gradest.graph.dependencies import COMPILE_MESSAGE, Provenance, Scope, Tag, plain
+from gradest.graph.dependencies import Provenance, Scope, Tag, plain
 from gradest.graph.dependencies import depends_on as depends_on_nodes
 
 __all__ = ["Graph"]
@@ -141,8 +141,6 @@ class Graph:
                 f"Graph: track={track!r} must be True (find each cost's nodes) or False (declare them with "
                 "depends_on=)."
             )
-        if track and torch.compiler.is_compiling():
-            raise RuntimeError(COMPILE_MESSAGE)
         self.enumerate_budget = enumerate_budget
         self.track = track
         self.nodes: list[Node] = []

@@ -132,18 +132,25 @@ def test_untracked_graph_compiles_with_fullgraph() -> None:
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("pathwise_child", [False, True])
 @pytest.mark.parametrize("fullgraph", [True, False])
-def test_tracked_graph_under_compile_names_the_fix(fullgraph: bool) -> None:
+def test_tracked_graph_under_compile_names_the_fix(fullgraph: bool, pathwise_child: bool) -> None:
     """A tracked graph cannot be compiled (the compiler does not run the subclass that carries the
     nodes, so credit would be lost silently): with or without ``fullgraph`` the error says so and
-    names ``Graph(track=False)``."""
-    def step(logits: Tensor, w: Tensor) -> Tensor:
+    names ``Graph(track=False)``. Without ``fullgraph`` the compiler resumes after the graph's
+    creation and meets the samples in two ways, both covered: a sample of a closed graph (one node),
+    and a sample the compiler rebuilt without its nodes (a pathwise node whose parameters were
+    computed from a discrete sample)."""
+    def step(logits: Tensor, mu: Tensor, w: Tensor) -> Tensor:
         with Graph() as g:
             k = g.sample("k", Categorical(logits=logits, validate_args=False), ScoreFunction(LeaveOneOut()), n=3)
             g.cost(TABLE[k] * w)
+            if pathwise_child:
+                loc = mu.expand(3, 2, K).gather(-1, k.unsqueeze(-1)).squeeze(-1)
+                y = g.sample("y", Normal(loc, 1.0, validate_args=False))
+                g.cost((y - w) ** 2)
         return g.loss()
 
-    logits, _, w = _params()
     compiled = torch.compile(step, fullgraph=fullgraph, backend="aot_eager")
     with pytest.raises(Exception, match=r"cannot be traced by torch.compile.*Graph\(track=False\)"):
-        compiled(logits, w)
+        compiled(*_params())
