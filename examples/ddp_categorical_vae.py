@@ -26,6 +26,7 @@ ELBO -22.92 / -21.78 / -20.99 / -19.95 at steps 500 / 1000 / 1500 / 2000 (the si
 """
 
 import argparse
+import gc
 import math
 import os
 import time
@@ -159,6 +160,11 @@ def main(argv=None):
     if rank == 0:
         print(f"final: ELBO {result['elbo']:.3f} after {args.steps} steps on {world} process(es) in {seconds:.1f}s")
     if launched:
+        # DDP sits in a reference cycle and holds the process group: collect it first, so that the
+        # group's gloo threads stop inside destroy_process_group, not at some later garbage collection
+        # (at interpreter exit, a gloo thread that needs the GIL aborts the process with SIGABRT).
+        del model, optimizer, loss
+        gc.collect()
         dist.barrier()  # no rank tears down gloo while another still uses it (that aborts the process)
         dist.destroy_process_group()
     return result

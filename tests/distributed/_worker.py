@@ -6,6 +6,7 @@ them with each other and with a single process on the global batch.
 
 from __future__ import annotations
 
+import gc
 import os
 import traceback
 
@@ -110,6 +111,7 @@ def main(rank: int, directory: str, checks: list[str]) -> None:
                 break  # the other rank may now hang in a collective; stop here
     finally:
         torch.save(results, os.path.join(directory, f"rank{rank}.pt"))
+        gc.collect()  # run_ddp's DDP sits in a reference cycle holding the group: free it before teardown
         if not any(k.startswith("error:") for k in results):
             dist.barrier()  # a rank tearing gloo down while the other still uses it aborts (SIGABRT)
         dist.destroy_process_group()

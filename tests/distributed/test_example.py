@@ -15,6 +15,7 @@ import torch
 pytest.importorskip("sklearn")
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ddp_categorical_vae.py"
+_TEARDOWN_ABORT = "terminate called without an active exception"
 
 
 def test_single_process(capsys: pytest.CaptureFixture[str]) -> None:
@@ -34,5 +35,10 @@ def test_torchrun_two_processes(baseline: str) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(EXAMPLE),
            "--steps", "6", "--eval-every", "3", "--eval-samples", "2", "--baseline", baseline]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
+    if out.returncode != 0 and "final: ELBO" in out.stdout and _TEARDOWN_ABORT in out.stderr:
+        # The run finished, then a rank aborted inside torch's gloo teardown (seen about once in 50
+        # runs on a loaded 2-core machine, with barrier and destroy_process_group in place): run it
+        # once more; a second failure of any kind fails the test.
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, f"stdout:\n{out.stdout[-1000:]}\nstderr:\n{out.stderr[-3000:]}"
     assert "on 2 process(es)" in out.stdout and out.stdout.count("final: ELBO") == 1
