@@ -163,7 +163,7 @@ def main(argv=None):
         # DDP sits in a reference cycle and holds the process group: collect it first, so that the
         # group's gloo threads stop inside destroy_process_group, not at some later garbage collection
         # (at interpreter exit, a gloo thread that needs the GIL aborts the process with SIGABRT).
-        del model, optimizer, loss
+        model = optimizer = loss = None
         gc.collect()
         dist.barrier()  # no rank tears down gloo while another still uses it (that aborts the process)
         dist.destroy_process_group()
