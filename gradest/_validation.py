@@ -64,14 +64,28 @@ def check_unit_interval(where: str, name: str, value: float, *, open_right: bool
 
 
 def check_finite(where: str, name: str, value: torch.Tensor, fix: str) -> None:
-    """Raise if ``value`` holds NaN (only while validation is on: this syncs with the device).
+    """Raise if ``value`` holds NaN or ±inf (only while validation is on: this syncs with the device).
 
-    One reduction on the fast path: a NaN anywhere makes the sum NaN. A NaN sum without a NaN element
-    (+inf and -inf both present) is then told apart by the full check.
+    One reduction on the fast path: the sum of a tensor is finite only when every element is (NaN or
+    ±inf anywhere makes it NaN or ±inf). A sum that overflowed from finite elements is then told apart
+    by the full check.
     """
-    if is_validation_enabled() and bool(value.detach().sum().isnan()) and bool(torch.isnan(value).any()):
-        bad = int(torch.isnan(value).sum())
-        raise ValueError(f"{where}: {name} contains NaN ({bad} of {value.numel()} elements); {fix}")
+    if is_validation_enabled() and not bool(torch.isfinite(value.detach().sum())):
+        bad = describe_nonfinite(value)
+        if bad:
+            raise ValueError(f"{where}: {name} contains {bad}; {fix}")
+
+
+def describe_nonfinite(value: torch.Tensor) -> str:
+    """``"NaN (2 of 12 elements) and +inf (1 of 12 elements)"`` for the non-finite elements of ``value``,
+    or ``""`` when all are finite."""
+    v = value.detach()
+    if not v.is_floating_point():
+        return ""
+    total = v.numel()
+    counts = (("NaN", int(torch.isnan(v).sum())), ("+inf", int(torch.isposinf(v).sum())),
+              ("-inf", int(torch.isneginf(v).sum())))
+    return " and ".join(f"{kind} ({count} of {total} elements)" for kind, count in counts if count)
 
 
 # --- time-major tensors (gradest.rl) --------------------------------------------------------------

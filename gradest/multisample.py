@@ -7,7 +7,9 @@ from collections.abc import Callable
 from torch import Tensor
 from torch.distributions import Distribution
 
-from gradest._validation import check_distribution, check_finite, check_n
+import torch
+
+from gradest._validation import check_distribution, check_finite, check_n, is_validation_enabled
 from gradest.estimators.base import Estimator
 from gradest.estimators.multisample import MultisampleEstimator, default_bound_estimator
 
@@ -113,5 +115,15 @@ def iwae_bound(
         )
     if not value.is_floating_point():
         raise TypeError(f"{where}: log_joint returned dtype={value.dtype}; log-densities must be floating point.")
-    check_finite(where, "log_joint's output", value, "check log_joint for 0/0 or inf - inf at the sampled points.")
+    # -inf is a legal log-density (a sample of zero joint probability) as long as one sample per batch
+    # element has a finite weight; NaN, +inf and a batch element with every weight zero are not.
+    check_finite(where, "log_joint's output", value.masked_fill(value == -torch.inf, 0.0),
+                 "check log_joint for 0/0, inf - inf or log of an overflow at the sampled points.")
+    if is_validation_enabled() and bool((value == -torch.inf).all(0).any()):
+        dead = int((value == -torch.inf).all(0).sum())
+        raise ValueError(
+            f"{where}: log_joint's output is -inf for all n={value.shape[0]} samples of {dead} batch "
+            "element(s), so the bound is -inf and its gradient undefined; raise n, or make q cover the "
+            "support of p(x, z) (a proposal that puts its mass where p is zero)."
+        )
     return estimator.surrogate(draw, value)

@@ -148,6 +148,31 @@ def test_nan_costs_raise_while_validating(estimator: gradest.Estimator) -> None:
 
 
 @pytest.mark.usefixtures("validation_on")
+@pytest.mark.parametrize("bad", [torch.inf, -torch.inf], ids=["+inf", "-inf"])
+@pytest.mark.parametrize(
+    "estimator",
+    [gradest.Pathwise(), gradest.ScoreFunction(), gradest.ScoreFunction(gradest.LeaveOneOut()), gradest.Enumerate()],
+    ids=["Pathwise", "ScoreFunction", "ScoreFunction(LeaveOneOut)", "Enumerate"],
+)
+def test_infinite_costs_raise_while_validating(estimator: gradest.Estimator, bad: float) -> None:
+    dist = _bernoulli() if isinstance(estimator, gradest.Enumerate) else Normal(torch.zeros(3), 1.0)
+    sign = "+" if bad > 0 else "-"
+
+    def f(x: Tensor) -> Tensor:
+        return torch.where(torch.arange(x.shape[0]).reshape(-1, *[1] * (x.dim() - 1)) == 1, bad, x.float())
+
+    with pytest.raises(ValueError, match=rf"expectation: f's output contains \{sign}inf \(3 of \d+ elements\); check"):
+        gradest.expectation(f, dist, estimator, n=4)
+
+
+@pytest.mark.usefixtures("validation_on")
+def test_overflowing_sum_of_finite_costs_passes() -> None:
+    big = torch.finfo(torch.float32).max / 8  # 12 costs: their sum overflows, each mean over 4 does not
+    s = gradest.expectation(lambda x: torch.full_like(x, big), Normal(torch.zeros(3), 1.0), n=4)
+    assert bool(torch.isfinite(s).all())
+
+
+@pytest.mark.usefixtures("validation_on")
 def test_nan_costs_raise_for_enumerate() -> None:
     with pytest.raises(ValueError, match=r"f's output contains NaN"):
         gradest.expectation(lambda b: torch.log(b - 1), _bernoulli(), gradest.Enumerate())
