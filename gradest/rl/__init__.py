@@ -5,8 +5,9 @@ Episode ends: ``terminated[t]`` means the episode ended after step t (nothing is
 ``truncated[t]`` means it was cut, e.g. by a time limit (step t bootstraps from ``next_values[t]``, the
 value of the final observation, and nothing is carried into the next episode). Nothing is carried past
 the last step of a rollout. Every recurrence runs through one vectorised reverse scan (``_scan.py``),
-with no Python loop over time steps. This package imports only torch, ``gradest._validation`` and
-``gradest._distributed``.
+with no Python loop over time steps. While validation is on (``gradest.set_validation``), every function
+refuses NaN and ±inf values with an error naming the argument (a log-ratio may be -inf: a ratio of 0).
+This package imports only torch, ``gradest.surrogate``, ``gradest._validation`` and ``gradest._distributed``.
 """
 
 from gradest.rl.advantages import gae, group_advantages, vtrace

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from gradest._distributed import all_reduce_flat, check_process_group, resolve
 from gradest._validation import check_positive, check_tensor, unit_interval
-from gradest.rl._checks import check_args, explain
+from gradest.rl._checks import check_args, check_values, explain
 from gradest.rl._scan import discounted_reverse_scan, reverse_scan
 
 __all__ = ["gae", "vtrace", "group_advantages"]
@@ -63,8 +63,8 @@ def gae(
 
     Raises:
         TypeError: an argument is not a tensor, a value tensor is not floating, a flag is not bool.
-        ValueError: shapes or devices differ, gamma or lambda_ is outside [0, 1], or a step is both
-            terminated and truncated (while validation is on).
+        ValueError: shapes or devices differ, gamma or lambda_ is outside [0, 1], or (while validation
+            is on) a step is both terminated and truncated or a value is NaN or ±inf.
 
     Note:
         Advantages are weights of the score, never something to differentiate, so they are computed
@@ -169,7 +169,8 @@ def vtrace(
     Raises:
         TypeError: an argument is not a tensor, a value tensor is not floating, a flag is not bool.
         ValueError: shapes or devices differ, gamma or lambda_ is outside [0, 1], rho_bar or c_bar is
-            not > 0, or a step is both terminated and truncated (while validation is on).
+            not > 0, or (while validation is on) a step is both terminated and truncated, a value is
+            NaN or ±inf, or log_rhos is NaN or +inf (-inf is a ratio of 0).
 
     Note:
         Targets carry no gradient (computed under ``torch.no_grad()``), as in the paper and rlax's
@@ -260,7 +261,7 @@ def group_advantages(*, rewards: Tensor, normalize: bool = False, eps: float = 1
         TypeError: rewards is not a floating tensor, or process_group is not None, "world" or a
             ProcessGroup.
         ValueError: rewards has fewer than 2 samples along dim 0 (over all ranks, with a process
-            group), or eps is not > 0.
+            group), eps is not > 0, or rewards holds NaN or ±inf (while validation is on).
 
     Example:
         >>> import torch
@@ -278,6 +279,7 @@ def group_advantages(*, rewards: Tensor, normalize: bool = False, eps: float = 1
     """
     where = "group_advantages"
     rewards = check_tensor(where, "rewards", rewards)
+    check_values(where, ("rewards",), (rewards,))
     group = resolve(check_process_group(where, process_group))
     if group is not None:
         if not isinstance(normalize, bool):

@@ -57,8 +57,8 @@ def discounted_returns(
 
     Raises:
         TypeError: an argument is not a tensor, rewards is not floating, a flag is not bool.
-        ValueError: shapes or devices differ, gamma is outside [0, 1], or a step is both terminated
-            and truncated (while validation is on).
+        ValueError: shapes or devices differ, gamma is outside [0, 1], or (while validation is on) a
+            step is both terminated and truncated or a value is NaN or ±inf.
 
     Note:
         The result is a regression target (for a critic, or the REINFORCE weight), so it is computed
@@ -139,8 +139,8 @@ def td_lambda(
 
     Raises:
         TypeError: an argument is not a tensor, a value tensor is not floating, a flag is not bool.
-        ValueError: shapes or devices differ, gamma or lambda_ is outside [0, 1], or a step is both
-            terminated and truncated (while validation is on).
+        ValueError: shapes or devices differ, gamma or lambda_ is outside [0, 1], or (while validation
+            is on) a step is both terminated and truncated or a value is NaN or ±inf.
 
     Note:
         The result is a regression target, so it is computed under ``torch.no_grad()``.
