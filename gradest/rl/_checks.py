@@ -12,6 +12,7 @@ themselves.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,7 +25,7 @@ from gradest._validation import (
     is_validation_enabled,
 )
 
-__all__ = ["FLAGS", "check_args", "check_values", "explain"]
+__all__ = ["FLAGS", "check_args", "check_time_dim", "check_values", "explain", "to_caller"]
 
 FLAGS = ("terminated", "truncated")  # the episode flags, in the order every function passes them
 
@@ -56,15 +57,21 @@ def explain(where: str, names: tuple[str, ...], tensors: tuple[object, ...], fla
     check_time_major(where, dict(zip(names, tensors)), dict(zip(FLAGS, flags)))
 
 
-def check_args(where: str, names: tuple[str, ...], tensors: tuple[object, ...], flags: tuple[object, ...]) -> None:
+def check_args(
+    where: str, names: tuple[str, ...], tensors: tuple[object, ...], flags: tuple[object, ...], time_dim: int = 0,
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """Check time-major arguments: :func:`explain` unless the fast test passes (it does for every
     valid call), then, while validation is on, that no step is both terminated and truncated and
     that no value is NaN or ±inf (:func:`check_values`).
 
     ``flags`` are ``(terminated, truncated)``; without ``truncated`` there is no flag to sync for.
+    Every check reads the arguments in the caller's layout. Returns ``tensors`` and ``flags`` with
+    dim ``time_dim`` moved to the front (views, no copy; the same objects for ``time_dim=0``).
     """
     if not fits_time_major(tensors, flags):
         explain(where, names, tensors, flags)
+    if type(time_dim) is not int or time_dim != 0:
+        check_time_dim(where, time_dim, names[0], tensors[0])  # type: ignore[arg-type]
     if flags[1] is not None:
         check_exclusive_flags(where, flags[0], flags[1])  # type: ignore[arg-type]
     try:
@@ -72,6 +79,30 @@ def check_args(where: str, names: tuple[str, ...], tensors: tuple[object, ...], 
     except RuntimeError:
         explain(where, names, tensors, flags)  # tensors on different devices: name the argument
         raise
+    if time_dim == 0:
+        return tensors, flags  # type: ignore[return-value]
+    return (tuple(None if t is None else t.movedim(time_dim, 0) for t in tensors),  # type: ignore[attr-defined]
+            tuple(None if f is None else f.movedim(time_dim, 0) for f in flags))  # type: ignore[attr-defined]
+
+
+def check_time_dim(where: str, time_dim: object, name: str, ref: Tensor) -> int:
+    """``time_dim``, an int naming a dim of ``ref`` (negative counts from the end); else the error."""
+    if isinstance(time_dim, bool) or not isinstance(time_dim, int):
+        raise TypeError(
+            f"{where}: time_dim={time_dim!r} must be an int: 0 for time-major [T, *B] tensors, 1 for "
+            "batch-major [B, T, ...] (TorchRL's and Stable-Baselines3's layout)."
+        )
+    if not -ref.dim() <= time_dim < ref.dim():
+        raise ValueError(
+            f"{where}: time_dim={time_dim} is not a dim of {name}.shape={tuple(ref.shape)}; pass a dim in "
+            f"[{-ref.dim()}, {ref.dim()}) (0 for [T, *B], 1 for [B, T, ...])."
+        )
+    return time_dim
+
+
+def to_caller(out: Tensor, time_dim: int) -> Tensor:
+    """A time-major result in the caller's layout: dim 0 moved back to ``time_dim`` (a view)."""
+    return out if time_dim == 0 else out.movedim(0, time_dim)
 
 
 def check_values(where: str, names: tuple[str, ...], tensors: tuple[Tensor | None, ...]) -> None:

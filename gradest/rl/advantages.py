@@ -17,7 +17,7 @@ from torch import Tensor
 
 from gradest._distributed import all_reduce_flat, check_process_group, resolve
 from gradest._validation import check_positive, check_tensor, unit_interval
-from gradest.rl._checks import check_args, check_values, explain
+from gradest.rl._checks import check_args, check_values, explain, to_caller
 from gradest.rl._scan import discounted_reverse_scan, reverse_scan
 
 __all__ = ["gae", "vtrace", "group_advantages"]
@@ -32,6 +32,7 @@ def gae(
     truncated: Tensor | None = None,
     gamma: float,
     lambda_: float,
+    time_dim: int = 0,
 ) -> Tensor:
     r"""Generalised advantage estimates :math:`\hat A_t`, exact at terminations and truncations.
 
@@ -57,6 +58,9 @@ def gae(
         truncated: ``[T, *B]`` bool, the episode was cut after step t (bootstrap), or None.
         gamma: discount γ in [0, 1].
         lambda_: λ in [0, 1].
+        time_dim: the dim that is time in every tensor: 0 for time-major ``[T, *B]`` (the default),
+            1 for batch-major ``[B, T, ...]`` (TorchRL's and Stable-Baselines3's layout). The inputs are
+            read through ``movedim`` views (no copy) and the results come back in the same layout.
 
     Returns:
         ``[T, *B]`` advantages, without autograd history; ``gae(...) + values`` are the λ-returns.
@@ -89,14 +93,16 @@ def gae(
     """
     where = "gae"
     tensors, flags = (rewards, values, next_values), (terminated, truncated)
-    check_args(where, _GAE_ARGS, tensors, flags)
+    (rewards, values, next_values), (terminated, truncated) = check_args(where, _GAE_ARGS, tensors, flags, time_dim)
     gamma = unit_interval(where, "gamma", gamma)
     lambda_ = unit_interval(where, "lambda_", lambda_)
     try:
         if rewards.requires_grad or values.requires_grad or next_values.requires_grad:
             with torch.no_grad():
-                return _gae(rewards, values, next_values, terminated, truncated, gamma, lambda_)
-        return _gae(rewards, values, next_values, terminated, truncated, gamma, lambda_)
+                out = _gae(rewards, values, next_values, terminated, truncated, gamma, lambda_)
+        else:
+            out = _gae(rewards, values, next_values, terminated, truncated, gamma, lambda_)
+        return to_caller(out, time_dim)
     except (RuntimeError, TypeError):
         explain(where, _GAE_ARGS, tensors, flags)  # a dtype or device torch rejected first: name the argument
         raise
@@ -127,6 +133,7 @@ def vtrace(
     lambda_: float = 1.0,
     rho_bar: float = 1.0,
     c_bar: float = 1.0,
+    time_dim: int = 0,
 ) -> tuple[Tensor, Tensor]:
     r"""V-trace value targets and policy-gradient advantages for off-policy actor-critic (IMPALA).
 
@@ -162,6 +169,9 @@ def vtrace(
         lambda_: λ in [0, 1] (Espeholt et al., Remark 2); 1 by default.
         rho_bar: clip :math:`\bar\rho > 0` of the TD and policy-gradient weights.
         c_bar: clip :math:`\bar c > 0` of the traces.
+        time_dim: the dim that is time in every tensor: 0 for time-major ``[T, *B]`` (the default),
+            1 for batch-major ``[B, T, ...]`` (TorchRL's and Stable-Baselines3's layout). The inputs are
+            read through ``movedim`` views (no copy) and the results come back in the same layout.
 
     Returns:
         ``(vs, pg_advantages)``, both ``[T, *B]`` and without autograd history.
@@ -194,7 +204,8 @@ def vtrace(
     """
     where = "vtrace"
     tensors, flags = (log_rhos, rewards, values, next_values), (terminated, truncated)
-    check_args(where, _VTRACE_ARGS, tensors, flags)
+    (log_rhos, rewards, values, next_values), (terminated, truncated) = check_args(
+        where, _VTRACE_ARGS, tensors, flags, time_dim)
     gamma = unit_interval(where, "gamma", gamma)
     lambda_ = unit_interval(where, "lambda_", lambda_)
     rho_bar = check_positive(where, "rho_bar", rho_bar, "1.0 is the paper's choice")
@@ -212,7 +223,7 @@ def vtrace(
             vs_next = torch.where(done, next_values, torch.cat([vs[1:], next_values[-1:]]))
             vs_next.masked_fill_(terminated, 0.0)
             pg_advantages = rho * torch.add(rewards - values, vs_next, alpha=gamma)
-            return vs, pg_advantages
+            return to_caller(vs, time_dim), to_caller(pg_advantages, time_dim)
     except (RuntimeError, TypeError):
         explain(where, _VTRACE_ARGS, tensors, flags)
         raise

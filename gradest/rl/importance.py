@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from gradest._validation import check_positive, check_tensor
-from gradest.rl._checks import check_args, check_values, explain
+from gradest.rl._checks import check_args, check_values, explain, to_caller
 from gradest.rl._scan import discounted_reverse_scan
 
 __all__ = ["importance_weights", "per_decision_importance_weights"]
@@ -71,6 +71,7 @@ def per_decision_importance_weights(
     terminated: Tensor,
     truncated: Tensor | None = None,
     clip: float | None = None,
+    time_dim: int = 0,
 ) -> Tensor:
     r"""Per-decision importance weights: the product of the ratios since the episode began.
 
@@ -94,6 +95,9 @@ def per_decision_importance_weights(
         terminated: ``[T, *B]`` bool, the episode ended after step t.
         truncated: ``[T, *B]`` bool, the episode was cut after step t, or None.
         clip: per-step truncation level :math:`\bar\rho > 0`, or None.
+        time_dim: the dim that is time in every tensor: 0 for time-major ``[T, *B]`` (the default),
+            1 for batch-major ``[B, T, ...]`` (TorchRL's and Stable-Baselines3's layout). The inputs are
+            read through ``movedim`` views (no copy) and the results come back in the same layout.
 
     Returns:
         ``[T, *B]`` weights, without autograd history.
@@ -116,7 +120,7 @@ def per_decision_importance_weights(
     """
     where = "per_decision_importance_weights"
     tensors, flags = (log_rhos,), (terminated, truncated)
-    check_args(where, ("log_rhos",), tensors, flags)
+    (log_rhos,), (terminated, truncated) = check_args(where, ("log_rhos",), tensors, flags, time_dim)
     if clip is not None:
         clip = check_positive(where, "clip", clip, "1.0 is typical")
     try:
@@ -129,11 +133,11 @@ def per_decision_importance_weights(
             # kept apart so that no -inf enters a sum: the difference of two would be NaN).
             zero = torch.isneginf(logs)
             channels = torch.stack([logs.masked_fill(zero, 0.0), zero.to(logs.dtype)], -1).flip(0)
-            restart = torch.ones_like(done)
+            restart = done.new_ones(done.shape)  # contiguous, as channels is, whatever the caller's layout
             restart[1:] = done[:-1]
             restart = restart.flip(0).unsqueeze(-1).expand(channels.shape)
             total = discounted_reverse_scan(channels, 1.0, restart).flip(0)
-            return total[..., 0].exp().masked_fill_(total[..., 1] > 0, 0.0)
+            return to_caller(total[..., 0].exp().masked_fill_(total[..., 1] > 0, 0.0), time_dim)
     except (RuntimeError, TypeError):
         explain(where, ("log_rhos",), tensors, flags)
         raise
