@@ -12,7 +12,6 @@ themselves.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,7 +58,7 @@ def explain(where: str, names: tuple[str, ...], tensors: tuple[object, ...], fla
 
 def check_args(
     where: str, names: tuple[str, ...], tensors: tuple[object, ...], flags: tuple[object, ...], time_dim: int = 0,
-) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     """Check time-major arguments: :func:`explain` unless the fast test passes (it does for every
     valid call), then, while validation is on, that no step is both terminated and truncated and
     that no value is NaN or ±inf (:func:`check_values`).
@@ -81,8 +80,8 @@ def check_args(
         raise
     if time_dim == 0:
         return tensors, flags  # type: ignore[return-value]
-    return (tuple(None if t is None else t.movedim(time_dim, 0) for t in tensors),  # type: ignore[attr-defined]
-            tuple(None if f is None else f.movedim(time_dim, 0) for f in flags))  # type: ignore[attr-defined]
+    return (tuple(None if t is None else t.movedim(time_dim, 0) for t in tensors),  # type: ignore[attr-defined, misc]
+            tuple(None if f is None else f.movedim(time_dim, 0) for f in flags))  # type: ignore[attr-defined, misc]
 
 
 def check_time_dim(where: str, time_dim: object, name: str, ref: Tensor) -> int:
