@@ -13,6 +13,13 @@ This package imports only torch, ``gradest.surrogate``, ``gradest._validation`` 
 from gradest.rl.advantages import gae, group_advantages, vtrace
 from gradest.rl.importance import importance_weights, per_decision_importance_weights
 from gradest.rl.losses import policy_gradient_loss
+from gradest.rl.offline import (  # off-policy and offline RL (issue 14)
+    OffPolicyEstimate,
+    n_step_returns,
+    off_policy_policy_loss,
+    off_policy_value,
+    retrace,
+)
 from gradest.rl.returns import discounted_returns, td_lambda
 
 __all__ = [
@@ -24,4 +31,10 @@ __all__ = [
     "importance_weights",
     "per_decision_importance_weights",
     "policy_gradient_loss",
+    # off-policy and offline RL (issue 14)
+    "off_policy_value",
+    "OffPolicyEstimate",
+    "off_policy_policy_loss",
+    "retrace",
+    "n_step_returns",
 ]

@@ -27,7 +27,12 @@ No Python loop runs over time steps. Two vectorised algorithms:
   small (its rounding error grows like ``eps · min(T, 1/(1 − c)) · max|a|``); otherwise it calls
   :func:`reverse_scan`.
 
-Both are plain torch, differentiable, and run unchanged on CUDA.
+* :func:`window_reverse_scan` (any ``b``, at most ``n`` terms): the same recurrence cut after ``n``
+  steps, :math:`y_t = \sum_{j<n} \bigl(\prod_{i<j} b_{t+i}\bigr) a_{t+j}`, for n-step returns. The
+  doubling steps of the scan give the windows of width 1, 2, 4, ...; the binary digits of ``n`` join
+  them, ``O(T log n)`` work, again only products and sums of the recurrence's own terms.
+
+All are plain torch, differentiable, and run unchanged on CUDA.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["reverse_scan", "discounted_reverse_scan"]
+__all__ = ["reverse_scan", "discounted_reverse_scan", "window_reverse_scan"]
 
 _CHUNK = 16  # steps per chunk of the blocked scan (a power of two)
 _FLAT = 64  # at most this many steps: one flat doubling scan, no chunks
@@ -86,6 +91,53 @@ def discounted_reverse_scan(a: Tensor, discount: float, reset: Tensor | None) ->
     if reset is None:
         return reverse_scan(a, torch.full_like(a, discount))
     return reverse_scan(a, torch.where(reset, a.new_zeros(()), discount))  # faster than masked_fill_ on bool
+
+
+def window_reverse_scan(a: Tensor, b: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    r"""The reverse recurrence cut after ``n`` terms, and the product of ``b`` over the window.
+
+    .. math::
+        y_t = \sum_{j=0}^{n-1} \Bigl(\prod_{i=0}^{j-1} b_{t+i}\Bigr) a_{t+j}, \qquad
+        g_t = \prod_{i=0}^{n-1} b_{t+i},
+
+    with :math:`a_s = b_s = 0` past the end (s ≥ T). For n ≥ T, ``y`` is :func:`reverse_scan`'s result.
+    Past n > T it is computed by :func:`reverse_scan` (and ``g`` is 0).
+
+    Args:
+        a: ``[T, *B]`` floating tensor.
+        b: ``[T, *B]`` tensor of the same shape, dtype and device.
+        n: the window, an int >= 1.
+
+    Returns:
+        ``(y, g)``, both ``[T, *B]``.
+    """
+    steps = a.shape[0]
+    if n > steps or a.numel() == 0:  # every window runs past the end
+        return reverse_scan(a, b), torch.zeros_like(a)
+    y_w, g_w, w = a, b, 1  # the windows of width w = 1, 2, 4, ...
+    y: Tensor | None = None  # the result so far, over the first m steps (m = the low bits of n)
+    g: Tensor | None = None
+    m = 0
+    while True:
+        if n & w:
+            if y is None or g is None:
+                y, g = y_w, g_w
+            else:  # append the window of width w at offset m: y += g * y_w[t + m], g *= g_w[t + m]
+                y = torch.cat([torch.addcmul(y[:-m], g[:-m], y_w[m:]), y[-m:]])
+                g = torch.cat([g[:-m] * g_w[m:], g.new_zeros((m, *g.shape[1:]))])
+            m += w
+        if 2 * w > n:
+            return y, g  # type: ignore[return-value]
+        y_w, g_w = _double(y_w, g_w, w)
+        w *= 2
+
+
+def _double(y: Tensor, g: Tensor, w: int) -> tuple[Tensor, Tensor]:
+    """Windows of width w to width 2w: ``y[t] + g[t] y[t+w]`` and ``g[t] g[t+w]`` (zero past the end)."""
+    if w >= y.shape[0]:
+        return y, torch.zeros_like(g)
+    return (torch.cat([torch.addcmul(y[:-w], g[:-w], y[w:]), y[-w:]]),
+            torch.cat([g[:-w] * g[w:], g.new_zeros((w, *g.shape[1:]))]))
 
 
 def _flat(a: Tensor, b: Tensor) -> Tensor:
