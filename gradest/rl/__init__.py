@@ -1,5 +1,8 @@
 """Reinforcement learning: returns, TD(λ), GAE, V-trace, importance weights, group advantages and the
-policy-gradient loss, as plain functions of time-major ``[T, *B]`` tensors.
+policy-gradient loss, as plain functions of time-major ``[T, *B]`` tensors (``time_dim=1`` for
+batch-major ``[B, T, ...]``); off-policy and offline RL (:mod:`gradest.rl.offline`): off-policy
+evaluation with standard errors and intervals, an off-policy policy-gradient loss, Retrace and n-step
+returns.
 
 Episode ends: ``terminated[t]`` means the episode ended after step t (nothing is bootstrapped past it);
 ``truncated[t]`` means it was cut, e.g. by a time limit (step t bootstraps from ``next_values[t]``, the

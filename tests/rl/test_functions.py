@@ -324,6 +324,8 @@ def test_half_precision_runs_through_the_blocked_scan():
 
 
 def test_gradest_rl_imports_only_torch_surrogate_validation_and_distributed():
+    """Besides torch and gradest's own surrogate, validation and distributed modules, only the standard
+    library's math and dataclasses (the result record)."""
     import ast
     import pathlib
 
@@ -332,7 +334,8 @@ def test_gradest_rl_imports_only_torch_surrogate_validation_and_distributed():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 mod = node.module or ""
-                allowed = ("__future__", "torch", "gradest.surrogate", "gradest._validation", "gradest._distributed")
+                allowed = ("__future__", "dataclasses", "torch", "gradest.surrogate", "gradest._validation",
+                           "gradest._distributed")
                 assert mod in allowed or mod.startswith(
                     ("torch.", "gradest.rl")), f"{path.name} imports {mod}"
             elif isinstance(node, ast.Import):
@@ -343,9 +346,9 @@ def test_gradest_rl_imports_only_torch_surrogate_validation_and_distributed():
 def test_docstring_examples_run():
     import doctest
 
-    from gradest.rl import advantages, importance, losses, returns
+    from gradest.rl import advantages, importance, losses, offline, returns
 
-    for module in (returns, advantages, importance, losses):
+    for module in (returns, advantages, importance, losses, offline):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 

@@ -81,7 +81,6 @@ def test_a_deterministic_target_policy_is_exactly_unbiased(mdp):
 
 def test_episode_ends_without_flags_are_the_end_of_the_rollout(mdp):
     """Truncations at the time limit (the last row) flagged or not: the same estimates (no bootstrap)."""
-    trajs = mdp["trajs"]
     for method in METHODS:
         flagged = _estimate(mdp, method)
         bare = _estimate(mdp, method, truncated=None)

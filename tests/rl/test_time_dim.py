@@ -26,6 +26,9 @@ def _calls(d):
         (rl.vtrace, dict(log_rhos=d.log_rhos, rewards=d.rewards, values=d.values, next_values=d.next_values,
                          **flags), dict(gamma=0.97, lambda_=0.9, rho_bar=1.5, c_bar=0.8)),
         (rl.per_decision_importance_weights, dict(log_rhos=d.log_rhos, **flags), dict(clip=2.0)),
+        (rl.retrace, dict(q_values=d.values, next_values=d.next_values, rewards=d.rewards, log_rhos=d.log_rhos,
+                          **flags), F),
+        (rl.n_step_returns, dict(rewards=d.rewards, next_values=d.next_values, **flags), dict(gamma=0.97, n=5)),
     ]
 
 
@@ -102,3 +105,21 @@ def test_bad_time_dim(fn, tensors, options, time_dim, error, match):
         first = next(iter(tensors))
         with pytest.raises(error, match=re.escape(f"{first}.shape=(5, 2); pass a dim in [-2, 2)")):
             fn(**tensors, **options, time_dim=time_dim)
+
+
+@pytest.mark.parametrize("layout,time_dim", [("[B, T]", 1), ("[B, T, 1]", -2)])
+def test_off_policy_value_batch_major(layout, time_dim):
+    d = make_rollout((12, 5), seed=3, p_terminated=0.2, p_truncated=0.0)
+    first_end = d.terminated & (d.terminated.cumsum(0) == 1)  # one logged episode per column
+    kw = dict(rewards=d.rewards, log_rhos=d.log_rhos, terminated=first_end, q_values=d.values,
+              v_values=d.next_values)
+    moved = {k: v.T if layout == "[B, T]" else v.T.unsqueeze(-1) for k, v in kw.items()}
+    for method in ("is", "pdis", "wis", "wpdis", "dr", "wdr"):
+        model = ("q_values", "v_values") if method in ("dr", "wdr") else ()
+        pick = lambda x: {k: v for k, v in x.items() if k not in ("q_values", "v_values") or k in model}  # noqa: E731,B023
+        want = rl.off_policy_value(**pick(kw), gamma=0.9, method=method)
+        got = rl.off_policy_value(**pick(moved), gamma=0.9, method=method, time_dim=time_dim)
+        torch.testing.assert_close(got.value, want.value, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got.stderr, want.stderr, rtol=1e-12, atol=1e-12)
+        if want.per_episode is not None:
+            assert got.per_episode.shape == moved["rewards"].shape[:time_dim] + moved["rewards"].shape[time_dim:][1:]
