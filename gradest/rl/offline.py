@@ -567,17 +567,15 @@ def n_step_returns(
                 return to_caller(torch.empty_like(rewards), time_dim)
             done = terminated if truncated is None else terminated | truncated
             # a_t = r_t + γ V'_t where the episode was cut (a truncation, or the last step, not terminated);
-            # b_t = γ (1 - done_t), 0 at the last step: y is the return over the window, g its discount
+            # b_t = γ (1 - done_t), 0 at the last step; a window of n steps that did not end is closed by
+            # the bootstrap γ^n V'_{t+n-1}, the tail of the window scan
             cut = done.clone()
             cut[-1] = True
             cut &= ~terminated
             a = torch.addcmul(rewards, next_values, cut.to(rewards.dtype), value=gamma)
             b = (~done).to(rewards.dtype).mul_(gamma)
             b[-1] = 0.0
-            y, g = window_reverse_scan(a, b, n)
-            # windows of n steps that did not end: bootstrap from next_values[t + n - 1]
-            if n <= rewards.shape[0]:
-                y[: rewards.shape[0] - n + 1].addcmul_(g[: rewards.shape[0] - n + 1], next_values[n - 1:])
+            y = window_reverse_scan(a, b, n, next_values)
             return to_caller(y, time_dim)
     except (RuntimeError, TypeError):
         explain(where, names, tensors, flags)

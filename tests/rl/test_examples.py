@@ -93,3 +93,39 @@ def test_benchmark_reference_is_the_float64_loop():
 
     want = ref.gae(d.reward, d.value, d.next_value, d.done, None, bench.GAMMA, bench.LAMBDA)
     torch.testing.assert_close(bench.reference(d), want, rtol=1e-12, atol=1e-12)
+
+
+# --- off-policy and offline examples (issue 14) -----------------------------------------------------
+
+
+def test_offline_example_runs(tmp_path, capsys):
+    pytest.importorskip("gymnasium")
+    plot = _plot_args(tmp_path, "offline.png")
+    out = _run("offline_cartpole.py", ["--episodes", "64", "--truth-episodes", "64", "--fqe-iterations", "3",
+                                       "--steps", "4", "--refit-every", "2", "--check-every", "2",
+                                       "--eval-episodes", "16"] + plot, capsys)
+    for method in ("is", "pdis", "wis", "wpdis", "dr", "wdr"):
+        assert f"\n  {method} " in out
+    assert "the behaviour policy by the stated margin" in out
+    if plot[0] == "--plot":
+        assert (tmp_path / "offline.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # about a minute: fewer logged episodes and steps than the defaults
+def test_offline_example_learns_a_policy_that_beats_the_behaviour_policy(tmp_path, capsys):
+    pytest.importorskip("gymnasium")
+    out = _run("offline_cartpole.py", ["--episodes", "500", "--truth-episodes", "500", "--steps", "150",
+                                       "--eval-episodes", "200", "--no-plot"], capsys)
+    assert "the learned policy beats the behaviour policy by the stated margin" in out, out
+
+
+@pytest.mark.parametrize("correction", [[], ["--no-correction"]])
+def test_impala_example_runs(tmp_path, capsys, correction):
+    pytest.importorskip("gymnasium")
+    plot = _plot_args(tmp_path, "impala.png")
+    out = _run("impala_cartpole.py", ["--steps", "2048", "--actors", "2", "--envs", "2", "--rollout", "16",
+                                      "--lag", "2"] + correction + plot, capsys)
+    assert ("V-trace off" in out) == bool(correction)
+    assert "not solved within" in out and "mean policy lag" in out
+    if plot[0] == "--plot":
+        assert (tmp_path / "impala.png").stat().st_size > 0
