@@ -125,12 +125,12 @@ def window_reverse_scan(a: Tensor, b: Tensor, n: int, tail: Tensor | None = None
         pad = a.new_zeros((n - 1, *a.shape[1:]))
         a_pad, b_pad = torch.cat([a, pad]), torch.cat([b, pad])
         if tail is None:
-            y = a_pad[n - 1:]
+            out = a_pad[n - 1:]
         else:
-            y = torch.addcmul(a_pad[n - 1:], b_pad[n - 1:], torch.cat([tail, pad])[n - 1:])
+            out = torch.addcmul(a_pad[n - 1:], b_pad[n - 1:], torch.cat([tail, pad])[n - 1:])
         for i in range(n - 2, -1, -1):
-            y = torch.addcmul(a_pad[i: i + steps], b_pad[i: i + steps], y)
-        return y
+            out = torch.addcmul(a_pad[i: i + steps], b_pad[i: i + steps], out)
+        return out
     y_w, g_w, w = a, b, 1  # the windows of width w = 1, 2, 4, ...
     y: Tensor | None = None  # the result so far, over the first m steps (m = the low bits of n)
     g: Tensor | None = None
