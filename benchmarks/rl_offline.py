@@ -96,12 +96,13 @@ def make_retrace(name: str, d: Data) -> Callable[[], Tensor]:
                                terminated=d.done, gamma=GAMMA, lambda_=LAMBDA)
     if name == "loop64":
         return lambda: retrace_loop64(d)
-    # rlax: general_off_policy_returns_from_q_and_v with discount_t = γ(1 - done_t), c_t = λ min(1, ρ_t)
-    r, nv, q = d.reward, d.next_value, d.q
+    # rlax: general_off_policy_returns_from_q_and_v with discount_t = γ(1 - done_t) (an input of RLax's
+    # API, prepared untimed) and c_t = λ min(1, ρ_t), computed in the call as rlax.retrace does
+    r, nv, q, log_rhos = d.reward, d.next_value, d.q, d.log_rhos
     discount = GAMMA * (1.0 - d.done.float())
-    c = LAMBDA * d.log_rhos.exp().clamp(max=1.0)
 
     def call() -> Tensor:
+        c = LAMBDA * log_rhos.exp().clamp(max=1.0)
         out = torch.empty_like(r)
         g = r[-1] + discount[-1] * nv[-1]
         out[-1] = g
@@ -140,48 +141,37 @@ def n_step_loop64(d: Data, n: int) -> Tensor:
     return out
 
 
-def _n_step_terms(d: Data) -> tuple[Tensor, Tensor]:
-    """a_t = r_t (+ γ V'_t at the rollout's last step, not terminated) and b_t = γ(1 - done_t), 0 at the end."""
-    a = d.reward.clone()
-    a[-1] += GAMMA * (~d.done[-1]).float() * d.next_value[-1]
-    b = GAMMA * (1.0 - d.done.float())
-    b[-1] = 0.0
-    return a, b
-
-
 def make_n_step(name: str, d: Data, n: int) -> Callable[[], Tensor]:
     if name == "gradest":
         return lambda: n_step_returns(rewards=d.reward, next_values=d.next_value, terminated=d.done, gamma=GAMMA, n=n)
     if name == "loop64":
         return lambda: n_step_loop64(d, n)
     steps = d.reward.shape[0]
+    r, nv = d.reward, d.next_value
+    discount = GAMMA * (1.0 - d.done.float())  # the discounts are an input of RLax's API; prepared untimed
     if name == "rlax":
-        # rlax.n_step_bootstrapped_returns: targets start as the value n - 1 steps ahead, then n passes
-        # backwards, each adding one reward: G <- r_t + b_t G_shifted, vectorised over time.
-        a, b = _n_step_terms(d)
-        nv = d.next_value
+        # rlax.n_step_bootstrapped_returns (λ = 1): targets start as the value n - 1 steps ahead (the last
+        # value past the end), then n passes backwards, each adding one reward: G <- r_t + γ_t G.
 
         def call() -> Tensor:
-            zeros = torch.zeros((n, *a.shape[1:]))
-            a_pad, b_pad = torch.cat([a, zeros]), torch.cat([b, zeros])
-            nv_pad = torch.cat([nv, zeros])
-            targets = nv_pad[n - 1: n - 1 + steps]
+            zeros, ones = torch.zeros((n - 1, *r.shape[1:])), torch.ones((n - 1, *r.shape[1:]))
+            r_pad, d_pad = torch.cat([r, zeros]), torch.cat([discount, ones])
+            targets = torch.cat([nv[n - 1:], nv[-1:].expand(min(n - 1, steps), *nv.shape[1:])])
             for i in reversed(range(n)):
-                targets = a_pad[i: i + steps] + b_pad[i: i + steps] * targets
+                targets = torch.addcmul(r_pad[i: i + steps], d_pad[i: i + steps], targets)
             return targets
 
         return call
-    # torchrl-style: windows of n steps by unfold, the discount of each step by a cumulative product
-    a, b = _n_step_terms(d)
-    nv = d.next_value
 
+    # torchrl-style: windows of n steps by unfold, the discount to each step by a cumulative product (the
+    # approach of TorchRL's MultiStep), the bootstrap from the window's last value (the last one past the end)
     def call() -> Tensor:
-        pad = torch.zeros((n, *a.shape[1:]))
-        a_win = torch.cat([a, pad]).unfold(0, n, 1)[:steps]  # [T, B, n]
-        b_win = torch.cat([b, pad]).unfold(0, n, 1)[:steps]
-        weights = torch.cat([torch.ones_like(b_win[..., :1]), b_win[..., :-1].cumprod(-1)], -1)
-        bootstrap = b_win.prod(-1) * torch.cat([nv, pad])[n - 1: n - 1 + steps]
-        return (weights * a_win).sum(-1) + bootstrap
+        zeros, ones = torch.zeros((n - 1, *r.shape[1:])), torch.ones((n - 1, *r.shape[1:]))
+        r_win = torch.cat([r, zeros]).unfold(0, n, 1)  # [T, B, n]
+        d_win = torch.cat([discount, ones]).unfold(0, n, 1)
+        weights = torch.cat([torch.ones_like(d_win[..., :1]), d_win[..., :-1].cumprod(-1)], -1)
+        last = torch.cat([nv[n - 1:], nv[-1:].expand(min(n - 1, steps), *nv.shape[1:])])
+        return (weights * r_win).sum(-1) + d_win.prod(-1) * last
 
     return call
 
@@ -243,10 +233,14 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {task}: median ms (ratio to gradest) [max abs error] | "
                      + " | ".join(f"{r['T']}×{r['B']}" for r in rows) + " |")
         lines.append("|---" * (1 + len(rows)) + "|")
-        for name in rows[0]["impls"]:
+        names = list(dict.fromkeys(n for r in rows for n in r["impls"]))
+        for name in names:
             cells = [name]
             for r in rows:
-                x = r["impls"][name]
+                x = r["impls"].get(name)
+                if x is None:
+                    cells.append("not timed")
+                    continue
                 flag = "" if x["correct"] else ", fails 1e-5"
                 cells.append(f"{x['median_ms']:.4g} ({x['ratio_to_gradest']:.3g}×) [{x['max_abs_error']:.1e}{flag}]")
             lines.append("| " + " | ".join(cells) + " |")

@@ -566,15 +566,16 @@ def n_step_returns(
             if rewards.shape[0] == 0:
                 return to_caller(torch.empty_like(rewards), time_dim)
             done = terminated if truncated is None else terminated | truncated
-            # a_t = r_t + γ V'_t where the episode was cut (a truncation, or the last step, not terminated);
+            # a_t = r_t + γ V'_t where the episode was cut (a truncation, or the last step unless it ended);
             # b_t = γ (1 - done_t), 0 at the last step; a window of n steps that did not end is closed by
             # the bootstrap γ^n V'_{t+n-1}, the tail of the window scan
-            cut = done.clone()
-            cut[-1] = True
-            cut &= ~terminated
-            a = torch.addcmul(rewards, next_values, cut.to(rewards.dtype), value=gamma)
-            b = (~done).to(rewards.dtype).mul_(gamma)
+            b = torch.where(done, rewards.new_zeros(()), gamma)
             b[-1] = 0.0
+            if truncated is None:
+                a = rewards.clone()
+            else:
+                a = torch.addcmul(rewards, next_values, truncated.to(rewards.dtype), value=gamma)
+            a[-1] += gamma * torch.where(done[-1], 0.0, next_values[-1])
             y = window_reverse_scan(a, b, n, next_values)
             return to_caller(y, time_dim)
     except (RuntimeError, TypeError):
