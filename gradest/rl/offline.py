@@ -31,7 +31,6 @@ from gradest.surrogate import magic_box, stop_gradient
 __all__ = ["OffPolicyEstimate", "off_policy_value", "off_policy_policy_loss", "retrace", "n_step_returns"]
 
 METHODS = ("is", "pdis", "wis", "wpdis", "dr", "wdr")
-_SELF_NORMALISED = ("wis", "wpdis", "wdr")
 _MODEL_BASED = ("dr", "wdr")
 _RESAMPLE_ELEMENTS = 1 << 22  # the bootstrap draws its resamples in chunks of at most this many counts
 
@@ -55,6 +54,8 @@ class OffPolicyEstimate:
         stderr: scalar tensor, the standard error of ``value`` over episodes.
         method: the estimator's name.
         episodes: B, the number of episodes.
+        numerators: ``[J, B]`` the terms :math:`Y_{jb}` (divided by B for a per-episode average).
+        denominators: ``[J, B]`` the terms :math:`X_{jb}`, or None for a per-episode average.
     """
 
     value: Tensor
@@ -130,7 +131,7 @@ class OffPolicyEstimate:
         if isinstance(resamples, bool) or not isinstance(resamples, int):
             raise TypeError(f"{where}: resamples={resamples!r} must be an int; 2000 is typical.")
         if resamples < 100:
-            raise ValueError(f"{where}: resamples={resamples} must be >= 100 for a percentile interval; "
+            raise ValueError(f"{where}: resamples={resamples} must be >= 100 for a bootstrap interval; "
                              "2000 is typical.")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"{where}: generator={generator!r} must be a torch.Generator or None.")
@@ -177,9 +178,10 @@ def off_policy_value(
     :math:`\hat v_t = \sum_a \pi(a|s_t)\,\hat q(s_t, a)` with the same :math:`\hat q` as ``q_values``
     (any :math:`\hat q`; the closer to :math:`Q^\pi` of the logged horizon, the lower the variance).
     Bias: none for ``is``, ``pdis`` and ``dr`` (any :math:`\hat q`). ``wis``, ``wpdis`` and ``wdr`` are
-    biased for a finite number B of episodes, by O(1/B) (consistent), in exchange for a variance
-    bounded by the rewards' range: the bias is
-    :math:`\bigl(J\,\mathrm{Var}(W) - \mathrm{Cov}(W, WG)\bigr)/B + O(B^{-2})` for ``wis``.
+    biased for a finite number B of episodes, by O(1/B) (consistent), in exchange for a lower variance
+    (``wis`` and ``wpdis`` stay within the range of the returns, whatever the weights): the bias is
+    :math:`\bigl(J\,\mathrm{Var}(W) - \mathrm{Cov}(W, WG)\bigr)/B + O(B^{-2})` for ``wis``
+    (:math:`\mathbb{E}_\mu W = 1`), and ``wdr`` is unbiased when :math:`\hat q = Q^\pi`.
 
     Args:
         rewards: ``[T, *B]`` rewards; column b is episode b (padding after its end ignored).
@@ -236,7 +238,7 @@ def off_policy_value(
     gamma = unit_interval(where, "gamma", gamma)
     with torch.no_grad():
         (rewards, log_rhos, q_values, v_values), live, shape = _logged_episodes(
-            where, names, tensors, (terminated, truncated), time_dim)
+            where, names, tensors, (terminated, truncated), time_dim, min_episodes=2)
         zeros = rewards.new_zeros(())
         rewards = torch.where(live, rewards, zeros)
         discount = _discounts(gamma, rewards)
@@ -373,7 +375,7 @@ def off_policy_policy_loss(
     names = ("log_probs", "behaviour_log_probs", "rewards", "q_values", "v_values")
     tensors = (log_probs, behaviour_log_probs, rewards, q_values, v_values)
     (log_probs, behaviour, rewards, q_values, v_values), live, _ = _logged_episodes(
-        where, names, tensors, (terminated, truncated), time_dim)
+        where, names, tensors, (terminated, truncated), time_dim, min_episodes=1)
     if torch.is_grad_enabled() and not log_probs.requires_grad:
         raise ValueError(
             f"{where}: log_probs has no autograd history (requires_grad=False), so the loss would have no "
@@ -614,7 +616,7 @@ def _check_model(where: str, method: str, q_values: object, v_values: object) ->
 
 def _logged_episodes(
     where: str, names: tuple[str, ...], tensors: tuple[Tensor | None, ...], flags: tuple[Tensor | None, ...],
-    time_dim: int,
+    time_dim: int, *, min_episodes: int,
 ) -> tuple[tuple[Tensor, ...], Tensor, tuple[int, ...]]:
     """Check one episode per column and return the tensors time-major, flattened to ``[T, N]``, the mask
     of each episode's own steps (``live``, ``[T, N]``) and the batch shape ``*B``.
@@ -631,10 +633,11 @@ def _logged_episodes(
     terminated, truncated = (None if f is None else f.movedim(time_dim, 0) for f in flags)
     steps, batch = moved[0].shape[0], tuple(moved[0].shape[1:])  # type: ignore[union-attr]
     episodes = math.prod(batch)
-    if steps == 0 or episodes < 2:
+    if steps == 0 or episodes < min_episodes:
+        need = "2 episodes (a standard error needs two)" if min_episodes == 2 else "1 episode"
         raise ValueError(
             f"{where}: {names[0]}.shape={tuple(ref.shape)} holds {episodes if steps else 0} episode(s) of "
-            f"{steps} step(s); pass at least 2 episodes, one per column of [T, *B] (time_dim={time_dim})."
+            f"{steps} step(s); pass at least {need}, one per column of [T, *B] (time_dim={time_dim})."
         )
     flat = tuple(None if t is None else t.reshape(steps, episodes) for t in moved)
     term = terminated.reshape(steps, episodes)  # type: ignore[union-attr]
@@ -670,6 +673,8 @@ def _logged_episodes(
 
 def _column(b: int, batch: tuple[int, ...]) -> str:
     """Index ``b`` of the flattened episodes as an index of ``*B``."""
+    if not batch:
+        return "0"  # one episode, [T]
     index = []
     for size in reversed(batch):
         index.append(b % size)

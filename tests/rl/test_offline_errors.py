@@ -90,6 +90,18 @@ def test_fewer_than_two_episodes():
         rl.off_policy_value(**empty)
 
 
+def test_the_policy_loss_takes_a_single_episode_but_not_an_empty_one():
+    kw = _loss_args()
+    one = {k: (v[:, 0] if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}  # [T]: one episode
+    loss = rl.off_policy_policy_loss(**one)
+    loss.backward()
+    assert torch.isfinite(loss)
+    empty = {k: (v[:0] if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    with pytest.raises(ValueError, match=re.escape("log_probs.shape=(0, 3) holds 0 episode(s) of 0 step(s); pass "
+                                                   "at least 1 episode")):
+        rl.off_policy_policy_loss(**empty)
+
+
 @pytest.mark.parametrize("name", ["rewards", "log_rhos", "q_values", "v_values"])
 @pytest.mark.parametrize("value,word", [(float("nan"), "NaN"), (float("inf"), "+inf"), (float("-inf"), "-inf")])
 def test_nonfinite_values_on_an_episodes_steps(name, value, word):
@@ -150,6 +162,10 @@ def test_a_second_episode_in_a_column():
         rl.off_policy_value(**kw)
     with pytest.raises(ValueError, match=re.escape("column 1 ends an episode at step 1 and again at step 3")):
         rl.off_policy_policy_loss(**_loss_args(terminated=kw["terminated"]))
+    loss_args = _loss_args(terminated=kw["terminated"])
+    one = {k: (v[:, 1] if isinstance(v, torch.Tensor) else v) for k, v in loss_args.items()}
+    with pytest.raises(ValueError, match=re.escape("column 0 ends an episode at step 1 and again at step 3")):
+        rl.off_policy_policy_loss(**one)  # a single episode, [T]
     # in [T, 2, 3] batches the column is named by its index in *B
     wide = {k: (torch.stack([v, v], 1) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
     with pytest.raises(ValueError, match=re.escape("column (0, 1) ends an episode")):
