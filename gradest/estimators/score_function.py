@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
 
-from gradest.estimators.base import Draw, Estimator
-from gradest.estimators.baselines import Baseline
+from gradest.estimators._families import check_parameters
+from gradest.estimators.base import Draw, Estimator, register_default
+from gradest.estimators.baselines import Baseline, LeaveOneOut
 from gradest.surrogate import magic_box
 
-__all__ = ["ScoreFunction"]
+__all__ = ["ScoreFunction", "ScoreDraw"]
+
+
+@dataclass(frozen=True, eq=False)
+class ScoreDraw(Draw):
+    """n samples (``points``), their ``log_prob`` ``[n, *B]``, and DiCE's magic box of it."""
+
+    log_prob: Tensor
+    box: Tensor
 
 
 class ScoreFunction(Estimator):
@@ -51,6 +62,10 @@ class ScoreFunction(Estimator):
 
     unbiased = True
 
+    @property
+    def has_correction(self) -> bool:  # type: ignore[override]
+        return self.baseline is not None
+
     def __init__(self, baseline: Baseline | None = None) -> None:
         super().__init__()
         if baseline is not None and not isinstance(baseline, Baseline):
@@ -62,20 +77,29 @@ class ScoreFunction(Estimator):
         self.baseline = baseline
 
     def check(self, dist: Distribution, n: int) -> None:
+        check_parameters("ScoreFunction", dist)
         if self.baseline is not None:
             self.baseline.check(dist, n)
 
-    def draw(self, dist: Distribution, n: int) -> Draw:
+    def draw(self, dist: Distribution, n: int) -> ScoreDraw:
         value, log_prob = _sample_with_log_prob(dist, n)
-        return Draw(value, log_prob, dist, {"box": magic_box(log_prob)})
+        return ScoreDraw(value, n, dist, log_prob, magic_box(log_prob))
 
-    def weight(self, draw: Draw) -> Tensor:
-        return draw.extra["box"]
+    def weight(self, draw: ScoreDraw) -> Tensor:  # type: ignore[override]
+        return draw.box
 
-    def correction(self, draw: Draw, cost: Tensor) -> Tensor | None:
+    def correction(self, draw: ScoreDraw, cost: Tensor) -> Tensor | None:  # type: ignore[override]
         if self.baseline is None:
             return None
-        return self.baseline.term(draw, cost, draw.extra["box"])
+        return self.baseline.term(draw, cost, draw.box)
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+@register_default(lambda dist: not dist.has_rsample)
+def _score_function(dist: Distribution, n: int) -> Estimator:
+    return ScoreFunction(LeaveOneOut()) if n > 1 else ScoreFunction()
 
 
 def _sample_with_log_prob(dist: Distribution, n: int) -> tuple[Tensor, Tensor]:

@@ -364,7 +364,7 @@ def test_no_nan_at_tiny_temperature(rule: str, family: str, temperature: float, 
     (g,) = torch.autograd.grad(s.sum(), logits, retain_graph=True)
     assert s.dtype == g.dtype == dtype
     assert bool(torch.isfinite(s).all()) and bool(torch.isfinite(g).all())
-    assert bool(((draw.value >= 0) & (draw.value <= 1)).all())
+    assert bool(((draw.points >= 0) & (draw.points <= 1)).all())
     if isinstance(est, GumbelSoftmax):
         log_prob = est.relaxed_log_prob(draw)
         assert log_prob.shape == (64, *dist.batch_shape) and log_prob.dtype == dtype
@@ -388,7 +388,7 @@ def test_relaxed_log_prob_matches_torch_where_torch_is_finite(family: str) -> No
         relaxed = RelaxedOneHotCategorical(temperature, logits=leaf.logits)
     if isinstance(dist, Independent):
         relaxed = Independent(relaxed, 1)
-    torch.testing.assert_close(est.relaxed_log_prob(draw), relaxed.log_prob(draw.extra["soft"]))
+    torch.testing.assert_close(est.relaxed_log_prob(draw), relaxed.log_prob(draw.soft))
 
 
 @pytest.mark.parametrize("family", ["bernoulli", "one-hot", "categorical"])
@@ -397,7 +397,7 @@ def test_hard_gumbel_samples_are_exact_samples(family: str) -> None:
     logits = torch.tensor([0.4, -1.3], dtype=F64)
     dist = FAMILIES[family](logits)
     with seeded(5):
-        x = GumbelSoftmax(0.5, hard=True).draw(dist, 40_000).value
+        x = GumbelSoftmax(0.5, hard=True).draw(dist, 40_000).values
     probs = dist.probs.reshape(x.shape[1:])
     assert_unbiased(x.reshape(x.shape[0], -1), probs.reshape(-1))
 
@@ -579,7 +579,8 @@ def test_value_shape_dtype(rule: str, batch: tuple[int, ...], dtype: torch.dtype
     (x,), (cost,) = spy.inputs, spy.outputs
     assert s.shape == dist.batch_shape and s.dtype == dtype
     expected = cost[:3].mean(0) if rule == "measure-valued" else cost.mean(0)
-    assert torch.equal(s.detach(), expected)
+    eps = torch.finfo(dtype).eps  # ARM's value is the mean at the samples plus half the partners' difference
+    torch.testing.assert_close(s.detach(), expected, rtol=8 * eps, atol=8 * eps)
     m = {"arm": 6, "disarm": 6, "measure-valued": 3 * (1 + 2)}.get(rule, 3)
     assert x.shape[0] == m
     if "gumbel-softmax" != rule:  # every other rule evaluates f at exact samples
@@ -605,7 +606,7 @@ def test_antithetic_gradient_is_the_hand_written_rule(rule: str, family: str) ->
     est = ARM() if rule == "arm" else DisARM()
     n = 4
     with seeded(0):
-        u = est.draw(dist, n).extra["u"]
+        u = est.draw(dist, n).u
     with seeded(0):
         s = expectation(f, dist, est, n=n)
     (g,) = torch.autograd.grad(s.sum(), logits)

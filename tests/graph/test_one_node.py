@@ -31,7 +31,6 @@ from gradest import (
     ScoreFunction,
     expectation,
 )
-from gradest.graph import compose
 from gradest.testing import NonreparameterizedNormal
 from tests.graph.common import DTYPE, flat_grads, leaves, seeded
 
@@ -129,20 +128,10 @@ def _steps(factory: Callable[[], Estimator], family: Family, batch: tuple, n: in
     return out, estimator.state_dict()
 
 
-@pytest.fixture(params=["shortcut", "general"])
-def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """``loss()`` of a one-node graph takes the estimator's own surrogate (``compose.one_node``); the
-    "general" route switches that off, so the general composition is compared with ``expectation`` too."""
-    if request.param == "general":
-        monkeypatch.setattr(compose, "one_node", lambda nodes, costs: None)
-    return request.param
-
-
 @pytest.mark.parametrize("batch", [(), (3,), (2, 3)], ids=lambda b: f"B={b}")
 @pytest.mark.parametrize(("factory", "family", "n", "steps"),
                          [pytest.param(*c[1:], id=f"{c[0]}/{c[2].name}/n={c[3]}") for c in CASES])
-def test_one_node_graph_equals_expectation(factory, family: Family, n: int, steps: int, batch: tuple,
-                                           route: str) -> None:
+def test_one_node_graph_equals_expectation(factory, family: Family, n: int, steps: int, batch: tuple) -> None:
     by_graph, state_graph = _steps(factory, family, batch, n, steps, graph=True)
     by_expectation, state_expectation = _steps(factory, family, batch, n, steps, graph=False)
     for (v_g, g_g), (v_e, g_e) in zip(by_graph, by_expectation, strict=True):
@@ -155,11 +144,11 @@ def test_one_node_graph_equals_expectation(factory, family: Family, n: int, step
 
 
 def test_one_node_graph_sample_is_the_draw() -> None:
-    """The graph returns the estimator's points (same seed): ``[n, *B, *E]``, values unchanged."""
+    """The graph returns the estimator's values (same seed): ``[n, *B, *E]``, values unchanged."""
     (logits,) = leaves(torch.randn(2, 3, K, generator=_gen(1), dtype=DTYPE))
     for est, n, expected in [(ScoreFunction(LeaveOneOut()), 4, (4, 2, 3)), (Enumerate(), 1, (K, 2, 3))]:
         with seeded(0):
-            reference = est.draw(Categorical(logits=logits), n).value
+            reference = est.draw(Categorical(logits=logits), n).values
         with seeded(0), Graph() as g:
             x = g.sample("x", Categorical(logits=logits), est, n=n)
             assert x.shape == expected
