@@ -9,7 +9,7 @@ from torch.distributions import Distribution
 
 from gradest._validation import check_distribution, check_n
 from gradest.estimators.base import Draw, Estimator
-from gradest.graph.checks import check_cost, check_differentiable, resolve_estimator
+from gradest.graph.checks import check_cost, check_differentiable, check_gradient, resolve_estimator
 from gradest.graph.compose import Cost, Node, Slot, terms
 
 __all__ = ["expectation", "surrogate"]
@@ -85,4 +85,4 @@ def surrogate(estimator: Estimator, draw: Draw, cost: Tensor, *, where: str = "e
     record = Cost(value, "f", frozenset({0}), 1, auxiliary)
     check_differentiable(where, node, record, [node], "f")
     out = terms([node], [Slot(draw.n, estimator.shares_sample_dim, [0])], [record])
-    return out[0] if len(out) == 1 else sum(out[1:], out[0])
+    return check_gradient(where, out[0] if len(out) == 1 else sum(out[1:], out[0]))

@@ -121,13 +121,15 @@ def tensors(dist: Distribution) -> list[Tensor]:
         return out
 
 
-def check_parameters(where: str, dist: Distribution, *, boundary: bool = False) -> None:
+def check_parameters(where: str, dist: Distribution, *, boundary: bool = False, masked: bool = True) -> None:
     """Refuse parameters no estimator can differentiate (only while validation is on: this syncs).
 
     - NaN anywhere, and +inf anywhere: the distribution is undefined.
     - Bernoulli logits of ±inf: the bit is deterministic and its score (b − σ(ℓ)) is inf − inf.
     - Categorical logits: −inf is a mask (the category has probability 0, and the exact gradient with
-      respect to its logit is 0, which every rule gives); a row with every logit −inf is refused.
+      respect to its logit is 0); a row with every logit −inf is refused, and so is any −inf for a rule
+      that perturbs the logits themselves (``masked=False``: REBAR, RELAX, GumbelRao), where −inf − (−inf)
+      would appear.
     - Probabilities of exactly 0 or 1 (Bernoulli ``probs``, Categorical ``probs``): the exact gradient
       with respect to such a probability involves the outcome that is never drawn, so sampling rules
       cannot estimate it; with ``boundary=True`` (exact enumeration) they are allowed.
@@ -139,17 +141,24 @@ def check_parameters(where: str, dist: Distribution, *, boundary: bool = False) 
         if not value.is_floating_point():
             continue
         v = value.detach()
-        masked = name == "logits" and isinstance(inner, (Categorical, OneHotCategorical))
+        categories = name == "logits" and isinstance(inner, (Categorical, OneHotCategorical))
         bad = torch.isnan(v) | torch.isposinf(v)
-        if not masked:
+        if not (categories and masked):
             bad = bad | torch.isneginf(v)
         if bool(bad.any()):
+            if categories and not bool((torch.isnan(v) | torch.isposinf(v)).any()):
+                raise ValueError(
+                    f"{where}: dist={describe(dist)} has logits of -inf ({describe_nonfinite(v)}), masked "
+                    f"categories; {where} perturbs the logits themselves, where -inf - (-inf) is undefined. "
+                    "Mask with a large negative finite logit instead (e.g. logits.masked_fill(mask, -1e4)), or "
+                    "use ScoreFunction, Enumerate, GumbelSoftmax or UnorderedSet, which take -inf logits."
+                )
             raise ValueError(
                 f"{where}: dist={describe(dist)} has {name} with {describe_nonfinite(v)}; every parameter must "
-                f"be finite{' (a logit of -inf masks a category)' if masked else ''}. Check what computed "
-                f"{name} for overflow, log(0) or 0/0."
+                f"be finite{' (a logit of -inf masks a category)' if categories and masked else ''}. Check what "
+                f"computed {name} for overflow, log(0) or 0/0."
             )
-        if masked and bool(torch.isneginf(v).all(-1).any()):
+        if categories and bool(torch.isneginf(v).all(-1).any()):
             raise ValueError(
                 f"{where}: dist={describe(dist)} has a row of logits that are all -inf (every category masked); "
                 "leave at least one category with a finite logit."

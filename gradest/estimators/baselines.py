@@ -308,7 +308,8 @@ class OptimalConstant(Baseline):
             size = p.numel()
             p_n = p.expand(n, *p.shape)
             b_k = b[:, start : start + size].reshape(p_n.shape).to(p.dtype)
-            scaled[k] = straight_through(p_n, b_k * p_n)  # value φ, gradient scaled by b
+            # value φ, gradient scaled by b (a masked logit of -inf has no gradient: keep b·φ finite there)
+            scaled[k] = straight_through(p_n, b_k * torch.where(torch.isfinite(p_n), p_n, 0.0))
             start += size
         lp_b = rebuild(dist, {**params, **scaled}, "OptimalConstant").log_prob(x)
         return 1 - magic_box(lp_b)

@@ -346,6 +346,7 @@ class REBAR(_Temperature):
         inner = check_family(
             "REBAR", dist,
             "For continuous families use Pathwise(); for other discrete ones ScoreFunction(LeaveOneOut()).",
+            masked=False,
         )
         if not self.learn or is_validation_enabled():  # a learned τ is read from the device
             check_precision("REBAR", self.temperature, inner)
@@ -481,6 +482,7 @@ class RELAX(Estimator):
         check_family(
             "RELAX", dist,
             "For continuous families use Pathwise(); for other discrete ones ScoreFunction(LeaveOneOut()).",
+            masked=False,
         )
 
     def draw(self, dist: Distribution, n: int) -> RELAXDraw:

@@ -106,7 +106,7 @@ def check_relaxation(where: str, temperature: float, scores: Tensor, binary: boo
     exact sample and its derivative underflows to zero, so every pathwise term vanishes and the
     estimate is exactly zero (or REINFORCE without a baseline, for REBAR); say so instead.
     """
-    if not is_validation_enabled():
+    if not is_validation_enabled() or scores.numel() == 0:
         return
     s = stop_gradient(scores)
     if binary:
@@ -122,14 +122,15 @@ def check_relaxation(where: str, temperature: float, scores: Tensor, binary: boo
         )
 
 
-def check_family(where: str, dist: Distribution, fix: str) -> Distribution:
-    """The leaf of a Bernoulli or categorical family (checked parameters), else NotImplementedError."""
+def check_family(where: str, dist: Distribution, fix: str, *, masked: bool = True) -> Distribution:
+    """The leaf of a Bernoulli or categorical family (checked parameters; ``masked``: whether −inf logits
+    are allowed), else NotImplementedError."""
     inner = leaf(dist)
     if not isinstance(inner, DISCRETE):
         raise NotImplementedError(
             f"{where}: dist={describe(dist)} is not a Bernoulli or categorical family; it supports {_FAMILIES}. {fix}"
         )
-    check_parameters(where, dist)
+    check_parameters(where, dist, masked=masked)
     return inner
 
 
@@ -417,11 +418,12 @@ class GumbelRao(_Temperature):
         self.temperature = temperature
 
     def check(self, dist: Distribution, n: int) -> None:
-        leaf = check_family(
+        inner = check_family(
             "GumbelRao", dist,
             "For continuous families use Pathwise(); for other discrete ones ScoreFunction(LeaveOneOut()).",
+            masked=False,
         )
-        check_precision("GumbelRao", self.temperature, leaf)
+        check_precision("GumbelRao", self.temperature, inner)
 
     def draw(self, dist: Distribution, n: int) -> GumbelRaoDraw:
         inner = leaf(dist)

@@ -302,11 +302,6 @@ class UnorderedSet(Estimator):
             )
         leaf, r = found
         check_parameters("UnorderedSet", dist)
-        if dist.batch_shape.numel() == 0:
-            raise ValueError(
-                f"UnorderedSet: dist={describe(dist)} has an empty batch (batch_shape {tuple(dist.batch_shape)}); "
-                "there is nothing to sample: give the distribution at least one batch element."
-            )
         size = 2 if isinstance(leaf, Bernoulli) else categorical(leaf).param_shape[-1]
         coordinates = math.prod(leaf.batch_shape[len(leaf.batch_shape) - r :]) if r else 1
         if size**coordinates < self.k:

@@ -3,6 +3,7 @@ is differentiable where its node's rule needs it."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
@@ -11,7 +12,7 @@ from gradest.estimators._paths import differentiable_path
 from gradest.estimators.base import Draw, Estimator, default_for
 from gradest.graph.compose import Cost, Node
 
-__all__ = ["resolve_estimator", "check_cost", "check_differentiable"]
+__all__ = ["resolve_estimator", "check_cost", "check_differentiable", "check_gradient"]
 
 
 def resolve_estimator(where: str, estimator: object, dist: Distribution, n: int) -> Estimator:
@@ -96,3 +97,16 @@ def check_differentiable(where: str, node: Node, cost: Cost, nodes: list[Node], 
             "(x * table).sum(-1) instead of table[x.argmax(-1)]), or use ScoreFunction(LeaveOneOut()) "
             "(or RELAX(control) for an f that is not differentiable), which need no derivative of f."
         )
+
+
+def check_gradient(where: str, surrogate: Tensor) -> Tensor:
+    """``surrogate``, refused when autograd is on and nothing in it requires grad: its ``backward()``
+    would fail with torch's "element 0 of tensors does not require grad", which names nothing."""
+    if torch.is_grad_enabled() and not surrogate.requires_grad:
+        raise ValueError(
+            f"{where}: nothing in the surrogate requires grad: neither the distribution's parameters nor "
+            "anything the costs close over are tensors with requires_grad=True (or they were detached), so "
+            "there is no gradient to estimate. Create the parameters with requires_grad=True (nn.Parameter), "
+            "or, to compute only the estimate, call it under torch.no_grad()."
+        )
+    return surrogate

@@ -15,7 +15,7 @@ from torch.distributions import Distribution, Independent, OneHotCategorical
 from gradest._validation import check_distribution, check_n, describe
 from gradest.estimators._families import tensors as dist_tensors
 from gradest.estimators.base import Draw, Estimator
-from gradest.graph.checks import check_cost, check_differentiable, resolve_estimator
+from gradest.graph.checks import check_cost, check_differentiable, check_gradient, resolve_estimator
 from gradest.graph.compose import Cost, Node, Slot, terms
 from gradest.graph.dependencies import Provenance, Scope, Tag, plain, shadows_of
 from gradest.graph.dependencies import depends_on as depends_on_nodes
@@ -415,7 +415,7 @@ class Graph:
         total = parts[0].sum()
         for t in parts[1:]:
             total = total + t.sum()
-        return total
+        return check_gradient("Graph.loss", total)
 
 
 def _rng_state(tensors: list[Tensor]) -> tuple[Tensor, dict[int, Tensor]]:

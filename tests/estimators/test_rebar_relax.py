@@ -605,12 +605,13 @@ def test_relax_control_errors() -> None:
 
 
 def test_rebar_low_precision_warns() -> None:
-    dist = Bernoulli(logits=torch.zeros(3, dtype=torch.float32))
+    dist = Bernoulli(logits=torch.zeros(3, dtype=torch.float32, requires_grad=True))
     with pytest.warns(UserWarning, match="REBAR: temperature=0.01 with torch.float32"):
         expectation(lambda b: b, dist, REBAR(temperature=0.01))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        expectation(lambda b: b, Bernoulli(logits=torch.zeros(3, dtype=F64)), REBAR(temperature=0.01))
+        logits = torch.zeros(3, dtype=F64, requires_grad=True)
+        expectation(lambda b: b, Bernoulli(logits=logits), REBAR(temperature=0.01))
 
 
 def test_rebar_learn_state_round_trips() -> None:

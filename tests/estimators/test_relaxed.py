@@ -527,7 +527,7 @@ def test_unsupported_family(factory, dist: Distribution, match: str) -> None:
 
 
 def test_low_precision_warning_only_where_risky() -> None:
-    logits = torch.zeros(3, dtype=torch.float32)
+    logits = torch.zeros(3, dtype=torch.float32, requires_grad=True)
     with pytest.warns(UserWarning, match=r"GumbelSoftmax: temperature=0.01 with torch.float32 .* float64") as record:
         expectation(lambda x: x, Bernoulli(logits=logits), GumbelSoftmax(0.01), n=2)
     assert record[0].filename == __file__  # points at the caller

@@ -78,7 +78,7 @@ def test_beam_search_draws_sets_with_the_law_of_sampling_without_replacement(
 ], ids=["Independent(Bernoulli, 2)", "Independent(OneHotCategorical, 2)"])
 def test_sets_over_several_event_dims_have_the_event_shape_and_are_exact_at_full_support(make) -> None:
     """Event shape [2, 2]: values ``[k·n, *B, *E]``; k = the joint support size gives the exact value."""
-    logits = torch.randn(3, 2, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    logits = torch.randn(3, 2, 2, generator=torch.Generator().manual_seed(1), dtype=F64).requires_grad_()
     dist = make(logits)
     support = 16
     table = torch.randn(support, generator=torch.Generator().manual_seed(2), dtype=F64)
