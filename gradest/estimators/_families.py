@@ -148,8 +148,9 @@ def check_parameters(where: str, dist: Distribution, *, boundary: bool = False, 
         if bool(bad.any()):
             if categories and not bool((torch.isnan(v) | torch.isposinf(v)).any()):
                 raise ValueError(
-                    f"{where}: dist={describe(dist)} has logits of -inf ({describe_nonfinite(v)}), masked "
-                    f"categories; {where} perturbs the logits themselves, where -inf - (-inf) is undefined. "
+                    f"{where}: dist={describe(dist)} has logits of -inf, masked categories "
+                    f"({int(torch.isneginf(v).sum())} of {v.numel()} elements); {where} perturbs the logits "
+                    "themselves, where -inf - (-inf) is undefined. "
                     "Mask with a large negative finite logit instead (e.g. logits.masked_fill(mask, -1e4)), or "
                     "use ScoreFunction, Enumerate, GumbelSoftmax or UnorderedSet, which take -inf logits."
                 )

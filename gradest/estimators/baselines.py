@@ -15,6 +15,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -364,7 +365,8 @@ class Critic(Baseline):
         parts = []
         for p in parameters(dist).values():
             p = stop_gradient(p)
-            parts.append(p.reshape(*batch, -1) if p.dim() >= len(batch) else p.expand(*batch).unsqueeze(-1))
+            width = math.prod(p.shape[len(batch) :])  # explicit: -1 is ambiguous for an empty batch
+            parts.append(p.reshape(*batch, width) if p.dim() >= len(batch) else p.expand(*batch).unsqueeze(-1))
         return torch.cat(parts, -1)
 
     def forward(self, draw: Draw, cost: Tensor) -> Tensor:

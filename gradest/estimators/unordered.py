@@ -148,7 +148,8 @@ def _coordinate_table(leaf: Distribution, r: int) -> Tensor:
     else:
         table = categorical(leaf).logits
     batch = table.shape[: table.dim() - 1 - r]
-    return table.reshape(*batch, -1, table.shape[-1])
+    d = math.prod(table.shape[table.dim() - 1 - r : -1])  # explicit: -1 is ambiguous for an empty batch
+    return table.reshape(*batch, d, table.shape[-1])
 
 
 CHILDREN = 64
