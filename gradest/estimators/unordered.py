@@ -311,7 +311,7 @@ class UnorderedSet(Estimator):
                 f"UnorderedSet: k={self.k} is larger than the support size {support} of dist={describe(dist)}; "
                 f"use k <= {support} (k = {support} gives the exact gradient, as Enumerate() does)."
             )
-        if r == 0 and not isinstance(leaf, Bernoulli) and is_validation_enabled():
+        if r == 0 and not isinstance(leaf, Bernoulli) and is_validation_enabled() and dist.batch_shape.numel():
             possible = int((categorical(leaf).logits > -torch.inf).sum(-1).min())
             if possible < self.k:
                 raise ValueError(
