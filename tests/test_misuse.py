@@ -49,7 +49,8 @@ BITS_F = {
 def test_relaxed_rules_refuse_an_f_without_a_derivative_on_bits(rule: str, f: str) -> None:
     """Before: (1 − η)·∇ — exactly zero at η = 1 — for REBAR, None gradients for GumbelSoftmax."""
     name = rule.split("(")[0]
-    with pytest.raises(ValueError, match=rf"expectation: f reaches the points of {name}'s node 'x' .* without a derivative"):
+    message = rf"expectation: f reaches the points of {name}'s node 'x' .* without a derivative"
+    with pytest.raises(ValueError, match=message):
         expectation(BITS_F[f], Bernoulli(logits=_logits(3)), RELAXED_RULES[rule](), n=4)
 
 
@@ -215,7 +216,7 @@ def test_masked_logits_get_the_exact_zero_gradient_elsewhere(rule: str) -> None:
 def test_constant_baseline_values() -> None:
     with pytest.raises(ValueError, match=r"Constant: b=nan must be finite"):
         gradest.Constant(math.nan)
-    with pytest.raises(ValueError, match=r"Constant: b has shape \(7,\), which does not broadcast to dist.batch_shape=\(3,\)"):
+    with pytest.raises(ValueError, match=r"Constant: b has shape \(7,\), which does not broadcast to dist.batch_shape"):
         expectation(lambda b: b, Bernoulli(logits=_logits(3)), gradest.ScoreFunction(gradest.Constant(torch.ones(7))),
                     n=2)
 

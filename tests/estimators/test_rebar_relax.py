@@ -23,8 +23,6 @@ Every statistical comparison is at z·SE with z from a false-alarm rate, never a
 from __future__ import annotations
 
 import dataclasses
-
-import functools
 import io
 import itertools
 import math
@@ -41,7 +39,7 @@ from gradest.estimators.base import Draw, Estimator
 from gradest.estimators.rebar_relax import REBAR, RELAX
 from gradest.estimators.unordered import UnorderedSet
 from gradest.problems import BernoulliTable, BernoulliToy, CategoricalTable, Problem, gradient_draws
-from gradest.testing import surrogate, assert_unbiased, z_for
+from gradest.testing import assert_unbiased, surrogate, z_for
 from tests.estimators.cases import seeded
 from tests.estimators.cases_rebar_relax import EventMLP, MultilinearBernoulliTable
 
@@ -654,68 +652,6 @@ def test_relax_state_round_trips() -> None:
 # ---------------------------------------------------------------------------------------------------
 # Graphs
 # ---------------------------------------------------------------------------------------------------
-
-_TABLE3 = torch.tensor([0.3, -1.2, 2.0], dtype=F64)
-_WEIGHTS3 = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
-
-
-def _categorical_cost(x: Tensor, w: Tensor) -> Tensor:
-    v = (x * _TABLE3).sum(-1) if x.is_floating_point() else _TABLE3[x]
-    return torch.sin(v * w)
-
-
-GRAPH_FAMILIES: dict[str, tuple[Callable[[Tensor], Distribution], Callable[[Tensor, Tensor], Tensor], int, int]] = {
-    # name: (dist from a [*B, 3] parameter, cost f(x, w) -> [n, *B], control features, event dims)
-    "bernoulli": (lambda a: Bernoulli(logits=a[..., 0]), lambda x, w: (x - 0.3).square() * w, 1, 0),
-    "bernoulli-probs": (lambda a: Bernoulli(probs=torch.sigmoid(a[..., 0])), lambda x, w: (x - 0.3).square() * w, 1, 0),
-    "independent-bernoulli": (lambda a: Independent(Bernoulli(logits=a), 1),
-                              lambda x, w: torch.cos((x * _WEIGHTS3).sum(-1) * w), 3, 1),
-    "one-hot": (lambda a: OneHotCategorical(logits=a), lambda x, w: ((x * _TABLE3).sum(-1) * w).square(), 3, 1),
-    "categorical": (lambda a: Categorical(logits=a), _categorical_cost, 3, 1),
-    "categorical-probs": (lambda a: Categorical(probs=torch.softmax(a, -1)), _categorical_cost, 3, 1),
-}
-
-GRAPH_CASES: list[tuple[str, Callable[[int, int], Estimator], list[str]]] = [
-    ("rebar", lambda features, event: REBAR(temperature=0.5, eta=0.8), list(GRAPH_FAMILIES)),
-    ("relax", lambda features, event: RELAX(EventMLP(features, event)), list(GRAPH_FAMILIES)),
-    ("unordered-set", lambda features, event: UnorderedSet(2),
-     ["one-hot", "categorical", "categorical-probs"]),
-]
-
-
-def _swap(cost: Callable[[Tensor, Tensor], Tensor], w: Tensor, x: Tensor) -> Tensor:
-    return cost(x, w)
-
-
-@pytest.mark.parametrize("batch", [(), (2, 3)], ids=str)
-@pytest.mark.parametrize(
-    ("factory", "family"),
-    [pytest.param(f, fam, id=f"{label}/{fam}") for label, f, fams in GRAPH_CASES for fam in fams],
-)
-def test_one_node_graph_equals_expectation(factory: Callable[[int, int], Estimator], family: str,
-                                           batch: tuple[int, ...]) -> None:
-    make, cost, features, event = GRAPH_FAMILIES[family]
-    results = []
-    for graph in (True, False):
-        with seeded(10):
-            a = torch.randn(*batch, 3, dtype=F64, requires_grad=True)
-            w = torch.tensor(1.3, dtype=F64, requires_grad=True)
-            est = factory(features, event)
-            if graph:
-                with Graph() as g:
-                    x = g.sample("x", make(a), est, n=3)
-                    g.cost(cost(x, w))
-                s = g.loss()
-            else:
-                s = expectation(functools.partial(_swap, cost, w), make(a), est, n=3).sum()
-        inputs = (a, w, *est.parameters())
-        grads = torch.autograd.grad(s, inputs)
-        results.append((s.detach(), torch.cat([t.reshape(-1) for t in grads])))
-    (v_g, g_g), (v_e, g_e) = results
-    torch.testing.assert_close(v_g, v_e, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(g_g, g_e, rtol=1e-12, atol=1e-12)
-    assert g_g[: a.numel()].abs().sum() > 0
-
 
 _UP_TABLE = torch.tensor([-0.5, 0.4, 1.2], dtype=F64)
 
