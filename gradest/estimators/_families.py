@@ -8,6 +8,7 @@ rule sees a family the same way and refuses the same inputs with the same words.
 
 from __future__ import annotations
 
+import math
 from typing import cast
 
 import torch
@@ -138,9 +139,12 @@ def check_parameters(where: str, dist: Distribution, *, boundary: bool = False, 
         return
     inner = leaf(dist)
     for name, value in parameters(dist).items():
-        if not value.is_floating_point():
+        if not value.is_floating_point() or value.numel() == 0:
             continue
-        v = value.detach()
+        v = value.detach().as_subclass(torch.Tensor)  # a graph's tracked tensor as a plain one: only values
+        low, high = (float(t) for t in torch.stack(v.aminmax()).tolist()) if v.dim() else (float(v), float(v))
+        if (0 < low and high < 1) if name == "probs" else (-math.inf < low and high < math.inf):
+            continue  # the common case, in one reduction and one sync (NaN fails both comparisons)
         categories = name == "logits" and isinstance(inner, (Categorical, OneHotCategorical))
         bad = torch.isnan(v) | torch.isposinf(v)
         if not (categories and masked):

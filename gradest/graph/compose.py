@@ -130,12 +130,11 @@ def _reduce_block(nodes: list[Node], slots: list[Slot], x: Tensor, depth: int) -
 def _to_native(nodes: list[Node], slots: list[Slot], w: Node, c: Cost, v: Tensor, weights: dict[int, Tensor | None],
                shape: torch.Size) -> Tensor:
     """A cost (or its copy at w's auxiliary points) ``v`` in graph layout, reduced to w's native
-    shape ``[n, *dist.batch_shape]``: the other nodes' weights (``weights``) multiplied in, their
-    sample dims reduced, and batch dims matched with w's."""
+    shape ``[n, *dist.batch_shape]``: the other nodes' weights (``weights``: those of the cost's other
+    dependencies) multiplied in, their sample dims reduced, and batch dims matched with w's."""
     batch_len = v.dim() - c.depth
-    for i in c.deps:
-        if i != w.index and weights[i] is not None:
-            v = v * _align(nodes[i], weights[i], c.depth, batch_len, what=f"cost {c.name!r}")  # type: ignore[arg-type]
+    for i, t in weights.items():  # the other nodes' weights (those of ``c.deps`` that have one)
+        v = v * _align(nodes[i], t, c.depth, batch_len, what=f"cost {c.name!r}")  # type: ignore[arg-type]
     for q in range(c.depth, w.position, -1):  # positions outside w's block
         slot = slots[q - 1]
         v = _reduce(nodes[slot.nodes[0]], v)
@@ -180,13 +179,14 @@ def _downstream(nodes: list[Node], slots: list[Slot], costs: list[Cost], w: Node
     """
     shape = w.draw.values.shape[: 1 + len(w.dist.batch_shape)]
     live = w.estimator.live_costs
-    stopped = {i: None if t is None else stop_gradient(t) for i, t in weights.items()}
     total: Tensor | None = None
     for c in costs:
-        parts = [_to_native(nodes, slots, w, c, stop_gradient(c.value), stopped, shape)]
+        others = {i: stop_gradient(t) for i, t in weights.items() if i in c.deps and i != w.index and t is not None}
+        parts = [_to_native(nodes, slots, w, c, stop_gradient(c.value), others, shape)]
         for copy, v in enumerate(c.auxiliary.get(w.index, ())):
-            world = {i: t if t is None or (live and w.index in nodes[i].shadow_draws) else stop_gradient(t)
-                     for i, t in world_weights(nodes, weights, w, copy).items()}
+            world = {i: t if live and w.index in nodes[i].shadow_draws else stop_gradient(t)
+                     for i, t in world_weights(nodes, weights, w, copy).items()
+                     if i in c.deps and i != w.index and t is not None}
             parts.append(_to_native(nodes, slots, w, c, v if live else stop_gradient(v), world, shape))
         v = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
         total = v if total is None else total + v
@@ -196,16 +196,25 @@ def _downstream(nodes: list[Node], slots: list[Slot], costs: list[Cost], w: Node
 
 def terms(nodes: list[Node], slots: list[Slot], costs: list[Cost]) -> list[Tensor]:
     """The surrogate's terms (see the module docstring), each reduced over its sample dims and keeping
-    its batch dims: one per cost, then one per node with a correction."""
+    its batch dims: one per group of costs and corrections of the same shape and sample dims (summed
+    before the one reduction they share: the reductions are linear)."""
     weights: dict[int, Tensor | None] = {w.index: w.estimator.weight(w.draw) for w in nodes}
-    out: list[Tensor] = []
+    pending: list[tuple[int, Tensor]] = []  # (depth, unreduced term)
+
+    def add(depth: int, x: Tensor) -> None:
+        for k, (d, y) in enumerate(pending):
+            if d == depth and y.shape == x.shape:  # same layout (broadcasting would change the reductions)
+                pending[k] = (d, y + x)
+                return
+        pending.append((depth, x))
+
     for c in costs:
         batch_len = c.value.dim() - c.depth
         x = c.value
         for i in sorted(c.deps):
             if (wi := weights[i]) is not None:
                 x = x * _align(nodes[i], wi, c.depth, batch_len, what=f"cost {c.name!r}")
-        out.append(_reduce_block(nodes, slots, x, c.depth))
+        add(c.depth, x)
     for w in nodes:
         if not w.estimator.has_correction:
             continue
@@ -219,5 +228,5 @@ def terms(nodes: list[Node], slots: list[Slot], costs: list[Cost]) -> list[Tenso
         for a in sorted(w.ancestors):
             if (wa := weights[a]) is not None:
                 x = x * _align(nodes[a], wa, w.position, len(w.batch), what=f"node {w.name!r}")
-        out.append(_reduce_block(nodes, slots, x, w.position))
-    return out
+        add(w.position, x)
+    return [_reduce_block(nodes, slots, x, depth) for depth, x in pending]
