@@ -48,12 +48,13 @@ class AntitheticDraw(Draw):
 class _Antithetic(Estimator):
     """Shared draw and correction of ARM and DisARM; subclasses give the per-pair term."""
 
+    families = (Bernoulli,)
     auxiliary_points = True
     has_correction = True
 
     def check(self, dist: Distribution, n: int) -> None:
         name = type(self).__name__
-        if not isinstance(leaf(dist), Bernoulli):
+        if not isinstance(leaf(dist), self.families):
             raise NotImplementedError(
                 f"{name}: dist={describe(dist)} is not Bernoulli; {name} supports Bernoulli and "
                 "Independent(Bernoulli) only. For categorical families use REBAR(...), RELAX(...), "

@@ -24,8 +24,9 @@ Every estimator answers, in this order:
 What a graph needs to know about a rule is declared in the class body, as ``torch.distributions``
 declares ``has_rsample``: :attr:`Estimator.reduction`, :attr:`Estimator.shares_sample_dim`,
 :attr:`Estimator.elementwise`, :attr:`Estimator.auxiliary_points`, :attr:`Estimator.live_costs`,
-:attr:`Estimator.differentiable_f`, :attr:`Estimator.has_correction`. The estimator used when none is
-given comes from a registry (:func:`register_default`), like ``torch.distributions.kl.register_kl``.
+:attr:`Estimator.differentiable_f`, :attr:`Estimator.families`, :attr:`Estimator.has_correction`.
+The estimator used when none is given comes from a registry (:func:`register_default`), like
+``torch.distributions.kl.register_kl``.
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ class Estimator(nn.Module):
     """Where f must be differentiable for the gradient to be right: at the values (pathwise rules and
     relaxations), at the auxiliary points (REBAR), or nowhere. A cost that reaches those points only
     through operations without a derivative is refused while validation is on."""
+
+    families: ClassVar[tuple[type[Distribution], ...] | None] = None
+    """The leaf families the rule takes (inside any ``Independent``), or None for every family its
+    requirement admits (``Pathwise``: those with ``rsample``; ``Enumerate``: those with an enumerable
+    support). ``check`` refuses the others with a ``NotImplementedError`` naming the families."""
 
     has_correction: ClassVar[bool] = False
     """Whether ``correction`` returns a term (a rule whose correction depends on its configuration,

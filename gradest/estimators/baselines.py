@@ -160,7 +160,9 @@ class LeaveOneOut(Baseline):
 
     so that :math:`\hat g = \frac{1}{n-1}\sum_i (f_i - \bar f)\nabla\log p(x_i)`.
 
-    Requires: n ≥ 2. Bias: none.
+    Requires: n ≥ 2; each sample's cost a function of that sample alone (a cost that averages over
+    the samples, ``x.mean(0).expand(n)``, is the same for all of them, so every baseline equals its own
+    cost and the gradient is exactly zero — see ``ScoreFunction``). Bias: none.
 
     References:
         Kool et al. (2019). Buy 4 REINFORCE Samples, Get a Baseline for Free! ICLR workshop.

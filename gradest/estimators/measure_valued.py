@@ -48,9 +48,6 @@ class MeasureValuedDraw(Draw):
     """MeasureValued's record: ``points`` is the n exact samples (the values) followed by the perturbed
     copies, one block of n rows per coordinate and side (see ``MeasureValued``)."""
 
-_FAMILIES = (Normal, Bernoulli, Poisson)
-
-
 def _perturb(x: Tensor, new: Tensor, r: int) -> Tensor:
     """Copies of ``x`` ``[n, *B, *R]`` with one coordinate of R at a time replaced by ``new``.
 
@@ -119,12 +116,13 @@ class MeasureValued(Estimator):
     """
 
     unbiased = True
+    families = (Normal, Bernoulli, Poisson)
     elementwise = True
     auxiliary_points = True
     has_correction = True
 
     def check(self, dist: Distribution, n: int) -> None:
-        if not isinstance(leaf(dist), _FAMILIES):
+        if not isinstance(leaf(dist), self.families):
             raise NotImplementedError(
                 f"MeasureValued: dist={describe(dist)} has no weak-derivative decomposition here; it "
                 "supports Normal, Bernoulli and Poisson (and Independent of these). Use Pathwise() for "

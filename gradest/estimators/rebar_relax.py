@@ -34,6 +34,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +43,7 @@ from torch.distributions import Bernoulli, Categorical, Distribution
 from torch.nn.functional import one_hot
 
 from gradest._validation import is_validation_enabled
-from gradest.estimators._families import event_dims, leaf, logits, sum_last
+from gradest.estimators._families import DISCRETE, event_dims, leaf, logits, sum_last
 from gradest.estimators._gumbel import conditional_gumbel, conditional_logistic, gumbel, logistic
 from gradest.estimators._paths import differentiable_path
 from gradest.estimators.base import Draw, Estimator
@@ -132,7 +133,7 @@ def _relax(inner: Distribution, z: Tensor, temperature: float | Tensor) -> Tenso
 
 
 def _learned_correction(
-    inner: Distribution, free: Tensor, hard: Tensor, f: Tensor, c_z: Tensor, c_tilde: Tensor, params: list[Tensor]
+    inner: Distribution, free: Tensor, hard: Tensor, f: Tensor, c_z: Tensor, c_tilde: Tensor, params: Sequence[Tensor]
 ) -> Tensor:
     r"""The zero-valued term ``[*B]`` of a control variate trained on its own variance (RELAX, and
     ``REBAR(learn=True)``).
@@ -203,12 +204,16 @@ class REBAR(_Temperature):
     then :math:`\sigma_\tau(\tilde z_i)`. For Categorical (whose own samples are indices) all three
     blocks are one-hot-shaped ``[3n, *B, K]`` floats, as for ``GumbelSoftmax``: write f as
     ``(x * table).sum(-1)`` or ``x @ embedding``. The surrogate's value is the mean of f over the
-    exact samples only.
+    exact samples only. In a :class:`~gradest.Graph` the node's samples are the n exact ones, and
+    the costs at σ_τ(z) and σ_τ(z̃) are computed by replaying the operations on them (a node drawn
+    below is replayed from the same random numbers; its weight carries the derivative of its
+    distribution there).
 
-    The surrogate is the mean of f at the exact samples, a zero-valued score term
-    ``⊥(f(b_i) − η f(σ_τ(z̃_i)))·straight_through(0, log p(b_i))`` (from the closed-form score), and
-    the zero-valued pathwise difference ``straight_through(0, η·mean_i(f(σ(z_i)) − f(σ(z̃_i))))``
-    applied in ``reduce``. So the gradient of parameters ψ inside f (a decoder) is
+    The surrogate is the mean of f at the exact samples plus the correction, a zero-valued score term
+    ``⊥(f(b_i) − η f(σ_τ(z̃_i)))·straight_through(0, log p(b_i))`` (from the closed-form score) and
+    the zero-valued pathwise difference ``straight_through(0, η·(f(σ(z_i)) − f(σ(z̃_i))))``, averaged
+    over the n samples (the rule declares ``live_costs``: it differentiates f at the relaxed points).
+    So the gradient of parameters ψ inside f (a decoder) is
     :math:`\nabla_\psi f(b_i) + \eta(\nabla_\psi f(\sigma_\tau(z_i)) - \nabla_\psi f(\sigma_\tau(\tilde z_i)))`:
     unbiased, because z and z̃ have the same marginal distribution; the second part only adds noise
     of mean zero.
@@ -234,10 +239,12 @@ class REBAR(_Temperature):
     Requires: ``dist`` is Bernoulli, Categorical or OneHotCategorical (or Independent of these), from
     ``logits`` or ``probs``; f defined, continuous and differentiable on the relaxed points (bits in
     (0, 1), points of the simplex). A cost that is piecewise constant in x (an argmax, a table
-    lookup by ``x.long()``) has zero pathwise derivative and makes the estimate biased: extend it
-    multilinearly instead (``(x * table).sum(-1)``). With ``learn=True``: ``gradest.expectation``
-    (a ``Graph`` that combines several nodes or costs hands its estimators stopped costs, and the
-    pathwise terms need f's gradient at the relaxed points), one extra backward pass through f and a
+    lookup by ``x.long()``, a comparison) has zero pathwise derivative and makes the estimate biased:
+    while validation is on, a cost that reaches the relaxed points only through such operations is
+    refused, and so is a temperature at which every relaxed point's derivative underflows; a cost that
+    mixes a smooth part with a piecewise-constant one cannot be detected: extend it multilinearly
+    instead (``(x * table).sum(-1)``). Logits of −inf (masked categories) are refused: mask with a
+    large negative finite logit. With ``learn=True``: one extra backward pass through f and a
     double-backward per call, and no ``torch.compile(fullgraph=True)`` (it calls
     ``torch.autograd.grad``).
     Bias: none, for every temperature τ > 0 and every η, fixed or learned.
@@ -284,6 +291,7 @@ class REBAR(_Temperature):
     """
 
     unbiased = True
+    families = DISCRETE
     auxiliary_points = True
     live_costs = True
     differentiable_f = "auxiliary"
@@ -363,9 +371,10 @@ class REBAR(_Temperature):
             z, z_tilde, hard, _ = _perturb(inner, ell, n)
             tau = self._temperature
             score = _score_term(inner, ell, hard, event_dims(dist, inner))
-        binary = isinstance(inner, Bernoulli)
-        check_relaxation("REBAR", float(stop_gradient(tau)) if isinstance(tau, Tensor) else tau, z / tau, binary)
-        points = torch.cat([hard, _relax(inner, z, tau), _relax(inner, z_tilde, tau)], 0)
+        relaxed = _relax(inner, z, tau)
+        check_relaxation("REBAR", float(stop_gradient(tau)) if isinstance(tau, Tensor) else tau, z / tau,
+                         None if isinstance(inner, Bernoulli) else relaxed)
+        points = torch.cat([hard, relaxed, _relax(inner, z_tilde, tau)], 0)
         return REBARDraw(points, n, dist, None, z, z_tilde, hard, score, free)
 
     def correction(self, draw: REBARDraw, cost: Tensor) -> Tensor | None:  # type: ignore[override]
@@ -466,6 +475,7 @@ class RELAX(Estimator):
     """
 
     unbiased = True
+    families = DISCRETE
     has_correction = True
 
     def __init__(self, control: nn.Module) -> None:

@@ -99,25 +99,25 @@ def relax_binary(scores: Tensor) -> Tensor:
     return torch.exp(logsigmoid(scores))
 
 
-def check_relaxation(where: str, temperature: float, scores: Tensor, binary: bool) -> None:
+def check_relaxation(where: str, temperature: float, scores: Tensor, soft: Tensor | None = None) -> None:
     """Refuse a relaxation that carries no derivative at all (only while validation is on: this syncs).
 
     At a temperature far below the scale of the perturbed logits every relaxed point rounds to its
     exact sample and its derivative underflows to zero, so every pathwise term vanishes and the
-    estimate is exactly zero (or REINFORCE without a baseline, for REBAR); say so instead.
+    estimate is exactly zero (or REINFORCE without a baseline, for REBAR); say so instead. For bits
+    (``soft`` None) the derivative σ(x)σ(−x) of the relaxation at x = ``scores`` underflows where
+    |x| > −log(tiny); for categories, where every probability but the largest in ``soft`` is exactly 0.
     """
     if not is_validation_enabled() or scores.numel() == 0:
         return
-    s = stop_gradient(scores)
-    if binary:
-        dead = bool((logsigmoid(s) + logsigmoid(-s) < math.log(torch.finfo(s.dtype).tiny)).all())
-    else:
-        dead = bool((torch.log_softmax(s, -1).topk(min(2, s.shape[-1]), -1).values[..., -1]
-                     < math.log(torch.finfo(s.dtype).tiny)).all())
+    if soft is None:
+        dead = float(stop_gradient(scores).abs().min()) > -math.log(torch.finfo(scores.dtype).tiny)
+    else:  # every row's second largest probability exactly 0 (a max of 1.0 may still have live neighbours)
+        dead = soft.shape[-1] > 1 and float(stop_gradient(soft).topk(2, -1).values[..., 1].max()) == 0.0
     if dead:
         raise ValueError(
             f"{where}: temperature={temperature:g} is so low that every relaxed point rounds to an exact "
-            f"sample in {s.dtype} and its derivative underflows to zero, so the gradient would be exactly "
+            f"sample in {scores.dtype} and its derivative underflows to zero, so the gradient would be exactly "
             "zero; raise the temperature (0.1 to 1 is typical; anneal towards 0.05 rather than below)."
         )
 
@@ -126,7 +126,7 @@ def check_family(where: str, dist: Distribution, fix: str, *, masked: bool = Tru
     """The leaf of a Bernoulli or categorical family (checked parameters; ``masked``: whether −inf logits
     are allowed), else NotImplementedError."""
     inner = leaf(dist)
-    if not isinstance(inner, DISCRETE):
+    if not isinstance(inner, DISCRETE):  # the ``families`` of every rule that calls this
         raise NotImplementedError(
             f"{where}: dist={describe(dist)} is not a Bernoulli or categorical family; it supports {_FAMILIES}. {fix}"
         )
@@ -245,6 +245,7 @@ class GumbelSoftmax(_Temperature):
     """
 
     unbiased = False
+    families = DISCRETE
     differentiable_f = "values"
 
     def __init__(self, temperature: float, *, hard: bool = False) -> None:
@@ -279,7 +280,7 @@ class GumbelSoftmax(_Temperature):
             soft = torch.softmax(scores, -1)
             index = stop_gradient(perturbed).argmax(-1)
             hard = torch.nn.functional.one_hot(index, ell.shape[-1]).to(soft.dtype)
-        check_relaxation("GumbelSoftmax", tau, scores, binary)
+        check_relaxation("GumbelSoftmax", tau, scores, None if binary else soft)
         value = straight_through(hard, soft) if self.hard else soft
         return RelaxedDraw(value, n, dist, None, noise, scores, soft, hard)
 
@@ -336,6 +337,7 @@ class StraightThrough(Estimator):
     """
 
     unbiased = False
+    families = DISCRETE
     differentiable_f = "values"
 
     def check(self, dist: Distribution, n: int) -> None:
@@ -406,6 +408,7 @@ class GumbelRao(_Temperature):
     """
 
     unbiased = False
+    families = DISCRETE
     differentiable_f = "values"
 
     def __init__(self, k: int, *, temperature: float = 1.0) -> None:
@@ -434,14 +437,15 @@ class GumbelRao(_Temperature):
             hard = inner.sample((n,)).to(ell.dtype)
             noise = conditional_logistic(fixed, hard.expand(self.k, *hard.shape))
             scores = (ell + noise) / tau
-            check_relaxation("GumbelRao", tau, scores, True)
+            check_relaxation("GumbelRao", tau, scores)
             soft = relax_binary(scores).mean(0)
         else:
             index = categorical(inner).sample((n,))
             noise = conditional_gumbel(fixed, index.expand(self.k, *index.shape))
             scores = (ell + noise) / tau
-            check_relaxation("GumbelRao", tau, scores, False)
-            soft = torch.softmax(scores, -1).mean(0)
+            relaxed = torch.softmax(scores, -1)
+            check_relaxation("GumbelRao", tau, scores, relaxed)
+            soft = relaxed.mean(0)
             hard = torch.nn.functional.one_hot(index, ell.shape[-1]).to(soft.dtype)
         return GumbelRaoDraw(straight_through(hard, soft), n, dist, None, noise, soft, hard)
 

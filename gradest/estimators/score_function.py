@@ -35,7 +35,11 @@ class ScoreFunction(Estimator):
     value is the plain Monte Carlo mean and repeated differentiation gives unbiased higher derivatives.
 
     Requires: ``dist.log_prob`` differentiable in θ; f need not be differentiable (or even continuous)
-    in x. Works for every family, discrete or continuous.
+    in x. Works for every family, discrete or continuous. f must map each sample to its own cost: an f
+    that mixes the samples (``x.mean(0)``, a normalisation over dim 0) makes every cost depend on every
+    sample, which no check can see cheaply, and biases the estimate (with ``LeaveOneOut()`` to exactly
+    zero). Parameters of exactly 0 or 1 probability (``probs``) are refused: the gradient there depends
+    on the outcome that is never drawn (use ``Enumerate()``, or logits, where −inf masks a category).
     Bias: none, provided b_i does not depend on x_i (every baseline in gradest guarantees this).
 
     Args:

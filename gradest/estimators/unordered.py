@@ -46,11 +46,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
+from torch.distributions import Bernoulli, Categorical, Distribution, Independent
 from torch.nn.functional import one_hot, softplus
 
 from gradest._validation import describe, is_validation_enabled
-from gradest.estimators._families import categorical, check_parameters
+from gradest.estimators._families import DISCRETE, categorical, check_parameters
 from gradest.estimators._gumbel import gumbel
 from gradest.estimators.base import Draw, Estimator
 from gradest.surrogate import magic_box, stop_gradient
@@ -137,7 +137,7 @@ def _factorised(dist: Distribution) -> tuple[Distribution, int] | None:
     while isinstance(dist, Independent):
         r += dist.reinterpreted_batch_ndims
         dist = dist.base_dist
-    return (dist, r) if isinstance(dist, (Bernoulli, Categorical, OneHotCategorical)) else None
+    return (dist, r) if isinstance(dist, DISCRETE) else None
 
 
 def _coordinate_table(leaf: Distribution, r: int) -> Tensor:
@@ -270,6 +270,7 @@ class UnorderedSet(Estimator):
     """
 
     unbiased = True
+    families = DISCRETE
     elementwise = True
     reduction = "sum"
     shares_sample_dim = False

@@ -20,6 +20,7 @@ Corrections carry the boxes of their node's ancestors ("loaded" baselines, Farqu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -127,14 +128,14 @@ def _reduce_block(nodes: list[Node], slots: list[Slot], x: Tensor, depth: int) -
     return x
 
 
-def _to_native(nodes: list[Node], slots: list[Slot], w: Node, c: Cost, v: Tensor, weights: dict[int, Tensor | None],
+def _to_native(nodes: list[Node], slots: list[Slot], w: Node, c: Cost, v: Tensor, weights: Mapping[int, Tensor],
                shape: torch.Size) -> Tensor:
     """A cost (or its copy at w's auxiliary points) ``v`` in graph layout, reduced to w's native
     shape ``[n, *dist.batch_shape]``: the other nodes' weights (``weights``: those of the cost's other
     dependencies) multiplied in, their sample dims reduced, and batch dims matched with w's."""
     batch_len = v.dim() - c.depth
     for i, t in weights.items():  # the other nodes' weights (those of ``c.deps`` that have one)
-        v = v * _align(nodes[i], t, c.depth, batch_len, what=f"cost {c.name!r}")  # type: ignore[arg-type]
+        v = v * _align(nodes[i], t, c.depth, batch_len, what=f"cost {c.name!r}")
     for q in range(c.depth, w.position, -1):  # positions outside w's block
         slot = slots[q - 1]
         v = _reduce(nodes[slot.nodes[0]], v)

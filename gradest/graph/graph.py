@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -450,7 +451,7 @@ def _shadow_dist(dist: Distribution, above: int, copy: int) -> Distribution:
 def _plain_draw(draw: Draw) -> Draw:
     """``draw`` with every tensor (and the distribution's parameters) as a plain tensor: the rule's
     terms are formed in ``loss()``, which may run after the graph has closed."""
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     for f in dataclasses.fields(draw):
         v = getattr(draw, f.name)
         if isinstance(v, Provenance):
