@@ -150,3 +150,13 @@ def saga_batches() -> list[Tensor]:
     even, odd = torch.arange(0, N_EXAMPLES, 2), torch.arange(1, N_EXAMPLES, 2)
     return [torch.cat([even[torch.randperm(len(even), generator=g)[:2]],
                        odd[torch.randperm(len(odd), generator=g)[:2]]]) for _ in range(STEPS)]
+
+
+def saga_core() -> tuple[list[Tensor], list[Tensor], list[Tensor], Tensor]:
+    """Arguments of one ``saga_step`` on a global batch of 4: parameters, deltas ``[4, *p.shape]``,
+    table means, and the first-occurrence mask (position 3 repeats position 1, on the other rank)."""
+    g = torch.Generator().manual_seed(900)
+    params = [torch.randn(3, generator=g, dtype=torch.float64), torch.randn((), generator=g, dtype=torch.float64)]
+    deltas = [torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)]
+    means = [torch.randn(3, generator=g, dtype=torch.float64), torch.randn((), generator=g, dtype=torch.float64)]
+    return params, deltas, means, torch.tensor([True, True, True, False])

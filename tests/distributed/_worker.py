@@ -77,6 +77,17 @@ def run_optim(rank: int) -> dict:
     out["saga_w"] = w.detach().clone()
     out["saga_state"] = {k: v.clone() for k, v in saga.state[w].items() if isinstance(v, torch.Tensor)}
 
+    # the functional core with a process group: this rank's half of a global batch
+    from gradest.optim import saga_direction, saga_step
+
+    params, deltas, means, first = P.saga_core()
+    deltas = [P.shard(d, rank) for d in deltas]
+    out["saga_core_direction"] = saga_direction(params, deltas, means, weight_decay=[0.1, 0.0],
+                                                process_group="world")
+    saga_step(params, deltas, means, lr=0.5, weight_decay=[0.1, 0.0], num_examples=P.N_EXAMPLES,
+              first=P.shard(first, rank), process_group="world")
+    out["saga_core"] = {"params": params, "means": means}
+
     rewards = P.shard(P.group_rewards(), rank)
     out["group_loo"] = group_advantages(rewards=rewards, process_group="world")
     out["group_normalized"] = group_advantages(rewards=rewards, normalize=True, process_group="world")

@@ -120,6 +120,18 @@ def test_saga_sharded_table_equals_single_process(ranks: list[dict]) -> None:
         assert_close_tree(state["table"], table[rank::P.WORLD], f"rank {rank} table")
 
 
+def test_saga_functional_core_with_a_process_group_equals_one_process(ranks: list[dict]) -> None:
+    from gradest.optim import saga_direction, saga_step
+
+    params, deltas, means, first = P.saga_core()
+    direction = saga_direction(params, deltas, means, weight_decay=[0.1, 0.0])
+    saga_step(params, deltas, means, lr=0.5, weight_decay=[0.1, 0.0], num_examples=P.N_EXAMPLES, first=first)
+    for key in ("saga_core_direction", "saga_core"):
+        assert_same_on_ranks(ranks, key)
+    assert_close_tree(ranks[0]["saga_core_direction"], direction, "direction")
+    assert_close_tree(ranks[0]["saga_core"], {"params": params, "means": means}, "step")
+
+
 @pytest.mark.parametrize("normalize", [False, True])
 def test_group_advantages_split_over_ranks(ranks: list[dict], normalize: bool) -> None:
     from gradest.rl import group_advantages
