@@ -13,6 +13,7 @@ from gradest.rl.advantages import gae, group_advantages, vtrace
 from gradest.rl.importance import importance_weights, per_decision_importance_weights
 from gradest.rl.losses import policy_gradient_loss
 from gradest.rl.returns import discounted_returns, td_lambda
+from gradest.rl.sequence import kl_estimate, sequence_policy_loss
 
 __all__ = [
     "discounted_returns",
@@ -23,4 +24,7 @@ __all__ = [
     "importance_weights",
     "per_decision_importance_weights",
     "policy_gradient_loss",
+    # sequence models (language-model RL): sequence.py
+    "sequence_policy_loss",
+    "kl_estimate",
 ]

@@ -142,6 +142,26 @@ def test_group_advantages_split_over_ranks(ranks: list[dict], normalize: bool) -
     assert_close_tree(got, expected, key)
 
 
+@pytest.mark.parametrize("name", list(P.SEQUENCE_CONFIGS))
+def test_sequence_loss_with_groups_split_over_ranks_equals_one_process(ranks: list[dict], name: str) -> None:
+    """Each rank holds 6 of the 12 sequences (group 1 spans both): with the group statistics and the token
+    count all-reduced, the mean of the ranks' gradients (what DDP applies) is one process's gradient."""
+    problem = P.sequence_problem()
+    config = P.SEQUENCE_CONFIGS[name]
+    want = P.sequence_gradient(problem, config, slice(None))
+    got = (ranks[0]["sequence_grads"][name] + ranks[1]["sequence_grads"][name]) / P.WORLD
+    assert_close_tree(got, want, name)
+
+
+def test_sequence_loss_errors_are_raised_on_every_rank(ranks: list[dict]) -> None:
+    for rank in range(P.WORLD):
+        errors = ranks[rank]["sequence_errors"]
+        assert "the ranks hold different numbers of sequences" in errors["different_n"]
+        assert "group_size=5 does not divide 2 ranks x N=6 = 12 sequences" in errors["group_size"]
+    assert "rewards contains NaN (1 of 6 elements)" in ranks[1]["sequence_errors"]["nan_on_rank_1"]
+    assert "another rank's input failed validation" in ranks[0]["sequence_errors"]["nan_on_rank_1"]
+
+
 # ------------------------------------------------------------------------------------------------
 # Opting out, errors, and no process group
 # ------------------------------------------------------------------------------------------------
