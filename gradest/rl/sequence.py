@@ -248,8 +248,13 @@ def sequence_policy_loss(
             "compute logp from the model's logits outside torch.no_grad() (log_softmax, then gather)."
         )
     group = resolve(check_process_group(where, process_group))
-    if is_validation_enabled():  # first: with a process group, it checks that every rank has this N
-        _validate(where, logp, mask, m, rewards, tensors, group, N)
+    mf = None if m is None else m.to(logp.dtype)
+    validate = is_validation_enabled()
+    lengths = None  # |y_i|, when needed
+    if mf is not None and (validate or length_norm != "none"):
+        lengths = mf.sum(1)
+    if validate:  # first: with a process group, it checks that every rank has this N
+        _validate(where, logp, mask, lengths, rewards, tensors, group, N)
     R = world_size(group)
     if (R * N) % G:
         total = f"N={N}" if R == 1 else f"{R} ranks x N={N} = {R * N} sequences"
@@ -258,12 +263,21 @@ def sequence_policy_loss(
             f"group_size samples per prompt, contiguous (N = prompts x group_size)."
         )
 
-    mf = None if m is None else m.to(logp.dtype)
+    tokens = None  # Σ_j |y_j|
+    if length_norm == "token":
+        tokens = lengths.sum() if lengths is not None else logp.new_tensor(float(N * L))
     adv, token_adv, tokens = _advantages(logp, mf, rewards, G, advantage, ref_logp, beta, kl, old_logp, ratio,
-                                         group, R)
-    weights, divisor = _weights(logp, mf, length_norm, tokens, R)
+                                         group, R, tokens)
+    # the weight of each sequence's tokens: 1, 1/|y_i|, or N/Σ_j|y_j| (the whole batch's: N·R/Σ over R ranks)
+    row_scale: Tensor | float | None = None
+    if length_norm == "sequence":
+        row_scale = 1.0 / lengths if lengths is not None else 1.0 / L
+    elif length_norm == "token":
+        row_scale = N * R / tokens  # type: ignore[operator]
     tis = None if behaviour_logp is None else _importance_weights(logp, old_logp, behaviour_logp, mf, ratio, tis_cap)
-    kl_in_loss = beta > 0 and kl.endswith("loss")
+    k = None  # the KL terms placed in the loss, differentiable
+    if beta > 0 and kl.endswith("loss") and ref_logp is not None:
+        k = _kl_terms(_masked(logp - stop_gradient(ref_logp), mf), kl[:2])
 
     if ratio == "token":
         a = adv[:, None] if token_adv is None else token_adv
@@ -271,26 +285,22 @@ def sequence_policy_loss(
             per_token = magic_box(logp) * a
         else:
             per_token = _clipped(_masked(logp - stop_gradient(old_logp), mf), a, clip_range)
+        if k is not None:  # ρA − βk
+            per_token = torch.add(per_token, k, alpha=-beta)
         if tis is not None:
             per_token = per_token * tis
-        per_token = -per_token
-        if kl_in_loss:
-            per_token = per_token + _kl_loss(logp, ref_logp, mf, kl[:2], beta, tis)  # type: ignore[arg-type]
-        loss = _reduce(per_token, weights, divisor)
+        loss = -_total(per_token, mf, row_scale) / N
     else:  # one ratio per sequence: log s_i = Σ_t w_it log ρ_it
-        seq_weights = torch.ones_like(logp) if weights is None else weights
-        log_s = (logp * seq_weights).sum(1)
+        log_s = _rows(logp, mf, row_scale)
         if old_logp is not None:
-            log_s = log_s - (stop_gradient(old_logp) * seq_weights).sum(1)
-        if length_norm == "token":  # w_it = N · mask / Σ_j |y_j|
-            log_s = log_s * (N / divisor)
+            log_s = log_s - _rows(stop_gradient(old_logp), mf, row_scale)
         per_seq = magic_box(log_s) * adv if old_logp is None else _clipped(log_s, adv, clip_range)
         if tis is not None:
             per_seq = per_seq * tis
         loss = -per_seq.sum() / N
-        if kl_in_loss:
-            loss = loss + _reduce(_kl_loss(logp, ref_logp, mf, kl[:2], beta, tis),  # type: ignore[arg-type]
-                                  weights, divisor)
+        if k is not None:
+            kl_total = _total(k, mf, row_scale) if tis is None else (_rows(k, mf, row_scale) * tis).sum()
+            loss = loss + beta * kl_total / N
     if is_validation_enabled() and not bool(torch.isfinite(loss.detach())):
         raise ValueError(
             f"{where}: the loss is {float(loss.detach())}: an importance ratio or KL term overflowed "
@@ -364,24 +374,21 @@ def kl_estimate(*, logp: Tensor, ref_logp: Tensor, mask: Tensor | None = None, k
 
 @torch.no_grad()
 def _advantages(logp: Tensor, mf: Tensor | None, rewards: Tensor, G: int, advantage: str, ref_logp: Tensor | None,
-                beta: float, kl: str, old_logp: Tensor | None, ratio: str, group: object,
-                R: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+                beta: float, kl: str, old_logp: Tensor | None, ratio: str, group: object, R: int,
+                tokens: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The sequences' advantages ``[N]``; the tokens' ``[N, L]`` when they differ (the KL-to-go), else None;
-    and Σ_j |y_j| over the (global) batch.
+    and ``tokens`` (this rank's Σ_j |y_j|, or None) summed over the ranks.
 
     T_i = R_i − β Σ_t κ_it with the KL in the reward (κ at the rollout policy), else R_i. The baseline is
     the group's mean, or (rloo) the mean of the other G − 1 returns, (S − T_i)/(G − 1) with S the sum.
     """
-    N, L = logp.shape
-    lengths = logp.new_full((N,), float(L)) if mf is None else mf.sum(1)
     totals = rewards.to(logp.dtype)
     kappa = None
     if beta > 0 and kl.endswith("reward"):
         rollout = logp if old_logp is None else old_logp
         kappa = _kl_terms(_masked(rollout - ref_logp, mf), kl[:2])  # type: ignore[operator]
         totals = totals - beta * kappa.sum(1)
-    means, scale, tokens = _group_statistics(totals, lengths, G, advantage, group, R)
-    baselines = (means * G - totals) / (G - 1) if advantage == "rloo" else means
+    baselines, scale, tokens = _group_statistics(totals, G, advantage, group, R, tokens)
     adv = totals - baselines if scale is None else (totals - baselines) * scale
     if kappa is None or ratio == "sequence" or advantage == "grpo":
         return adv, None, tokens
@@ -390,26 +397,10 @@ def _advantages(logp: Tensor, mf: Tensor | None, rewards: Tensor, G: int, advant
     return adv, (rewards.to(logp.dtype) - baselines)[:, None] - beta * to_go, tokens
 
 
-def _weights(logp: Tensor, mf: Tensor | None, length_norm: str, tokens: Tensor | None,
-             R: int) -> tuple[Tensor | None, Tensor | float]:
-    """Token weights and divisor, the loss being Σ_it weights_it x_it / divisor (None: all ones).
-
-    ``"token"`` divides by Σ_j |y_j| / R: with R ranks, the mean of the ranks' gradients is then the
-    gradient of the whole batch's token mean."""
-    N = logp.shape[0]
-    if length_norm == "none":
-        return mf, float(N)
-    if length_norm == "sequence":
-        lengths = logp.new_full((N, 1), float(logp.shape[1])) if mf is None else mf.sum(1, keepdim=True)
-        return (torch.ones_like(logp) if mf is None else mf) / lengths, float(N)
-    assert tokens is not None
-    return mf, tokens / R
-
-
 @torch.no_grad()
 def _importance_weights(logp: Tensor, old_logp: Tensor | None, behaviour_logp: Tensor, mf: Tensor | None,
                         ratio: str, tis_cap: float | None) -> Tensor:
-    """min(π_old/μ, C) per token ``[N, L]``, or per sequence ``[N, 1]`` (the product over its tokens)."""
+    """min(π_old/μ, C) per token ``[N, L]``, or per sequence ``[N]`` (the product over its tokens)."""
     log_w = _masked((logp if old_logp is None else old_logp) - behaviour_logp, mf)
     w = log_w.exp() if ratio == "token" else log_w.sum(1).exp()
     return w if tis_cap is None else w.clamp(max=tis_cap)
@@ -429,15 +420,6 @@ def _kl_terms(delta: Tensor, kind: str) -> Tensor:
     return torch.expm1(-delta) + delta
 
 
-def _kl_loss(logp: Tensor, ref_logp: Tensor, mf: Tensor | None, kind: str, beta: float,
-             tis: Tensor | None) -> Tensor:
-    """β k_t of ``logp`` (differentiable), importance-weighted like the policy term."""
-    terms = beta * _kl_terms(_masked(logp - stop_gradient(ref_logp), mf), kind)
-    if tis is not None:
-        terms = terms * (tis if tis.dim() == 2 else tis[:, None])
-    return terms
-
-
 def _clipped(log_ratio: Tensor, adv: Tensor, clip_range: tuple[float, float] | None) -> Tensor:
     """ρA, or PPO's pessimistic min(ρA, clip(ρ, lo, hi)A) = min(ρ, hi)A for A ≥ 0 and max(ρ, lo)A for A < 0.
 
@@ -450,38 +432,49 @@ def _clipped(log_ratio: Tensor, adv: Tensor, clip_range: tuple[float, float] | N
     return torch.exp(bounded) * adv
 
 
-def _reduce(per_token: Tensor, weights: Tensor | None, divisor: Tensor | float) -> Tensor:
-    """Σ_it w_it x_it / divisor."""
-    total = per_token.sum() if weights is None else (per_token * weights).sum()
-    return total / divisor
+def _rows(x: Tensor, mf: Tensor | None, scale: Tensor | float | None) -> Tensor:
+    """``[N]``: Σ_t mask_it x_it, times the sequence's weight ``scale`` (None: 1)."""
+    rows = (x if mf is None else x * mf).sum(1)
+    return rows if scale is None else rows * scale
 
 
-def _group_statistics(totals: Tensor, lengths: Tensor, G: int, advantage: str,
-                      group: object, R: int) -> tuple[Tensor, Tensor | None, Tensor]:
-    """Per sequence: its group's mean return and, for grpo, 1/(std + ε); and Σ_j |y_j| over the batch.
-    With a process group the groups are those of the ranks' concatenated batches (one all-reduce, two
-    for grpo)."""
+def _total(x: Tensor, mf: Tensor | None, scale: Tensor | float | None) -> Tensor:
+    """Σ_i scale_i Σ_t mask_it x_it."""
+    if scale is None or not isinstance(scale, Tensor) or scale.dim() == 0:
+        total = (x if mf is None else x * mf).sum()
+        return total if scale is None else total * scale
+    return _rows(x, mf, scale).sum()
+
+
+def _group_statistics(totals: Tensor, G: int, advantage: str, group: object, R: int,
+                      tokens: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Per sequence: its baseline (rloo: the mean of the group's other returns; else the group's mean)
+    and, for grpo, 1/(std + ε); and ``tokens`` summed over the ranks. With a process group the groups are
+    those of the ranks' concatenated batches (one all-reduce, two for grpo)."""
     N = totals.shape[0]
     if group is None:
         t = totals.reshape(-1, G)
-        mean = t.mean(1, keepdim=True)
-        scale = None
-        if advantage == "grpo":
-            scale = 1.0 / (t.std(1, keepdim=True) + STD_EPS)
-            scale = scale.expand(-1, G).reshape(N)
-        return mean.expand(-1, G).reshape(N), scale, lengths.sum()
+        sums = t.sum(1, keepdim=True)
+        baselines = ((sums - t) / (G - 1) if advantage == "rloo" else (sums / G).expand(-1, G)).reshape(N)
+        if advantage != "grpo":
+            return baselines, None, tokens
+        return baselines, (1.0 / (t.std(1, keepdim=True) + STD_EPS)).expand(-1, G).reshape(N), tokens
     # the ranks' batches concatenated: sequence i of rank r is number r·N + i, in group (r·N + i) // G
     ids = torch.div(torch.arange(N, device=totals.device) + rank(group) * N, G, rounding_mode="floor")
     P = R * N // G
-    sums = totals.new_zeros(P).index_add_(0, ids, totals)
-    sums, tokens = all_reduce_flat([sums, lengths.sum()], group)
-    mean = (sums / G)[ids]
-    scale = None
-    if advantage == "grpo":  # two passes, as torch.std: Σ (T − mean)² over every rank
-        squares = totals.new_zeros(P).index_add_(0, ids, (totals - mean).square())
-        (squares,) = all_reduce_flat([squares], group)
-        scale = 1.0 / ((squares / (G - 1)).sqrt() + STD_EPS)[ids]
-    return mean, scale, tokens
+    local = totals.new_zeros(P).index_add_(0, ids, totals)
+    if tokens is None:
+        (sums,) = all_reduce_flat([local], group)
+    else:
+        sums, tokens = all_reduce_flat([local, tokens], group)
+    group_sums = sums[ids]
+    baselines = (group_sums - totals) / (G - 1) if advantage == "rloo" else group_sums / G
+    if advantage != "grpo":
+        return baselines, None, tokens
+    # two passes, as torch.std: Σ (T − mean)² over every rank
+    local = totals.new_zeros(P).index_add_(0, ids, (totals - group_sums / G).square())
+    (squares,) = all_reduce_flat([local], group)
+    return baselines, 1.0 / ((squares / (G - 1)).sqrt() + STD_EPS)[ids], tokens
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -623,14 +616,17 @@ def _check_clip(where: str, clip: object) -> tuple[float, float] | None:
     return 1.0 - float(low), 1.0 + float(high)
 
 
-def _validate(where: str, logp: Tensor, mask: Tensor | None, m: Tensor | None, rewards: Tensor,
+def _validate(where: str, logp: Tensor, mask: Tensor | None, lengths: Tensor | None, rewards: Tensor,
               tensors: dict[str, Tensor | None], group: object, N: int) -> None:
-    """The checks that read values (one sync): finite inputs, no empty mask row, a 0/1 mask; with a
-    process group, every rank learns whether any rank failed, so all raise together."""
-    problem = None
+    """The checks that read values, in one sync: finite inputs (a finite sum means finite elements; the
+    elements are counted only on failure), no empty mask row, a 0/1 mask. With a process group, every
+    rank learns whether any rank failed, so that all raise together."""
     named = [("rewards", rewards), ("logp", logp)] + [(k, v) for k, v in tensors.items() if v is not None]
-    for name, value in named:
-        if not bool(torch.isfinite(value.detach().sum())):
+    pieces = [v.detach().sum().to(logp.dtype) for _, v in named]
+    sums = torch.stack(pieces if lengths is None else pieces + [lengths.min()]).tolist()
+    problem = None
+    for (name, value), total in zip(named, sums):
+        if not math.isfinite(total):
             bad = describe_nonfinite(value)
             if bad:
                 fix = "check the reward function for these sequences." if name == "rewards" else _FINITE_FIX
@@ -638,13 +634,11 @@ def _validate(where: str, logp: Tensor, mask: Tensor | None, m: Tensor | None, r
                 break
     if problem is None and mask is not None and mask.dtype != torch.bool:
         problem = _binary_problem(where, mask)
-    if problem is None and m is not None:
-        empty = ~m.any(1)
-        if bool(empty.any()):
-            rows = empty.nonzero().flatten()
-            problem = (f"{where}: mask has no generated token in {rows.numel()} row(s), first row {int(rows[0])}; "
-                       "every sequence needs at least one token (keep the end-of-sequence token in the mask), "
-                       "or drop the empty rows with their whole group.")
+    if problem is None and lengths is not None and sums[-1] == 0:
+        rows = (lengths == 0).nonzero().flatten()
+        problem = (f"{where}: mask has no generated token in {rows.numel()} row(s), first row {int(rows[0])}; "
+                   "every sequence needs at least one token (keep the end-of-sequence token in the mask), "
+                   "or drop the empty rows with their whole group.")
     if group is not None:
         # one fixed-size collective before the statistics: N must agree (their size depends on it)
         n, n2, failed = all_reduce_flat([logp.new_tensor([float(N), float(N) ** 2, float(problem is not None)],

@@ -304,3 +304,29 @@ def test_kl_in_the_loss_equals_the_fixed_prefix_kl_gradient_exactly(kl: str, obj
 def test_k3_loss_under_sequence_norm_is_the_length_weighted_sum_exactly() -> None:
     torch.testing.assert_close(_enumerated_kl_gradient("k3-loss", "sequence"), exact(k3_per_length),
                                rtol=1e-9, atol=1e-12)
+
+
+# --- kl_estimate: k1 and k3 are unbiased for the sequence KL, k2 is not -------------------------------
+
+def _kl_draws(kind: str, seed: int = 0) -> Tensor:
+    """``[R, P]``: Σ_t k_t of one sequence per prompt and replication (y ∼ π_θ)."""
+    from gradest.rl import kl_estimate
+
+    ids = TOY.sample(TOY.theta, R, 1, torch.Generator().manual_seed(seed))
+    b = TOY.batch(ids)
+    k = kl_estimate(logp=b.logp.detach(), ref_logp=TOY.logp_of(TOY.ref, ids), mask=b.mask, kind=kind)
+    return k.sum(1).reshape(R, TOY.P)
+
+
+@pytest.mark.parametrize("kind", ["k1", "k3"])
+def test_kl_estimate_k1_and_k3_are_unbiased_for_the_sequence_kl(kind: str) -> None:
+    assert_unbiased(_kl_draws(kind), TOY.kl_sequence(TOY.theta))
+
+
+def test_kl_estimate_k2_is_biased_by_what_enumeration_says() -> None:
+    delta = TOY.token_logp(TOY.theta) - TOY.token_logp(TOY.ref)
+    expected_k2 = (TOY.probs(TOY.theta) * (0.5 * delta.square()).sum(-1)).sum(-1)
+    draws = _kl_draws("k2")
+    assert_unbiased(draws, expected_k2)
+    with pytest.raises(AssertionError, match="biased at"):
+        assert_unbiased(draws, TOY.kl_sequence(TOY.theta))
