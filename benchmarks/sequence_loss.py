@@ -14,8 +14,10 @@ configuration — gradest with validation on (its default: one sync for the fini
 one for the loss), gradest with ``gradest.set_validation(False)``, and the hand-written loss — run in
 one process, interleaved: every round times each (configuration, implementation) pair once, in an order
 reshuffled every round (seeded), after a warm-up round; one thread (``OMP_NUM_THREADS=1`` before torch
-loads, and ``torch.set_num_threads(1)``). Reported: median time per call and the ratios to the
-hand-written loss.
+loads, and ``torch.set_num_threads(1)``). Reported: median time per call, the ratios to the
+hand-written loss, and the minor page faults per call (on the CPU, each large temporary that glibc's
+malloc has to map afresh costs a page fault per 4 KiB; the number of live ``[N, L]`` temporaries, not
+only the arithmetic, sets the time).
 
 Run (about a minute on a 2-core CPU):
 
@@ -40,6 +42,11 @@ from collections.abc import Callable  # noqa: E402
 
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
+
+try:  # page-fault counts (Unix)
+    import resource  # noqa: E402
+except ImportError:  # pragma: no cover
+    resource = None  # type: ignore[assignment]
 
 import gradest  # noqa: E402
 from gradest.rl import sequence_policy_loss  # noqa: E402
@@ -219,13 +226,20 @@ def check(d: Data, name: str) -> tuple[float, float]:
     return float((a - b).abs()), float((ga - gb).abs().max())
 
 
-def timed(fn: Callable[[], Tensor], d: Data, validate: bool) -> float:
+def _faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is missing)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
+
+
+def timed(fn: Callable[[], Tensor], d: Data, validate: bool) -> tuple[float, int]:
+    """Seconds and minor page faults of one call (zero_grad, loss, backward)."""
     gradest.set_validation(validate)
     try:
+        faults = _faults()
         start = time.perf_counter()
         d.logp.grad = None
         fn().backward()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, _faults() - faults
     finally:
         gradest.set_validation(True)
 
@@ -241,6 +255,7 @@ def run(d: Data, names: list[str], rounds: int, seed: int = 0, log: Callable[[st
         hand = CONFIGS[name][1]
         calls[(name, "hand-written")] = ((lambda hand=hand: hand(d)), True)
     times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+    faults: dict[tuple[str, str], list[int]] = {key: [] for key in calls}
     order = list(calls)
     rng = random.Random(seed)
     for key in order:  # warm-up round
@@ -248,7 +263,9 @@ def run(d: Data, names: list[str], rounds: int, seed: int = 0, log: Callable[[st
     for r in range(rounds):
         rng.shuffle(order)
         for key in order:
-            times[key].append(timed(calls[key][0], d, calls[key][1]))
+            seconds, page_faults = timed(calls[key][0], d, calls[key][1])
+            times[key].append(seconds)
+            faults[key].append(page_faults)
         if (r + 1) % max(1, rounds // 5) == 0:
             log(f"  round {r + 1}/{rounds}")
     result = {}
@@ -257,17 +274,20 @@ def run(d: Data, names: list[str], rounds: int, seed: int = 0, log: Callable[[st
         loss_diff, grad_diff = check(d, name)
         result[name] = {"median_ms": medians,
                         "ratio": {impl: medians[impl] / medians["hand-written"] for impl in IMPLS},
+                        "page_faults_per_call": {impl: statistics.mean(faults[(name, impl)]) for impl in IMPLS},
                         "max_abs_diff_loss": loss_diff, "max_abs_diff_grad": grad_diff}
     return result
 
 
 def table(result: dict) -> str:
-    lines = ["| configuration | hand-written (ms) | gradest (ms) | ratio | validation off (ms) | ratio |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| configuration | hand-written (ms) | gradest (ms) | ratio | validation off (ms) | ratio | "
+             "page faults per call (hand / gradest) |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in result.items():
-        m, q = r["median_ms"], r["ratio"]
+        m, q, f = r["median_ms"], r["ratio"], r["page_faults_per_call"]
         lines.append(f"| {name} | {m['hand-written']:.2f} | {m['gradest']:.2f} | {q['gradest']:.3f} | "
-                     f"{m['gradest (validation off)']:.2f} | {q['gradest (validation off)']:.3f} |")
+                     f"{m['gradest (validation off)']:.2f} | {q['gradest (validation off)']:.3f} | "
+                     f"{f['hand-written']:.0f} / {f['gradest']:.0f} |")
     return "\n".join(lines)
 
 

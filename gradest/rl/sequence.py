@@ -186,7 +186,9 @@ def sequence_policy_loss(
             ``ref_logp``, ``tis_cap`` without ``behaviour_logp``, ``logp`` without a gradient while grad
             mode is on, devices that differ; while validation is on, non-finite rewards or
             log-probabilities, a mask row without a token, mask values other than 0 and 1, ranks with
-            different N, or a loss that overflowed.
+            different N, or a loss that overflowed. These value checks cost one sync, after the loss is
+            computed (with a process group, one collective before it, so that all ranks raise
+            together); an input the loss does not use (``ref_logp`` with ``kl_coef=0``) is not read.
 
     Example:
         >>> import torch
@@ -253,8 +255,10 @@ def sequence_policy_loss(
     lengths = None  # |y_i|, when needed
     if mf is not None and (validate or length_norm != "none"):
         lengths = mf.sum(1)
-    if validate:  # first: with a process group, it checks that every rank has this N
-        _validate(where, logp, mask, lengths, rewards, tensors, group, N)
+    if validate and mask is not None and mask.dtype != torch.bool:
+        _raise(_binary_problem(where, mask))
+    if validate and group is not None:  # first, so that every rank raises together (and has this N)
+        _validate_ranks(where, logp, lengths, rewards, tensors, group, N)
     R = world_size(group)
     if (R * N) % G:
         total = f"N={N}" if R == 1 else f"{R} ranks x N={N} = {R * N} sequences"
@@ -268,12 +272,13 @@ def sequence_policy_loss(
         tokens = lengths.sum() if lengths is not None else logp.new_tensor(float(N * L))
     adv, token_adv, tokens = _advantages(logp, mf, rewards, G, advantage, ref_logp, beta, kl, old_logp, ratio,
                                          group, R, tokens)
-    # the weight of each sequence's tokens: 1, 1/|y_i|, or N/Σ_j|y_j| (the whole batch's: N·R/Σ over R ranks)
-    row_scale: Tensor | float | None = None
-    if length_norm == "sequence":
-        row_scale = 1.0 / lengths if lengths is not None else 1.0 / L
+    # the weight of sequence i's tokens: 1, 1/|y_i| (divide), or N/Σ_j|y_j| (the whole batch's: N·R/Σ over R ranks)
+    divide = lengths if length_norm == "sequence" else None
+    scale: Tensor | float | None = None
+    if length_norm == "sequence" and lengths is None:
+        scale = 1.0 / L
     elif length_norm == "token":
-        row_scale = N * R / tokens  # type: ignore[operator]
+        scale = N * R / tokens  # type: ignore[operator]
     tis = None if behaviour_logp is None else _importance_weights(logp, old_logp, behaviour_logp, mf, ratio, tis_cap)
     k = None  # the KL terms placed in the loss, differentiable
     if beta > 0 and kl.endswith("loss") and ref_logp is not None:
@@ -289,24 +294,31 @@ def sequence_policy_loss(
             per_token = torch.add(per_token, k, alpha=-beta)
         if tis is not None:
             per_token = per_token * tis
-        loss = -_total(per_token, mf, row_scale) / N
+        loss = -_total(per_token, mf, divide, scale) / N
     else:  # one ratio per sequence: log s_i = Σ_t w_it log ρ_it
-        log_s = _rows(logp, mf, row_scale)
-        if old_logp is not None:
-            log_s = log_s - _rows(stop_gradient(old_logp), mf, row_scale)
-        per_seq = magic_box(log_s) * adv if old_logp is None else _clipped(log_s, adv, clip_range)
+        if old_logp is None:
+            per_seq = magic_box(_rows(logp, mf, divide, scale)) * adv
+        else:
+            per_seq = _clipped(_rows(logp - stop_gradient(old_logp), mf, divide, scale), adv, clip_range)
         if tis is not None:
             per_seq = per_seq * tis
         loss = -per_seq.sum() / N
         if k is not None:
-            kl_total = _total(k, mf, row_scale) if tis is None else (_rows(k, mf, row_scale) * tis).sum()
+            kl_total = _total(k, mf, divide, scale) if tis is None else (_rows(k, mf, divide, scale) * tis).sum()
             loss = loss + beta * kl_total / N
-    if is_validation_enabled() and not bool(torch.isfinite(loss.detach())):
-        raise ValueError(
-            f"{where}: the loss is {float(loss.detach())}: an importance ratio or KL term overflowed "
-            f"({logp.dtype}): the policy has moved far from old_logp, behaviour_logp or ref_logp; clip the ratios "
-            "(clip=, tis_cap=) or refresh old_logp more often."
-        )
+    if validate:
+        # One sync for every value check. A NaN or ±inf in logp, ref_logp or rewards makes the loss NaN or
+        # ±inf (masked positions too: 0 · NaN = NaN); one in old_logp or behaviour_logp can instead vanish in
+        # a clipped or truncated ratio (exp(−inf) = 0), so their sums are checked. The inputs are scanned
+        # only when something is wrong.
+        checks = [loss.detach()] + ([lengths.min()] if lengths is not None else [])
+        checks += [v.detach().sum() for v in (old_logp, behaviour_logp) if v is not None]
+        values = torch.stack([c if c.dtype == logp.dtype else c.to(logp.dtype) for c in checks]).tolist()
+        if not all(math.isfinite(v) for v in values) or (lengths is not None and values[1] == 0):
+            _raise(_problem(where, rewards, logp, tensors, lengths) or (
+                f"{where}: the loss is {values[0]}: an importance ratio or KL term overflowed ({logp.dtype}): the "
+                "policy has moved far from old_logp, behaviour_logp or ref_logp; clip the ratios (clip=, "
+                "tis_cap=) or refresh old_logp more often."))
     return loss
 
 
@@ -372,7 +384,6 @@ def kl_estimate(*, logp: Tensor, ref_logp: Tensor, mask: Tensor | None = None, k
 # ---------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def _advantages(logp: Tensor, mf: Tensor | None, rewards: Tensor, G: int, advantage: str, ref_logp: Tensor | None,
                 beta: float, kl: str, old_logp: Tensor | None, ratio: str, group: object, R: int,
                 tokens: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -382,26 +393,27 @@ def _advantages(logp: Tensor, mf: Tensor | None, rewards: Tensor, G: int, advant
     T_i = R_i − β Σ_t κ_it with the KL in the reward (κ at the rollout policy), else R_i. The baseline is
     the group's mean, or (rloo) the mean of the other G − 1 returns, (S − T_i)/(G − 1) with S the sum.
     """
-    totals = rewards.to(logp.dtype)
+    # every input detached: no autograd graph (cheaper than torch.no_grad()'s context)
+    rewards = stop_gradient(rewards if rewards.dtype == logp.dtype else rewards.to(logp.dtype))
+    totals = rewards
     kappa = None
-    if beta > 0 and kl.endswith("reward"):
-        rollout = logp if old_logp is None else old_logp
-        kappa = _kl_terms(_masked(rollout - ref_logp, mf), kl[:2])  # type: ignore[operator]
+    if beta > 0 and kl.endswith("reward") and ref_logp is not None:
+        rollout = stop_gradient(logp if old_logp is None else old_logp)
+        kappa = _kl_terms(_masked(rollout - stop_gradient(ref_logp), mf), kl[:2])
         totals = totals - beta * kappa.sum(1)
-    baselines, scale, tokens = _group_statistics(totals, G, advantage, group, R, tokens)
-    adv = totals - baselines if scale is None else (totals - baselines) * scale
-    if kappa is None or ratio == "sequence" or advantage == "grpo":
+    to_go = kappa is not None and ratio == "token" and advantage != "grpo"  # per-token advantages
+    adv, baselines, tokens = _group_advantages(totals, G, advantage, group, R, tokens, to_go)
+    if kappa is None or baselines is None:
         return adv, None, tokens
     # the KL-to-go: Σ_{s≥t} κ_s = Σ_s κ_s − Σ_{s<t} κ_s
-    to_go = kappa.sum(1, keepdim=True) - kappa.cumsum(1) + kappa
-    return adv, (rewards.to(logp.dtype) - baselines)[:, None] - beta * to_go, tokens
+    kl_to_go = kappa.sum(1, keepdim=True) - kappa.cumsum(1) + kappa
+    return adv, (rewards - baselines)[:, None] - beta * kl_to_go, tokens
 
 
-@torch.no_grad()
 def _importance_weights(logp: Tensor, old_logp: Tensor | None, behaviour_logp: Tensor, mf: Tensor | None,
                         ratio: str, tis_cap: float | None) -> Tensor:
-    """min(π_old/μ, C) per token ``[N, L]``, or per sequence ``[N]`` (the product over its tokens)."""
-    log_w = _masked((logp if old_logp is None else old_logp) - behaviour_logp, mf)
+    """min(π_old/μ, C) per token ``[N, L]``, or per sequence ``[N]`` (the product over its tokens), detached."""
+    log_w = _masked(stop_gradient(logp if old_logp is None else old_logp) - stop_gradient(behaviour_logp), mf)
     w = log_w.exp() if ratio == "token" else log_w.sum(1).exp()
     return w if tis_cap is None else w.clamp(max=tis_cap)
 
@@ -432,33 +444,37 @@ def _clipped(log_ratio: Tensor, adv: Tensor, clip_range: tuple[float, float] | N
     return torch.exp(bounded) * adv
 
 
-def _rows(x: Tensor, mf: Tensor | None, scale: Tensor | float | None) -> Tensor:
-    """``[N]``: Σ_t mask_it x_it, times the sequence's weight ``scale`` (None: 1)."""
+def _rows(x: Tensor, mf: Tensor | None, divide: Tensor | None, scale: Tensor | float | None) -> Tensor:
+    """``[N]``: Σ_t mask_it x_it, divided by ``divide`` ``[N]`` and times ``scale`` (None: neither)."""
     rows = (x if mf is None else x * mf).sum(1)
+    if divide is not None:
+        rows = rows / divide
     return rows if scale is None else rows * scale
 
 
-def _total(x: Tensor, mf: Tensor | None, scale: Tensor | float | None) -> Tensor:
-    """Σ_i scale_i Σ_t mask_it x_it."""
-    if scale is None or not isinstance(scale, Tensor) or scale.dim() == 0:
-        total = (x if mf is None else x * mf).sum()
-        return total if scale is None else total * scale
-    return _rows(x, mf, scale).sum()
+def _total(x: Tensor, mf: Tensor | None, divide: Tensor | None, scale: Tensor | float | None) -> Tensor:
+    """Σ_i of :func:`_rows`."""
+    if divide is not None:
+        return _rows(x, mf, divide, scale).sum()
+    total = (x if mf is None else x * mf).sum()
+    return total if scale is None else total * scale
 
 
-def _group_statistics(totals: Tensor, G: int, advantage: str, group: object, R: int,
-                      tokens: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Per sequence: its baseline (rloo: the mean of the group's other returns; else the group's mean)
-    and, for grpo, 1/(std + ε); and ``tokens`` summed over the ranks. With a process group the groups are
-    those of the ranks' concatenated batches (one all-reduce, two for grpo)."""
+def _group_advantages(totals: Tensor, G: int, advantage: str, group: object, R: int, tokens: Tensor | None,
+                      need_baselines: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``[N]`` advantages of the returns in their groups; the baselines when asked (rloo: the mean of the
+    group's other returns; mean: the group's mean); and ``tokens`` summed over the ranks. With a process
+    group the groups are those of the ranks' concatenated batches (one all-reduce, two for grpo)."""
     N = totals.shape[0]
     if group is None:
         t = totals.reshape(-1, G)
-        sums = t.sum(1, keepdim=True)
-        baselines = ((sums - t) / (G - 1) if advantage == "rloo" else (sums / G).expand(-1, G)).reshape(N)
-        if advantage != "grpo":
-            return baselines, None, tokens
-        return baselines, (1.0 / (t.std(1, keepdim=True) + STD_EPS)).expand(-1, G).reshape(N), tokens
+        if advantage == "rloo":
+            b = (t.sum(1, keepdim=True) - t) / (G - 1)
+            return (t - b).reshape(N), (b.reshape(N) if need_baselines else None), tokens
+        mean = t.mean(1, keepdim=True)
+        if advantage == "mean":
+            return (t - mean).reshape(N), (mean.expand(-1, G).reshape(N) if need_baselines else None), tokens
+        return ((t - mean) / (t.std(1, keepdim=True) + STD_EPS)).reshape(N), None, tokens
     # the ranks' batches concatenated: sequence i of rank r is number r·N + i, in group (r·N + i) // G
     ids = torch.div(torch.arange(N, device=totals.device) + rank(group) * N, G, rounding_mode="floor")
     P = R * N // G
@@ -468,13 +484,15 @@ def _group_statistics(totals: Tensor, G: int, advantage: str, group: object, R: 
     else:
         sums, tokens = all_reduce_flat([local, tokens], group)
     group_sums = sums[ids]
-    baselines = (group_sums - totals) / (G - 1) if advantage == "rloo" else group_sums / G
-    if advantage != "grpo":
-        return baselines, None, tokens
+    if advantage == "rloo":
+        baselines = (group_sums - totals) / (G - 1)
+        return totals - baselines, baselines, tokens
+    centred = totals - group_sums / G
+    if advantage == "mean":
+        return centred, totals - centred, tokens
     # two passes, as torch.std: Σ (T − mean)² over every rank
-    local = totals.new_zeros(P).index_add_(0, ids, (totals - group_sums / G).square())
-    (squares,) = all_reduce_flat([local], group)
-    return baselines, 1.0 / ((squares / (G - 1)).sqrt() + STD_EPS)[ids], tokens
+    (squares,) = all_reduce_flat([totals.new_zeros(P).index_add_(0, ids, centred.square())], group)
+    return centred / ((squares / (G - 1)).sqrt() + STD_EPS)[ids], None, tokens
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -616,38 +634,44 @@ def _check_clip(where: str, clip: object) -> tuple[float, float] | None:
     return 1.0 - float(low), 1.0 + float(high)
 
 
-def _validate(where: str, logp: Tensor, mask: Tensor | None, lengths: Tensor | None, rewards: Tensor,
-              tensors: dict[str, Tensor | None], group: object, N: int) -> None:
-    """The checks that read values, in one sync: finite inputs (a finite sum means finite elements; the
-    elements are counted only on failure), no empty mask row, a 0/1 mask. With a process group, every
-    rank learns whether any rank failed, so that all raise together."""
-    named = [("rewards", rewards), ("logp", logp)] + [(k, v) for k, v in tensors.items() if v is not None]
-    pieces = [v.detach().sum().to(logp.dtype) for _, v in named]
-    sums = torch.stack(pieces if lengths is None else pieces + [lengths.min()]).tolist()
-    problem = None
-    for (name, value), total in zip(named, sums):
-        if not math.isfinite(total):
-            bad = describe_nonfinite(value)
-            if bad:
-                fix = "check the reward function for these sequences." if name == "rewards" else _FINITE_FIX
-                problem = f"{where}: {name} contains {bad}; {fix}"
-                break
-    if problem is None and mask is not None and mask.dtype != torch.bool:
-        problem = _binary_problem(where, mask)
-    if problem is None and lengths is not None and sums[-1] == 0:
-        rows = (lengths == 0).nonzero().flatten()
-        problem = (f"{where}: mask has no generated token in {rows.numel()} row(s), first row {int(rows[0])}; "
-                   "every sequence needs at least one token (keep the end-of-sequence token in the mask), "
-                   "or drop the empty rows with their whole group.")
-    if group is not None:
-        # one fixed-size collective before the statistics: N must agree (their size depends on it)
-        n, n2, failed = all_reduce_flat([logp.new_tensor([float(N), float(N) ** 2, float(problem is not None)],
-                                                         dtype=torch.float64)], group)[0].tolist()
-        R = world_size(group)
-        if problem is None and failed > 0:
-            problem = f"{where}: another rank's input failed validation (see its error)."
-        if problem is None and abs(R * n2 - n * n) > 0.5:
-            problem = (f"{where}: the ranks hold different numbers of sequences (this rank N={N}, mean "
-                       f"{n / R:g}); with a process group every rank passes the same N.")
+def _raise(problem: str | None) -> None:
     if problem is not None:
         raise ValueError(problem)
+
+
+def _problem(where: str, rewards: Tensor, logp: Tensor, tensors: dict[str, Tensor | None],
+             lengths: Tensor | None) -> str | None:
+    """The error for non-finite inputs or an empty mask row, or None (the slow path: reads every input)."""
+    for name, value in [("rewards", rewards), ("logp", logp)] + list(tensors.items()):
+        bad = "" if value is None else describe_nonfinite(value)
+        if bad:
+            fix = "check the reward function for these sequences." if name == "rewards" else _FINITE_FIX
+            return f"{where}: {name} contains {bad}; {fix}"
+    if lengths is not None and bool((lengths == 0).any()):
+        rows = (lengths == 0).nonzero().flatten()
+        return (f"{where}: mask has no generated token in {rows.numel()} row(s), first row {int(rows[0])}; every "
+                "sequence needs at least one token (keep the end-of-sequence token in the mask), or drop the empty "
+                "rows with their whole group.")
+    return None
+
+
+def _validate_ranks(where: str, logp: Tensor, lengths: Tensor | None, rewards: Tensor,
+                    tensors: dict[str, Tensor | None], group: object, N: int) -> None:
+    """With a process group, the value checks run before the statistics are all-reduced, and one fixed-size
+    collective tells every rank whether any rank failed (and that all have the same N: the statistics'
+    collective has a size that depends on it), so that all raise together and none waits."""
+    named = [rewards, logp] + [v for v in tensors.values() if v is not None]
+    pieces = [v.detach().sum().to(torch.float64) for v in named]
+    sums = torch.stack(pieces if lengths is None else pieces + [lengths.min().to(torch.float64)]).tolist()
+    finite = all(math.isfinite(v) for v in sums[:len(named)])
+    problem = None if finite and (lengths is None or sums[-1] > 0) else _problem(where, rewards, logp, tensors,
+                                                                                 lengths)
+    n, n2, failed = all_reduce_flat([logp.new_tensor([float(N), float(N) ** 2, float(problem is not None)],
+                                                     dtype=torch.float64)], group)[0].tolist()
+    R = world_size(group)
+    if problem is None and failed > 0:
+        problem = f"{where}: another rank's input failed validation (see its error)."
+    if problem is None and abs(R * n2 - n * n) > 0.5:
+        problem = (f"{where}: the ranks hold different numbers of sequences (this rank N={N}, mean {n / R:g}); "
+                   "with a process group every rank passes the same N.")
+    _raise(problem)

@@ -176,3 +176,13 @@ def test_random_misuse_gives_a_finite_gradient_or_a_named_error(P, L, G, data, a
         return
     (grad,) = torch.autograd.grad(loss, logp)
     assert torch.isfinite(loss) and torch.isfinite(grad).all(), (loss, grad)
+
+
+@pytest.mark.parametrize("name", ["old_logp", "behaviour_logp"])
+@pytest.mark.parametrize("value", [math.inf, -math.inf])
+def test_an_infinite_ratio_that_a_clip_or_cap_would_hide_is_refused(name: str, value: float) -> None:
+    """exp(logp − inf) = 0 and min(inf, C) = C: without its own check, such an input would vanish silently."""
+    args = _args(old_logp=torch.full((4, 3), -1.0), behaviour_logp=torch.full((4, 3), -1.0))
+    args[name][1, 1] = value
+    with pytest.raises(ValueError, match=rf"sequence_policy_loss: {name} contains [+-]inf \(1 of 12 elements\)"):
+        sequence_policy_loss(**args, clip=0.2, tis_cap=2.0)
