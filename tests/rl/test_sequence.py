@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from gradest.rl import group_advantages, kl_estimate, sequence_policy_loss
 from gradest.rl.sequence import ADVANTAGES, KLS, LENGTH_NORMS, RATIOS
 
-from . import references as ref
+from . import sequence_reference as ref
 
 DEVICES = [
     "cpu",
@@ -197,6 +197,15 @@ def test_dtype_and_device_are_kept(dtype: torch.dtype, device: str) -> None:
     tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {}
     torch.testing.assert_close(loss.double().cpu(), want[0], **tol)
     torch.testing.assert_close(grad.double().cpu(), want[1], **tol)
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    from gradest.rl import sequence
+
+    result = doctest.testmod(sequence)
+    assert result.failed == 0 and result.attempted > 0
 
 
 def test_without_grad_mode_the_loss_can_be_logged() -> None:
