@@ -68,8 +68,8 @@ def sequence_policy_loss(
             + \beta\,k_{it}\Bigr),
         \qquad \rho_{it} = \frac{\pi_\theta(y_{it}|\cdot)}{\pi_{\text{old}}(y_{it}|\cdot)},
 
-    where ``ρ`` is DiCE's magic box of ``logp`` (value 1, gradient ∇ log π_θ) without ``old_logp``, and
-    there is no min without ``clip``. With ``ratio="sequence"`` the policy term is one per sequence,
+    where ``ρ`` is DiCE's magic box of ``logp`` (value 1, gradient ∇ log π_θ) without ``old_logp`` (so a
+    clip never binds then), and there is no min without ``clip``. With ``ratio="sequence"`` the policy term is one per sequence,
     :math:`-\tau_i\min(s_i A_i, \mathrm{clip}(s_i) A_i)` with :math:`\log s_i = \sum_t w_{it}
     \log\rho_{it}`: GSPO's ratio for ``length_norm="sequence"``, the sequence likelihood ratio for
     ``"none"``.
@@ -369,7 +369,7 @@ def kl_estimate(*, logp: Tensor, ref_logp: Tensor, mask: Tensor | None = None, k
     m = _check_mask(where, mask, logp)
     if is_validation_enabled():
         for name, value in (("logp", logp), ("ref_logp", ref_logp)):
-            bad = describe_nonfinite(value)
+            bad = "" if math.isfinite(float(value.detach().sum())) else describe_nonfinite(value)
             if bad:
                 raise ValueError(f"{where}: {name} contains {bad}; {_FINITE_FIX}")
         problem = None if mask is None or mask.dtype == torch.bool else _binary_problem(where, mask)
@@ -403,7 +403,7 @@ def _advantages(logp: Tensor, mf: Tensor | None, rewards: Tensor, G: int, advant
         totals = totals - beta * kappa.sum(1)
     to_go = kappa is not None and ratio == "token" and advantage != "grpo"  # per-token advantages
     adv, baselines, tokens = _group_advantages(totals, G, advantage, group, R, tokens, to_go)
-    if kappa is None or baselines is None:
+    if kappa is None or baselines is None or not to_go:
         return adv, None, tokens
     # the KL-to-go: Σ_{s≥t} κ_s = Σ_s κ_s − Σ_{s<t} κ_s
     kl_to_go = kappa.sum(1, keepdim=True) - kappa.cumsum(1) + kappa
