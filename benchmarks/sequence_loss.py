@@ -285,7 +285,8 @@ def table(result: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, r in result.items():
         m, q, f = r["median_ms"], r["ratio"], r["page_faults_per_call"]
-        lines.append(f"| {name} | {m['hand-written']:.2f} | {m['gradest']:.2f} | {q['gradest']:.3f} | "
+        cell = name.replace("|", "\\|")  # a markdown table: |y| would end the cell
+        lines.append(f"| {cell} | {m['hand-written']:.2f} | {m['gradest']:.2f} | {q['gradest']:.3f} | "
                      f"{m['gradest (validation off)']:.2f} | {q['gradest (validation off)']:.3f} | "
                      f"{f['hand-written']:.0f} / {f['gradest']:.0f} |")
     return "\n".join(lines)
