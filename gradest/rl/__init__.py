@@ -5,8 +5,11 @@ Episode ends: ``terminated[t]`` means the episode ended after step t (nothing is
 ``truncated[t]`` means it was cut, e.g. by a time limit (step t bootstraps from ``next_values[t]``, the
 value of the final observation, and nothing is carried into the next episode). Nothing is carried past
 the last step of a rollout. Every recurrence runs through one vectorised reverse scan (``_scan.py``),
-with no Python loop over time steps. This package imports only torch, ``gradest._validation`` and
-``gradest._distributed``.
+with no Python loop over time steps. This package imports only torch, ``gradest.surrogate``,
+``gradest._validation`` and ``gradest._distributed``.
+
+Sequence models (language-model RL, :mod:`gradest.rl.sequence`): ``sequence_policy_loss`` and
+``kl_estimate`` on batch-major ``[N, L]`` per-token log-probabilities, N sampled answers of L positions.
 """
 
 from gradest.rl.advantages import gae, group_advantages, vtrace
