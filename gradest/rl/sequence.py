@@ -123,8 +123,8 @@ def sequence_policy_loss(
     length_norm="token"                    (1/L) × "none" when |y| = L always; otherwise biased for finite
                                            batches (Σ_j|y_j| shares each sample's length); → "none"/E|y|
                                            as the batch grows
-    ratio="sequence"                       the same as ratio="token" with the sequence's advantage (no
-                                           KL-to-go: the same expectation, more variance)
+    ratio="sequence"                       as ratio="token" with every token given the sequence's advantage
+                                           (no KL-to-go: under "none" the same expectation, more variance)
     old_logp, clip                         at θ = θ_old, the on-policy value above (ρ = 1); once θ moves,
                                            the gradient of the clipped surrogate, a deliberate bias (trust
                                            region: a token or sequence whose ratio left the range in the
