@@ -69,8 +69,8 @@ def sequence_policy_loss(
         \qquad \rho_{it} = \frac{\pi_\theta(y_{it}|\cdot)}{\pi_{\text{old}}(y_{it}|\cdot)},
 
     where ``ρ`` is DiCE's magic box of ``logp`` (value 1, gradient ∇ log π_θ) without ``old_logp`` (so a
-    clip never binds then), and there is no min without ``clip``. With ``ratio="sequence"`` the policy term is one per sequence,
-    :math:`-\tau_i\min(s_i A_i, \mathrm{clip}(s_i) A_i)` with :math:`\log s_i = \sum_t w_{it}
+    clip never binds then), and there is no min without ``clip``. With ``ratio="sequence"`` the policy
+    term is one per sequence, :math:`-\tau_i\min(s_i A_i, \mathrm{clip}(s_i) A_i)` with :math:`\log s_i = \sum_t w_{it}
     \log\rho_{it}`: GSPO's ratio for ``length_norm="sequence"``, the sequence likelihood ratio for
     ``"none"``.
 
