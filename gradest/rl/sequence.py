@@ -70,9 +70,9 @@ def sequence_policy_loss(
 
     where ``ρ`` is DiCE's magic box of ``logp`` (value 1, gradient ∇ log π_θ) without ``old_logp`` (so a
     clip never binds then), and there is no min without ``clip``. With ``ratio="sequence"`` the policy
-    term is one per sequence, :math:`-\tau_i\min(s_i A_i, \mathrm{clip}(s_i) A_i)` with :math:`\log s_i = \sum_t w_{it}
-    \log\rho_{it}`: GSPO's ratio for ``length_norm="sequence"``, the sequence likelihood ratio for
-    ``"none"``.
+    term is one per sequence, :math:`-\tau_i\min(s_i A_i, \mathrm{clip}(s_i) A_i)` with
+    :math:`\log s_i = \sum_t w_{it} \log\rho_{it}`: GSPO's ratio for ``length_norm="sequence"``, the
+    sequence likelihood ratio for ``"none"``.
 
     **Advantages** (``T_i = R_i − β Σ_t κ_it``, the return with the KL in the reward, or ``R_i``):
     ``"rloo"`` :math:`T_i - \frac{1}{G-1}\sum_{j\ne i} T_j`; ``"mean"`` :math:`T_i - \bar T`
