@@ -116,7 +116,8 @@ def marginalise(nodes: list[Node], slots: list[Slot], costs: list[Cost], observe
     for c, observed in records:
         s = record_scope(c)
         if not s:
-            regular.append(Cost(-c.value, f"-log p({c.name})", c.deps, c.depth) if observed else c)
+            regular.append(Cost(-c.value, f"-log p({c.name})", c.deps, c.depth,
+                                {i: tuple(-t for t in v) for i, v in c.auxiliary.items()}) if observed else c)
         else:
             by_component[groups.find(next(iter(s)))].append((c, observed))
     members: dict[int, list[int]] = defaultdict(list)
