@@ -242,7 +242,8 @@ def test_a_score_function_node_above_an_enumerated_chain_is_unbiased() -> None:
 
     def exact(lw: Tensor, init: Tensor, trans: Tensor) -> Tensor:
         pw = torch.sigmoid(lw)
-        return (1 - pw) * _expected_by_marginals(init, trans[0], costs) + pw * _expected_by_marginals(init, trans[1], costs)
+        off, on = (_expected_by_marginals(init, trans[k], costs) for k in (0, 1))
+        return (1 - pw) * off + pw * on
 
     params = [p.expand(r, *p.shape).clone().requires_grad_() for p in (lw, init, trans)]
     rows = torch.arange(r)
