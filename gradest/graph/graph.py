@@ -298,8 +298,9 @@ class Graph:
 
         values = draw.values
         if estimator.eliminable and depth:  # the support does not vary along the enumerated parents: no copies
-            values = values[(slice(None),) + tuple(
-                slice(None) if self.slots[depth - i - 1].shared else slice(0, 1) for i in range(depth))]
+            for i in range(depth):
+                if not self.slots[depth - i - 1].shared:
+                    values = values.narrow(1 + i, 0, 1)
         value = node.view(values)
         if not self.track:
             return value
@@ -508,9 +509,12 @@ class Graph:
                 f"{self._names_of(deps)} whose samples occupy {depth} leading dims; keep the sample dims "
                 "in the cost (the graph averages over them)."
             )
+        at: dict[int, list[int]] = {}  # position -> the nodes the cost depends on there
+        for i in deps | scope:
+            at.setdefault(self.nodes[i].position, []).append(i)
         for q in range(1, depth + 1):
             size, slot = value.shape[depth - q], self.slots[q - 1]
-            owners = [i for i in slot.nodes if i in deps or i in scope]
+            owners = at.get(q, [])
             # an enumerated ancestor that the cost does not span directly leaves a size-1 dim (its
             # children's values are not copied along it); every other owner must keep its dim
             spanned = [i for i in owners if not self.nodes[i].estimator.eliminable or i in scope]
