@@ -20,7 +20,7 @@ def test_compare_writes_json_and_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pathwise" in out and "score+leave-one-out" in out
     data = json.loads(path.read_text())
-    assert data["version"] == 1 and set(data["settings"]) >= {"n", "trials", "seed", "torch"}
+    assert data["version"] == 2 and set(data["settings"]) >= {"n", "trials", "seed", "torch"}
     rows = {(r["problem"], r["estimator"]): r for r in data["rows"]}
     assert len(rows) == 6
     assert rows[("bernoulli-0.499", "pathwise")]["status"] == "n/a"
