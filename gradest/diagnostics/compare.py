@@ -13,7 +13,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
-from gradest.diagnostics._stats import variance_se
+from gradest.diagnostics._stats import bias_z, mean_and_moments, variance_se
 from gradest.diagnostics.estimators import ESTIMATORS, Recipe, recipe_for
 from gradest.diagnostics.report import FALSE_ALARM, Report, Row
 from gradest.estimators import Estimator, GumbelSoftmax
@@ -187,21 +187,23 @@ def _draws(problem: Problem, estimator: Estimator, n: int, trials: int) -> Tenso
     return gradient_draws(problem, estimator, n=n, replications=replications, calls=CALLS, dtype=problem.dtype)
 
 
-Reference = tuple[Tensor, Tensor, str]
+Reference = tuple[Tensor, Tensor, Tensor, str]
+"""The gradient measured against, the variance and third cumulant of its error (0 when exact), and how."""
 
 
 def _reference(problem: Problem, trials: int) -> Reference | str:
     """The exact gradient (SE 0), a high-precision reference with its standard error, or why there is none."""
     if problem.exact:
         exact = problem.exact_gradient(dtype=torch.float64)
-        return exact, torch.zeros_like(exact), "exact"
+        return exact, torch.zeros_like(exact), torch.zeros_like(exact), "exact"
     estimator, n = problem.reference()
     label = f"reference: {type(estimator).__name__}, n={n}, {2 * trials} estimates"
     try:
         draws = _draws(problem, copy.deepcopy(estimator), n, 2 * trials).to(torch.float64)
     except Exception as e:  # noqa: BLE001 - reported in every row of the problem
         return f"no reference: {type(estimator).__name__} failed on this problem ({type(e).__name__}: {e})"
-    return draws.mean(0), draws.std(0) / draws.shape[0] ** 0.5, label
+    mean, variance, third = mean_and_moments(draws)
+    return mean, variance, third, label
 
 
 def _claim(estimator: Estimator) -> bool:
@@ -223,30 +225,27 @@ def _measure(problem: Problem, label: str, recipe: Recipe, n: int, trials: int, 
     except Exception as e:  # noqa: BLE001 - the row says why, and the comparison goes on
         row.status, row.error, row.reason = "n/a", type(e).__name__, str(e)
         return row
-    mean = draws.mean(0)
+    mean, mean_variance, third = mean_and_moments(draws)
     per_coordinate, per_coordinate_se = variance_se(draws)
-    se = draws.std(0) / draws.shape[0] ** 0.5
     eps = torch.finfo(problem.dtype).eps
-    if isinstance(reference, str):
-        scale = max(1.0, float(mean.abs().max()))
-    else:
-        scale = max(1.0, float(reference[0].abs().max()))
+    scale = max(1.0, float((mean if isinstance(reference, str) else reference[0]).abs().max()))
     rounding = 64 * eps * scale
     if float(draws.std(0).max()) <= rounding:  # a deterministic rule (enumeration): variance 0, bias exact
-        per_coordinate, per_coordinate_se, se = torch.zeros_like(mean), torch.zeros_like(mean), torch.zeros_like(mean)
+        per_coordinate, per_coordinate_se = torch.zeros_like(mean), torch.zeros_like(mean)
+        mean_variance, third = torch.zeros_like(mean), torch.zeros_like(mean)
     row.trials = draws.shape[0]
     row.mean = mean.tolist()
     row.variance = float(per_coordinate.sum())
     row.variance_se = float(per_coordinate_se.square().sum().sqrt())
     if isinstance(reference, str):
-        row.reference, row.bias_se = reference, se.tolist()
+        row.reference, row.bias_se = reference, mean_variance.sqrt().tolist()
         row.snr = float(mean.norm()) / row.variance**0.5 if row.variance > 0 else math.inf
         return row
-    exact, exact_se, row.reference = reference
-    total_se = (se.square() + exact_se.square()).sqrt()
-    row.exact, row.bias_se = exact.tolist(), total_se.tolist()
+    exact, exact_variance, exact_third, row.reference = reference
+    total = mean_variance + exact_variance
+    row.exact, row.bias_se = exact.tolist(), total.sqrt().tolist()
     row.bias = float((mean - exact).norm())
-    row.bias_z = float(((mean - exact).abs() / (total_se + rounding)).max())
+    row.bias_z = float(bias_z(mean - exact, total, third - exact_third, rounding).max())
     row.snr = float(exact.norm()) / row.variance**0.5 if row.variance > 0 else math.inf
     return row
 
@@ -290,7 +289,7 @@ def compare(
 
     Args:
         problems: names from ``PROBLEMS``, :class:`~gradest.problems.Problem` objects, or
-            ``(f, dist_builder, params)`` tuples for your own objective E_{dist_builder(*params)}[f(x)];
+            ``(f, dist_builder, params)`` tuples for your own objective ``E_{dist_builder(*params)}[f(x)]``;
             a list of these, or a dict label → one of these.
         estimators: names with options (``"disarm,rebar:temperature=0.5"``; see
             :func:`~gradest.diagnostics.describe_estimators`), Estimator instances, factories
@@ -482,14 +481,14 @@ def sweep_gae_lambda(
                       truncated=truncated, gamma=gamma, lambda_=lam)
             seconds = (time.perf_counter() - t0) / start.numel()  # per rollout, in one vectorised call
             target = (adv[0] + v[start]).view(states, per_state)  # [states, per_state]
-            mean = target.mean(1)
+            mean, mean_variance, third = mean_and_moments(target.T)
             var, var_se = variance_se(target.T)
-            se = (var / per_state).sqrt()
+            se = mean_variance.sqrt()
             row = Row(problem=label, estimator="gae", n=1, trials=start.numel(), setting={"lambda": lam},
                       reference="exact: (I - γP)⁻¹ r")
             row.mean, row.exact, row.bias_se = mean.tolist(), v_star.tolist(), se.tolist()
             row.bias = float((mean - v_star).norm())
-            row.bias_z = float(((mean - v_star).abs() / se).max())
+            row.bias_z = float(bias_z(mean - v_star, mean_variance, third, 0.0).max())
             row.unbiased = lam == 1.0
             row.variance = float(var.sum())
             row.variance_se = float(var_se.square().sum().sqrt())

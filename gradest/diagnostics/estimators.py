@@ -198,6 +198,13 @@ class Recipe:
         label: the estimator's name in tables, JSON and figures.
         build: returns a new estimator for the problem (a spec builds one afresh; an instance
             passed to ``compare`` is deep-copied, so the caller's object and its state are untouched).
+
+    Example:
+        >>> from gradest.diagnostics import parse_estimators
+        >>> from gradest.problems import BernoulliToy
+        >>> (recipe,) = parse_estimators("rebar:eta=0.5")
+        >>> recipe.label, recipe.build(BernoulliToy())
+        ('rebar:eta=0.5', REBAR(temperature=0.5, eta=0.5))
     """
 
     label: str
@@ -339,7 +346,13 @@ def estimator_label(est: nn.Module) -> str:
 
 
 def describe_estimators() -> str:
-    """Every name ``compare`` takes, with its options and their defaults (``gradest estimators``)."""
+    """Every name ``compare`` takes, with its options and their defaults (``gradest estimators``).
+
+    Example:
+        >>> from gradest.diagnostics import describe_estimators
+        >>> print(describe_estimators().splitlines()[0])
+        pathwise                Pathwise(): reparameterisation through rsample
+    """
     lines = []
     for name, entry in _ENTRIES.items():
         lines.append(f"{name:<24}{entry.summary}")

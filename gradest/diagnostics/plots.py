@@ -29,7 +29,12 @@ FONT = 12
 
 
 def require_matplotlib() -> None:
-    """Raise a one-line ImportError naming the extra when matplotlib is missing."""
+    """Raise a one-line ImportError naming the extra when matplotlib is missing.
+
+    Example:
+        >>> from gradest.diagnostics.plots import require_matplotlib
+        >>> require_matplotlib()      # silent when matplotlib is installed (the cli extra)
+    """
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -140,6 +145,16 @@ def plot_report(report: Report, path: str | Path) -> Path:
         TypeError: report is not a Report.
         ValueError: the report has no comparison rows.
         ImportError: matplotlib is not installed (``pip install 'gradest[cli]'``).
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> from gradest.diagnostics import compare
+        >>> from gradest.diagnostics.plots import plot_report
+        >>> report = compare(["gaussian-square", "bernoulli-0.499"], "pathwise,score,disarm", trials=200,
+        ...                  timing_repeats=1)
+        >>> path = plot_report(report, pathlib.Path(tempfile.mkdtemp()) / "compare.png")
+        >>> path.read_bytes()[:4]
+        b'\x89PNG'
     """
     path = _check("plot_report", report, path)
     rows = [r for r in report.rows if r.kind == "compare"]
@@ -221,6 +236,14 @@ def plot_sweeps(report: Report, path: str | Path) -> Path:
         TypeError: report is not a Report.
         ValueError: the report has no sweep rows.
         ImportError: matplotlib is not installed (``pip install 'gradest[cli]'``).
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> from gradest.diagnostics import sweep_gae_lambda
+        >>> from gradest.diagnostics.plots import plot_sweeps
+        >>> path = plot_sweeps(sweep_gae_lambda((0.0, 0.9, 1.0), trials=2000), pathlib.Path(tempfile.mkdtemp()) / "s.png")
+        >>> path.suffix
+        '.png'
     """
     path = _check("plot_sweeps", report, path)
     kinds = {k: [r for r in report.rows if r.kind == k and r.status == "ok"] for k in ("n", "temperature", "lambda")}

@@ -19,6 +19,12 @@ class Recommendation:
         estimator: the estimator whose verdict is unbiased with the lowest variance × time (None if none ran).
         alternative: a biased estimator whose variance × time beats it by more than ``margin``, if any.
         text: one to three sentences saying why, with the measured numbers.
+
+    Example:
+        >>> from gradest.diagnostics import compare, recommend
+        >>> (pick,) = recommend(compare("gaussian-square", "pathwise,score", trials=400, timing_repeats=2))
+        >>> pick.problem, pick.estimator, pick.alternative
+        ('gaussian-square', 'pathwise', None)
     """
 
     problem: str

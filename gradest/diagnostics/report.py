@@ -53,6 +53,14 @@ class Row:
         bias_z: the largest \\|mean − exact\\| / SE over coordinates (None without a reference).
         biased: whether ``bias_z`` exceeds the report's z (set by the :class:`Report`, see ``Report.z``).
         reference: "exact", how the reference gradient was computed, or why there is none.
+
+    Example:
+        >>> from gradest.diagnostics import compare
+        >>> row = compare("bernoulli-0.499", "gumbel-softmax", trials=400, timing_repeats=1).rows[0]
+        >>> row.unbiased, row.verdict          # biased by its own account, though not measurably here
+        (False, 'biased by design')
+        >>> len(row.mean) == len(row.exact) == 1 and row.variance > 0
+        True
     """
 
     problem: str
@@ -162,6 +170,18 @@ class Report:
     Attributes:
         rows: the measurements.
         settings: n, trials, seed, torch's version, the false-alarm rate.
+
+    Example:
+        >>> from gradest.diagnostics import Report, compare
+        >>> report = compare(["gaussian-square", "bernoulli-0.499"], "pathwise,score", trials=200, timing_repeats=1)
+        >>> report.tests, round(report.z, 2)     # 3 rows ran, 2 + 2 + 1 coordinates, tested at 1e-3 together
+        (5, 3.72)
+        >>> [r.verdict for r in report.rows]
+        ['unbiased', 'unbiased', 'n/a', 'unbiased']
+        >>> Report.from_json(report.to_json()).to_json() == report.to_json()
+        True
+        >>> print(report.render().splitlines()[1][:45])   # also report.print(), with rich
+        problem          estimator  n  bias
     """
 
     rows: list[Row]

@@ -64,13 +64,14 @@ class Problem:
             parameters', or both ``exact_gradient`` and ``objective`` are given.
 
     Example:
-        >>> import torch, gradest
+        >>> import torch
         >>> from gradest.problems import Problem
         >>> problem = Problem(lambda x: x**2, lambda loc: torch.distributions.Normal(loc, 1.0),
         ...                   [torch.tensor(0.5)], objective=lambda loc: loc**2 + 1.0, name="x²")
         >>> problem.exact_gradient()          # d/dμ (μ² + 1) at μ = 0.5
         tensor([1.], dtype=torch.float64)
-        >>> report = gradest.diagnostics.compare(problem, ["pathwise", "score"], trials=200, timing_repeats=1)
+        >>> from gradest.diagnostics import compare
+        >>> report = compare(problem, ["pathwise", "score"], trials=200, timing_repeats=1)
         >>> [(r.estimator, r.biased) for r in report.rows]
         [('pathwise', False), ('score', False)]
     """
@@ -151,7 +152,7 @@ class Problem:
         raise NotImplementedError(f"{type(self).__name__} must define f(x) or pass f to Problem().")
 
     def objective(self, *params: Tensor) -> Tensor:
-        """The exact J(*params), differentiable in the parameters (when known; see ``exact``)."""
+        """The exact ``J(*params)``, differentiable in the parameters (when known; see ``exact``)."""
         fn = getattr(self, "_objective", None)
         if fn is None:
             raise NotImplementedError(f"{self.name}: the exact objective is not known; see reference().")
@@ -299,7 +300,14 @@ def _gradient(problem: Problem, est: Estimator, n: int, params: tuple[Tensor, ..
 
 
 class CustomProblem(Problem):
-    """``Problem(f, dist, params, name=name)`` (the name this class had first; kept for old code)."""
+    """``Problem(f, dist, params, name=name)`` (the name this class had first; kept for old code).
+
+    Example:
+        >>> import torch
+        >>> from gradest.problems import CustomProblem
+        >>> CustomProblem(lambda x: x**2, lambda m: torch.distributions.Normal(m, 1.0), [torch.tensor(0.5)]).exact
+        False
+    """
 
     def __init__(self, f: Callable[[Tensor], Tensor], dist: Callable[..., Distribution],
                  params: Sequence[Tensor], *, name: str = "custom") -> None:

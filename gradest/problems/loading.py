@@ -18,6 +18,13 @@ def as_problem(value: Any, *, name: str = "custom", where: str = "compare") -> P
 
     Raises:
         TypeError: anything else, naming what was given.
+
+    Example:
+        >>> import torch
+        >>> from gradest.problems import as_problem
+        >>> problem = as_problem((lambda x: x**2, lambda m: torch.distributions.Normal(m, 1.0), [torch.tensor(0.5)]))
+        >>> problem.name, problem.exact
+        ('custom', False)
     """
     if isinstance(value, Problem):
         return value
@@ -34,7 +41,7 @@ def as_problem(value: Any, *, name: str = "custom", where: str = "compare") -> P
 
 
 def load_problem(spec: str) -> Problem:
-    """Import ``FILE.py:FUNCTION`` or ``MODULE:FUNCTION``, call ``FUNCTION()`` and return its problem.
+    r"""Import ``FILE.py:FUNCTION`` or ``MODULE:FUNCTION``, call ``FUNCTION()`` and return its problem.
 
     The function takes no arguments and returns a :class:`Problem` or an ``(f, dist_builder, params)``
     tuple. A ``FILE.py`` is run as a module named after the file, with its folder first on
