@@ -64,13 +64,21 @@ SECTIONS = [
 ]
 
 
+def public_names() -> list[tuple[str, list[str]]]:
+    """Each public namespace with the names of its ``__all__`` that get a page: not submodules, not
+    constants (those are described on their module's page). ``tests/test_docs.py`` reads this too."""
+    out = []
+    for module_name, _ in SECTIONS:
+        module = importlib.import_module(module_name)
+        names = [n for n in module.__all__ if not isinstance(getattr(module, n), type(sys)) and not n.isupper()]
+        out.append((module_name, names))
+    return out
+
+
 def _api() -> str:
     out = [".. This file is written by conf.py from the packages' __all__; do not edit.", "", "API reference",
            "=============", "", "Every public name, documented from its docstring.", ""]
-    for module_name, title in SECTIONS:
-        module = importlib.import_module(module_name)
-        names = [n for n in module.__all__ if not isinstance(getattr(module, n), type(sys))]
-        names = [n for n in names if not n.isupper()]  # constants are described in their module's page
+    for (module_name, title), (_, names) in zip(SECTIONS, public_names()):
         out += [title, "-" * len(title), "", f".. automodule:: {module_name}", "   :no-members:", "",
                 f".. currentmodule:: {module_name}", "", ".. autosummary::", "   :toctree: _generated",
                 "   :nosignatures:", ""]
@@ -109,7 +117,13 @@ def _literal_trailing_underscores(app, what, name, obj, options, lines) -> None:
         lines[i] = "``".join(p if k % 2 else _TRAILING.sub(r"``\1``", p) for k, p in enumerate(parts))
 
 
+def _generate(app, config) -> None:  # noqa: ANN001
+    _write("api.rst", _api())
+    _write("examples.md", _examples())
+
+
 def setup(app) -> None:  # noqa: ANN001
+    app.connect("config-inited", _generate)  # before Sphinx looks for the source files
     app.connect("autodoc-process-docstring", _literal_trailing_underscores)
 
 
@@ -118,6 +132,3 @@ def _write(name: str, text: str) -> None:
     if not path.exists() or path.read_text() != text:  # unchanged files keep their times: no rebuild
         path.write_text(text)
 
-
-_write("api.rst", _api())
-_write("examples.md", _examples())

@@ -180,7 +180,7 @@ class Report:
         ['unbiased', 'unbiased', 'n/a', 'unbiased']
         >>> Report.from_json(report.to_json()).to_json() == report.to_json()
         True
-        >>> print(report.render().splitlines()[1][:45])   # also report.print(), with rich
+        >>> print(report.render().splitlines()[1][:35])   # also report.print(), with rich
         problem          estimator  n  bias
     """
 
