@@ -160,11 +160,26 @@ def _time_one(problem: Problem, estimator: Estimator, n: int, repeats: int) -> f
 
 
 def _probe(problem: Problem, estimator: Estimator, n: int) -> None:
-    """One estimate at the problem's own shapes (no replication dimension): errors name the user's shapes."""
+    """One estimate at the problem's own shapes (no replication dimension): errors name the user's shapes,
+    and an error raised inside f says so, with the points f was given (relaxed one-hot floats, say)."""
     params = problem.params(dtype=problem.dtype)
-    s = expectation(problem.f, problem.dist(*params), estimator, n=n)
-    if s.requires_grad:
-        torch.autograd.grad(s.sum(), params, allow_unused=True)
+    failed: list[str] = []
+
+    def f(x: Tensor) -> Tensor:
+        try:
+            return problem.f(x)
+        except Exception:
+            failed.append(f"{str(x.dtype).replace('torch.', '')} {list(x.shape)}")
+            raise
+
+    try:
+        s = expectation(f, problem.dist(*params), estimator, n=n)
+        if s.requires_grad:
+            torch.autograd.grad(s.sum(), params, allow_unused=True)
+    except Exception as e:
+        if failed:
+            raise RuntimeError(f"f failed at this estimator's points ({failed[0]}): {type(e).__name__}: {e}") from e
+        raise
 
 
 def _train(problem: Problem, estimator: Estimator, n: int, steps: int, replications: int) -> None:

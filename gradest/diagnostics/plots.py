@@ -17,7 +17,7 @@ from typing import Any
 from gradest.diagnostics.recommend import recommend
 from gradest.diagnostics.report import Report, Row
 
-__all__ = ["plot_report", "plot_sweeps", "require_matplotlib"]
+__all__ = ["plot_report", "plot_sweeps", "decision_figure", "require_matplotlib"]
 
 # Kelly's colours of maximum contrast (less white, black and the two nearest to others): 18 that
 # stay apart, so that each estimator keeps one colour across panels.
@@ -157,6 +157,24 @@ def plot_report(report: Report, path: str | Path) -> Path:
         b'\x89PNG'
     """
     path = _check("plot_report", report, path)
+    fig = decision_figure(report)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def decision_figure(report: Report) -> Any:
+    """The matplotlib Figure that :func:`plot_report` writes (for a notebook, or to restyle).
+
+    Example:
+        >>> from gradest.diagnostics import compare
+        >>> from gradest.diagnostics.plots import decision_figure
+        >>> fig = decision_figure(compare("bernoulli-0.499", "score,pathwise", trials=200, timing_repeats=1))
+        >>> [t.get_text().splitlines()[1] for t in fig.texts if t.get_text().startswith("could not run")]
+        ['✗ pathwise: Bernoulli has no rsample']
+    """
+    if not isinstance(report, Report):
+        raise TypeError(f"decision_figure: report={report!r} is a {type(report).__name__}, not a Report.")
     rows = [r for r in report.rows if r.kind == "compare"]
     if not rows:
         raise ValueError("plot_report: the report has no comparison rows (only sweeps); use plot_sweeps.")
@@ -188,9 +206,7 @@ def plot_report(report: Report, path: str | Path) -> Path:
     fig.suptitle("Which estimator? Variance × seconds per estimate (lower is better)\n"
                  "★ recommended: unbiased and cheapest.   Hatched: biased.",
                  fontsize=FONT + 3, x=0.01, y=1 - 0.08 / total, ha="left", va="top")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _samples(ax: Any, rows: list[Row], colour: dict[str, str]) -> None:

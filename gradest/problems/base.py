@@ -48,7 +48,7 @@ class Problem:
         exact_gradient: the exact ∇θ J at ``params``: one tensor per parameter (of its shape), or one
             flat ``[D]`` tensor.
         objective: the exact ``J(*params)``, differentiable in the parameters (autograd gives the
-            exact gradient).
+            exact gradient); ``[*B]`` for a batch of independent objectives, summed as the estimates are.
         reference: an unbiased ``Estimator`` (or ``(estimator, n)``) for the reference gradient when
             the exact one is unknown; ``compare`` averages twice as many of its estimates as of any
             measured estimator, and adds its standard error to every bias test.
@@ -207,7 +207,7 @@ class Problem:
         if given is not None:
             return given.to(dtype)
         params = self.params(dtype=dtype)
-        grads = torch.autograd.grad(self.objective(*params), params, allow_unused=True)
+        grads = torch.autograd.grad(self.objective(*params).sum(), params, allow_unused=True)
         return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
 
     def __repr__(self) -> str:
