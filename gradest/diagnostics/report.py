@@ -334,9 +334,9 @@ def _seconds(s: float) -> str:
 
 
 def _note(r: Row, recommended: bool) -> str:
-    if recommended:
-        return "★ recommended"
     verdict = r.verdict
+    if recommended:
+        return "★ recommended" + (f"; bias not measured ({r.reference})" if verdict == "unchecked" else "")
     if verdict == "biased":
         return f"biased, z={r.bias_z:.1f}" + ("" if not r.unbiased else " (claims unbiased: check f and the reference)")
     if verdict == "biased by design":
