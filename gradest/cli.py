@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--sweeps", nargs="+", metavar="SWEEP",
                    help="also run sweeps: n[=PROBLEM], temperature[=PROBLEM], lambda, or all (default: none)")
     c.add_argument("--samples", type=int, default=4, metavar="N", help="samples per estimate")
-    c.add_argument("--trials", type=int, default=2000, metavar="R", help="independent estimates per row")
+    c.add_argument("--trials", type=int, metavar="R",
+                   help="independent estimates per row (default: 2000, or 200 with --quick)")
     c.add_argument("--train-steps", type=int, default=100, metavar="K",
                    help="Adam steps on an estimator's own parameters (RELAX's control, REBAR:learn=true) first")
     c.add_argument("--false-alarm", type=float, default=1e-3, metavar="A",
@@ -134,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec in args.problem or ():
             problem = load_problem(spec)
             problems[problem.name if problem.name not in problems else spec] = problem
-        trials = 200 if args.quick else args.trials
+        trials = args.trials if args.trials is not None else 200 if args.quick else 2000
         repeats = 5 if args.quick else 30
         train = min(args.train_steps, 20) if args.quick else args.train_steps
         kwargs = {"n": args.samples, "trials": trials, "seed": args.seed, "timing_repeats": repeats,
