@@ -117,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs = _split(args.estimators) or None
         if specs:
             parse_estimators(specs, where="--estimators")  # a typo fails before any work
+        torch.set_num_threads(1)  # small problems: threads only contend on a shared CPU
+        problems = {name: PROBLEMS[name]() for name in names or ([] if args.problem else list(PROBLEMS))}
+        for spec in args.problem or ():
+            problem = load_problem(spec)
+            problems[problem.name if problem.name not in problems else spec] = problem
         plot = args.plot
         if plot is None or plot:
             from gradest.diagnostics.plots import require_matplotlib
@@ -130,11 +135,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 plot = ""
             else:
                 plot = plot or "gradest-compare.png"
-        torch.set_num_threads(1)  # small problems: threads only contend on a shared CPU
-        problems = {name: PROBLEMS[name]() for name in names or ([] if args.problem else list(PROBLEMS))}
-        for spec in args.problem or ():
-            problem = load_problem(spec)
-            problems[problem.name if problem.name not in problems else spec] = problem
         trials = args.trials if args.trials is not None else 200 if args.quick else 2000
         repeats = 5 if args.quick else 30
         train = min(args.train_steps, 20) if args.quick else args.train_steps
