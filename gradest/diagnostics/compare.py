@@ -39,7 +39,7 @@ PROBLEMS: dict[str, Callable[[], Problem]] = {
     "bernoulli-0.499": lambda: BernoulliToy(0.499, logit=0.0),
     "categorical-10": lambda: CategoricalTable(10, seed=0),
     "logistic-regression": LogisticRegression,
-    "digits-vae": DigitsVAE,
+    "digits-vae": lambda: DigitsVAE(images=4),
 }
 """Built-in problems by CLI name (``logistic-regression`` and ``digits-vae`` need scikit-learn's data)."""
 
@@ -52,7 +52,7 @@ PROBLEM_SUMMARIES: dict[str, str] = {
     "categorical-10": "E[table[k]], k ~ Categorical(10 logits); exact by enumeration",
     "logistic-regression": "Bayesian logistic regression on breast_cancer, 62 parameters; exact by "
                            "quadrature (needs scikit-learn: pip install 'gradest[cli]')",
-    "digits-vae": "a trained categorical VAE on digits, 1600 logits; against a reference (needs scikit-learn: "
+    "digits-vae": "a trained categorical VAE on 4 digits, 800 logits; against a reference (needs scikit-learn: "
                   "pip install 'gradest[cli]')",
 }
 """One line per built-in problem (``gradest problems``)."""
@@ -69,6 +69,8 @@ CALLS = 10
 WARMUP = 3
 TRAIN_LR = 1e-2
 """Adam's learning rate for an estimator's own parameters (RELAX's control, REBAR(learn=True), a Critic)."""
+TRAIN_REPLICATIONS = 16
+"""Replications per training step (a batch of 16 estimates, as a training loop would see)."""
 
 
 def _recipes(estimators: Estimators, where: str) -> list[Recipe]:
@@ -227,12 +229,13 @@ def _claim(estimator: Estimator) -> bool:
 
 def _measure(problem: Problem, label: str, recipe: Recipe, n: int, trials: int, repeats: int, train_steps: int,
              reference: Reference | str, setting: dict[str, float] | None = None) -> Row:
-    row = Row(problem=label, estimator=recipe.label, n=n, trials=trials, setting=dict(setting or {}))
+    row = Row(problem=label, estimator=recipe.label, n=n, trials=trials, setting=dict(setting or {}),
+              reference=reference if isinstance(reference, str) else reference[3])
     try:
         estimator = recipe.build(problem)
         row.unbiased = _claim(estimator)
         _probe(problem, copy.deepcopy(estimator), n)  # does it run here at all? (its state is left alone)
-        _train(problem, estimator, n, train_steps, max(1, trials // CALLS))
+        _train(problem, estimator, n, train_steps, TRAIN_REPLICATIONS)
         draws = _draws(problem, estimator, n, trials).to(torch.float64)
         if not bool(torch.isfinite(draws).all()):
             raise ValueError(f"{int((~torch.isfinite(draws)).sum())} gradient coordinates were NaN or inf")
@@ -296,7 +299,8 @@ def compare(
     are drawn in batches of ``trials // 10`` replications (one per estimate when the problem is not
     ``batched``) over 3 warm-up and 10 measured calls, with the state carried from call to call as in
     training. An estimator with trainable parameters of its own (RELAX's control, ``REBAR(learn=True)``,
-    a ``Critic`` baseline) first takes ``train_steps`` Adam steps (lr 1e-2) on them at the problem's θ,
+    a ``Critic`` baseline) first takes ``train_steps`` Adam steps (lr 1e-2, 16 replications per step) on them
+    at the problem's θ,
     through the same backward that trains them in a training loop. Time is the median of
     ``timing_repeats`` single, unbatched estimates (forward and backward) by a fresh copy.
 
