@@ -24,7 +24,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 demo: $(STAMP)
-	$(BIN)/gradest compare --sweeps all
+	$(BIN)/gradest compare --sweeps n temperature=categorical-10 lambda
 
 # HTML in docs/_build/html; -E rereads every source, so that no warning hides in a cached page.
 docs: $(STAMP)

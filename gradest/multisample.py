@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 from torch.distributions import Distribution
-
-import torch
 
 from gradest._validation import check_distribution, check_finite, check_n, is_validation_enabled
 from gradest.estimators.base import Estimator

@@ -22,5 +22,6 @@ from gradest.diagnostics.report import FALSE_ALARM, Report, Row
 
 __all__ = [
     "compare", "sweep_samples", "sweep_temperature", "sweep_gae_lambda", "recommend", "Recommendation", "Report", "Row",
-    "ESTIMATORS", "PROBLEMS", "PROBLEM_SUMMARIES", "SWEEPS", "run_sweeps", "FALSE_ALARM", "parse_estimators", "describe_estimators", "Recipe",
+    "ESTIMATORS", "PROBLEMS", "PROBLEM_SUMMARIES", "SWEEPS", "run_sweeps", "FALSE_ALARM", "parse_estimators",
+    "describe_estimators", "Recipe",
 ]

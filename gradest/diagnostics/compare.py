@@ -8,7 +8,6 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -29,7 +28,10 @@ from gradest.problems import (
     gradient_draws,
 )
 
-__all__ = ["PROBLEMS", "PROBLEM_SUMMARIES", "SWEEPS", "compare", "sweep_samples", "sweep_temperature", "sweep_gae_lambda", "run_sweeps"]
+__all__ = [
+    "PROBLEMS", "PROBLEM_SUMMARIES", "SWEEPS", "compare", "sweep_samples", "sweep_temperature", "sweep_gae_lambda",
+    "run_sweeps",
+]
 
 PROBLEMS: dict[str, Callable[[], Problem]] = {
     "gaussian-square": lambda: Gaussian("square", mu=0.5, sigma=1.0),
@@ -57,11 +59,12 @@ PROBLEM_SUMMARIES: dict[str, str] = {
 }
 """One line per built-in problem (``gradest problems``)."""
 
-EstimatorSpec = Union[str, Estimator, Callable[[], Estimator]]
+EstimatorSpec = str | Estimator | Recipe | Callable[[], Estimator]
 """A name with options (``"rebar:temperature=0.5"``), an Estimator (deep-copied per problem), or a factory."""
-Estimators = Union[EstimatorSpec, Sequence[EstimatorSpec], Mapping[str, EstimatorSpec]]
-ProblemSpec = Union[str, Problem, tuple]
+Estimators = EstimatorSpec | Sequence[EstimatorSpec] | Mapping[str, EstimatorSpec]
+ProblemSpec = str | Problem | tuple
 """A name from ``PROBLEMS``, a :class:`~gradest.problems.Problem`, or ``(f, dist_builder, params)``."""
+Problems = ProblemSpec | Sequence[ProblemSpec] | Mapping[str, ProblemSpec]
 
 CALLS = 10
 """Estimates are drawn in this many calls, after ``WARMUP`` discarded ones, so that stateful baselines
@@ -95,8 +98,7 @@ def _recipes(estimators: Estimators, where: str) -> list[Recipe]:
     return out
 
 
-def _problems(specs: ProblemSpec | Sequence[ProblemSpec] | Mapping[str, ProblemSpec],
-              where: str) -> list[tuple[str, Problem]]:
+def _problems(specs: Problems, where: str) -> list[tuple[str, Problem]]:
     if isinstance(specs, Mapping):
         return [(str(label), _problems(p, where)[0][1]) for label, p in specs.items()]
     if isinstance(specs, (str, Problem)) or (isinstance(specs, tuple) and len(specs) == 3 and callable(specs[0])):
@@ -269,7 +271,7 @@ def _measure(problem: Problem, label: str, recipe: Recipe, n: int, trials: int, 
 
 
 def compare(
-    problems: ProblemSpec | Sequence[ProblemSpec] | Mapping[str, ProblemSpec] = tuple(PROBLEMS),
+    problems: Problems = tuple(PROBLEMS),
     estimators: Estimators = tuple(ESTIMATORS),
     *,
     n: int = 4,
@@ -355,7 +357,7 @@ def compare(
 
 
 def sweep_samples(
-    problem: ProblemSpec,
+    problem: Problems,
     estimators: Estimators = ("pathwise", "score+leave-one-out"),
     ns: Sequence[int] = (2, 4, 8, 16, 32),
     *,
@@ -392,7 +394,7 @@ def sweep_samples(
 
 
 def sweep_temperature(
-    problem: ProblemSpec,
+    problem: Problems,
     temperatures: Sequence[float] = (2.0, 1.0, 0.5, 0.25, 0.1, 0.05),
     *,
     hard: bool = False,
@@ -425,8 +427,10 @@ def sweep_temperature(
         torch.manual_seed(seed)
         reference = _reference(prob, trials)
         for t in temperatures:
-            name = f"gumbel-softmax{':hard=true' if hard else ''}"
-            recipe = Recipe(name, lambda problem, t=t: GumbelSoftmax(float(t), hard=hard))
+            def relaxation(problem: Problem, t: float = t) -> Estimator:
+                return GumbelSoftmax(float(t), hard=hard)
+
+            recipe = Recipe(f"gumbel-softmax{':hard=true' if hard else ''}", relaxation)
             rows.append(_measure(prob, label, recipe, n, trials, timing_repeats, 0, reference, {"temperature": t}))
     return Report(rows, {"sweep": "temperature", "trials": trials, "seed": seed, "torch": torch.__version__,
                          "false_alarm": false_alarm})
@@ -524,7 +528,7 @@ SWEEPS = ("n", "temperature", "lambda")
 
 def run_sweeps(
     specs: str | Sequence[str],
-    problems: ProblemSpec | Sequence[ProblemSpec] | Mapping[str, ProblemSpec],
+    problems: Problems,
     estimators: Estimators = ("pathwise", "score+leave-one-out"),
     *,
     trials: int = 2000,
@@ -537,7 +541,8 @@ def run_sweeps(
     ``specs`` joins ``n``, ``temperature`` and ``lambda`` (or ``all``) with commas; ``n=PROBLEM`` or
     ``temperature=PROBLEM`` picks the problem by its label (else: the first problem for ``n``, the
     first whose family Gumbel-Softmax supports for ``temperature``). ``n`` sweeps those of
-    ``estimators`` that run on its problem over n ∈ {2, 4, 8, 16, 32}, with ``trials // 2`` estimates each; ``temperature`` sweeps
+    ``estimators`` that run on its problem over n ∈ {2, 4, 8, 16, 32}, with ``trials // 2`` estimates each;
+    ``temperature`` sweeps
     Gumbel-Softmax (n = 1, ``4 · trials`` estimates) over τ ∈ {2, 1, 0.5, 0.25, 0.1, 0.05};
     ``lambda`` is :func:`sweep_gae_lambda` with ``10 · trials`` rollouts.
 
@@ -555,14 +560,14 @@ def run_sweeps(
     chosen: dict[str, str | None] = {}
     for spec in ([specs] if isinstance(specs, str) else list(specs)):
         for part in (p.strip() for p in spec.split(",") if p.strip()):
-            name, _, problem = part.partition("=")
+            name, _, on = part.partition("=")
             names = SWEEPS if name == "all" else (name,)
             for k in names:
                 if k not in SWEEPS:
                     raise ValueError(f"{where}: sweep {name!r} is unknown; choose from {', '.join(SWEEPS)} or all.")
-                if problem and k == "lambda":
-                    raise ValueError(f"{where}: sweep 'lambda' runs on its own random walk; drop '={problem}'.")
-                chosen[k] = problem or chosen.get(k)
+                if on and k == "lambda":
+                    raise ValueError(f"{where}: sweep 'lambda' runs on its own random walk; drop '={on}'.")
+                chosen[k] = on or chosen.get(k)
     report = Report([], {"false_alarm": false_alarm})
     by_label = dict(probs)
 
@@ -588,14 +593,14 @@ def run_sweeps(
             label, prob = pick("n", chosen[kind], lambda p: True)
             fit = [r for r in _recipes(estimators, where) if runs(prob, r, 2)]
             if not fit:
-                raise ValueError(f"{where}: none of the estimators runs on {label}, so there is nothing to sweep over n.")
-            part = sweep_samples({label: prob}, fit, trials=max(2 * CALLS, trials // 2), seed=seed,
+                raise ValueError(f"{where}: none of the estimators runs on {label}: nothing to sweep over n.")
+            sweep = sweep_samples({label: prob}, fit, trials=max(2 * CALLS, trials // 2), seed=seed,
                                  timing_repeats=timing_repeats, false_alarm=false_alarm)
         elif kind == "temperature":
             label, prob = pick("temperature", chosen[kind], lambda p: runs(p, gumbel))
-            part = sweep_temperature({label: prob}, trials=4 * trials, seed=seed, timing_repeats=timing_repeats,
+            sweep = sweep_temperature({label: prob}, trials=4 * trials, seed=seed, timing_repeats=timing_repeats,
                                      false_alarm=false_alarm)
         else:
-            part = sweep_gae_lambda(trials=10 * trials, seed=seed, false_alarm=false_alarm)
-        report = report + part
+            sweep = sweep_gae_lambda(trials=10 * trials, seed=seed, false_alarm=false_alarm)
+        report = report + sweep
     return report

@@ -87,7 +87,8 @@ def _score(fixed: str | None) -> _Entry:
         options = {"decay": decay} if fixed in ("moving-average", "optimal-constant") else {}
         summary = f"ScoreFunction({_baseline_class(fixed)}): REINFORCE with the {fixed} baseline"
 
-    def build(problem: Problem | None, baseline: str = fixed or "none", decay: float = 0.9, b: float = 0.0) -> Estimator:
+    def build(problem: Problem | None, baseline: str = fixed or "none", decay: float = 0.9,
+              b: float = 0.0) -> Estimator:
         return ScoreFunction(_baseline(baseline, decay, b))
 
     return _Entry(summary, build, options)
@@ -314,7 +315,12 @@ def recipe_for(item: Any, label: str | None = None, *, where: str = "compare") -
             f"wrap it: ScoreFunction({type(item).__name__}(...))."
         )
     if isinstance(item, Estimator):
-        return [Recipe(label or estimator_label(item), lambda problem, item=item: copy.deepcopy(item))]
+        original: Estimator = item
+
+        def copied(problem: Problem) -> Estimator:
+            return copy.deepcopy(original)
+
+        return [Recipe(label or estimator_label(item), copied)]
     if isinstance(item, nn.Module):
         raise TypeError(
             f"{where}: estimators entry {type(item).__name__}() is not an estimator of E[f] (IWAE, VIMCO and "

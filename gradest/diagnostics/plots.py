@@ -257,7 +257,8 @@ def plot_sweeps(report: Report, path: str | Path) -> Path:
         >>> import pathlib, tempfile
         >>> from gradest.diagnostics import sweep_gae_lambda
         >>> from gradest.diagnostics.plots import plot_sweeps
-        >>> path = plot_sweeps(sweep_gae_lambda((0.0, 0.9, 1.0), trials=2000), pathlib.Path(tempfile.mkdtemp()) / "s.png")
+        >>> report = sweep_gae_lambda((0.0, 0.9, 1.0), trials=2000)
+        >>> path = plot_sweeps(report, pathlib.Path(tempfile.mkdtemp()) / "s.png")
         >>> path.suffix
         '.png'
     """

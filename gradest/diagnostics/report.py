@@ -130,7 +130,8 @@ def _families(text: str) -> str:
     while (j := text.find("dist=", i)) >= 0:
         out.append(text[i:j])
         k = j + len("dist=")
-        names, depth, m = [], 0, k
+        names: list[str] = []
+        depth, m = 0, k
         while m < len(text):
             word = re.match(r"[A-Za-z_]\w*\(", text[m:])
             if word and (depth == len(names)):
@@ -264,7 +265,8 @@ class Report:
         rows = [r for r in self.rows if r.kind == kind]
         picks = {(p.problem, p.estimator) for p in recommend(self)} if kind == "compare" else set()
         problems = list(dict.fromkeys(r.problem for r in rows))
-        rows = [r for p in problems for ok in (True, False) for r in rows if r.problem == p and (r.status == "ok") == ok]
+        rows = [r for p in problems for ok in (True, False)
+                for r in rows if r.problem == p and (r.status == "ok") == ok]
         key = [] if kind == "compare" else [kind]
         out = [["problem", "estimator", *[k for k in key if k != "n"], "n", "bias", "variance", "SNR", "time/est",
                 "var×time", "note"]]

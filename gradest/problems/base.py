@@ -85,6 +85,8 @@ class Problem:
     """The dtype ``compare`` times one estimate in: float32 (as in training) for the built-in problems."""
     dist: Callable[..., Distribution]
     """``dist(*params)``: the distribution p_θ at the given parameters."""
+    objective: Callable[..., Tensor]
+    """``objective(*params)``: the exact J, differentiable in the parameters (when known; see ``exact``)."""
 
     def __init__(
         self,
@@ -129,13 +131,14 @@ class Problem:
             raise TypeError(f"{where}: objective={objective!r} is not callable; pass J(*params) or leave it out.")
         if not isinstance(batched, bool):
             raise TypeError(f"{where}: batched={batched!r} must be a bool.")
-        self.f = f  # type: ignore[method-assign]
+        self.f = f  # type: ignore[method-assign,assignment]
         self.dist = dist  # type: ignore[method-assign]
         self._initial = tuple(p.detach().clone() for p in params)
         self.name, self.batched = str(name), batched
         self.dtype = self.timing_dtype = self._initial[0].dtype
         self._reference = _check_reference(where, reference)
-        self._objective = objective
+        if objective is not None:
+            self.objective = objective  # type: ignore[method-assign]
         self._exact = None
         if exact_gradient is not None:
             self._exact = _flat_gradient(where, exact_gradient, self._initial)
@@ -151,21 +154,12 @@ class Problem:
     def f(self, x: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define f(x) or pass f to Problem().")
 
-    def objective(self, *params: Tensor) -> Tensor:
-        """The exact ``J(*params)``, differentiable in the parameters (when known; see ``exact``)."""
-        fn = getattr(self, "_objective", None)
-        if fn is None:
-            raise NotImplementedError(f"{self.name}: the exact objective is not known; see reference().")
-        return fn(*params)
-
     # ---- derived ------------------------------------------------------------------------------------
 
     @property
     def exact(self) -> bool:
         """Whether the exact gradient is known (``exact_gradient`` or ``objective``); if not, see ``reference``."""
-        if type(self).objective is not Problem.objective:  # a subclass with a closed form
-            return True
-        return getattr(self, "_exact", None) is not None or getattr(self, "_objective", None) is not None
+        return getattr(self, "_exact", None) is not None or callable(getattr(self, "objective", None))
 
     def params(self, replications: int | None = None, dtype: torch.dtype = torch.float64) -> tuple[Tensor, ...]:
         """Fresh leaf parameters, ``[R, *shape]`` each when ``replications=R`` is given."""
@@ -199,13 +193,20 @@ class Problem:
         return ScoreFunction(LeaveOneOut()), REFERENCE_SAMPLES
 
     def exact_value(self, dtype: torch.dtype = torch.float64) -> Tensor:
+        """The exact J at θ (needs ``objective``)."""
+        self._require_objective()
         return self.objective(*self.params(dtype=dtype)).detach()
+
+    def _require_objective(self) -> None:
+        if not callable(getattr(self, "objective", None)):
+            raise NotImplementedError(f"{self.name}: the exact objective is not known; see reference().")
 
     def exact_gradient(self, dtype: torch.dtype = torch.float64) -> Tensor:
         """The exact gradient, flattened over all parameters: ``[D]``."""
         given = getattr(self, "_exact", None)
         if given is not None:
             return given.to(dtype)
+        self._require_objective()
         params = self.params(dtype=dtype)
         grads = torch.autograd.grad(self.objective(*params).sum(), params, allow_unused=True)
         return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
@@ -237,7 +238,9 @@ def _flat_gradient(where: str, gradient: Tensor | Sequence[Tensor], params: tupl
     size = sum(p.numel() for p in params)
     parts = [gradient] if isinstance(gradient, Tensor) else list(gradient)
     if not all(isinstance(g, Tensor) for g in parts):
-        raise TypeError(f"{where}: exact_gradient={_short(gradient)} must be a tensor or a list of tensors, one per parameter.")
+        raise TypeError(
+            f"{where}: exact_gradient={_short(gradient)} must be a tensor or a list of tensors, one per parameter."
+        )
     if len(parts) == len(params) and all(g.shape == p.shape for g, p in zip(parts, params)):
         flat = torch.cat([g.detach().reshape(-1) for g in parts])
     elif len(parts) == 1 and parts[0].numel() == size:
@@ -292,9 +295,9 @@ def gradient_draws(
 def _gradient(problem: Problem, est: Estimator, n: int, params: tuple[Tensor, ...], rows: int) -> Tensor:
     s = expectation(problem.f, problem.dist(*params), est, n=n)
     if s.requires_grad:
-        grads = torch.autograd.grad(s.sum(), params, allow_unused=True)
+        grads: Sequence[Tensor | None] = torch.autograd.grad(s.sum(), params, allow_unused=True)
     else:  # nothing reaches θ (a cost that does not depend on the sample, say): the estimate is 0
-        grads = (None,) * len(params)
+        grads = [None] * len(params)
     flat = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
     return torch.cat([g.reshape(rows, -1) for g in flat], 1)
 

@@ -116,7 +116,8 @@ def test_learned_parameters_are_trained_before_measurement():
     # compare takes train_steps Adam steps on the estimator's parameters before measuring it.
     problem = Problem(lambda b: b + 1.0, lambda logits: torch.distributions.Bernoulli(logits=logits),
                       [torch.zeros(3)], objective=lambda logits: torch.sigmoid(logits) + 1.0)
-    critic = gradest.ScoreFunction(gradest.Critic(torch.nn.Linear(1, 1), inputs=lambda d: torch.ones(*d.batch_shape, 1)))
+    constant_input = lambda d: torch.ones(*d.batch_shape, 1)  # noqa: E731
+    critic = gradest.ScoreFunction(gradest.Critic(torch.nn.Linear(1, 1), inputs=constant_input))
     before = critic.baseline.module.bias.detach().clone()
     untrained = compare(problem, [critic], trials=1000, timing_repeats=1, train_steps=0)
     trained = compare(problem, [critic], trials=1000, timing_repeats=1, train_steps=300)
