@@ -211,7 +211,7 @@ class Report:
         if not isinstance(other, Report):
             return NotImplemented
         rows = [copy.copy(r) for r in self.rows + other.rows]  # the flags are the new report's own
-        return Report(rows, {**self.settings, **other.settings})
+        return Report(rows, {**other.settings, **self.settings})  # the first report's settings win
 
     def kinds(self) -> list[str]:
         """The kinds of rows present, in order: ``"compare"``, ``"n"``, ``"temperature"``, ``"lambda"``."""
