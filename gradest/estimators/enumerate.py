@@ -3,15 +3,49 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent
+from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
 
 from gradest._validation import describe
+from gradest.estimators._families import categorical, check_parameters, event_dims, leaf
 from gradest.estimators.base import Draw, Estimator
 
-__all__ = ["Enumerate"]
+__all__ = ["Enumerate", "EnumerateDraw"]
+
+
+@dataclass(frozen=True, eq=False)
+class EnumerateDraw(Draw):
+    """The support ``[K, *B, *E]`` (``points``, all of them values) and the probability of each point
+    ``[K, *B]``, differentiable in θ."""
+
+    probs: Tensor
+
+
+def _probabilities(dist: Distribution, value: Tensor) -> Tensor:
+    """p(x) ``[K, *B]`` at the support points ``value``.
+
+    For Bernoulli and categorical leaves it is read off the probabilities themselves (p or 1 − p, a
+    gathered probability), not as ``exp(log_prob)``: the gradient is then exact at p ∈ {0, 1} too (the
+    cost difference), where ``log_prob`` goes through clamped logits and gives zero. Other families
+    use ``exp(log_prob)``.
+    """
+    inner = leaf(dist)
+    r = event_dims(dist, inner)
+    if isinstance(inner, Bernoulli):
+        p = inner.probs
+        per = torch.where(value > 0.5, p, 1 - p)  # bits [K, *B, *R]
+    elif isinstance(inner, (Categorical, OneHotCategorical)):
+        p = categorical(inner).probs  # [*B, *R, C]
+        index = value.argmax(-1) if isinstance(inner, OneHotCategorical) else value
+        per = p.expand(index.shape + p.shape[-1:]).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    else:
+        return torch.exp(dist.log_prob(value))
+    for _ in range(r):
+        per = per.prod(-1)
+    return per
 
 
 def _support_size(dist: Distribution) -> int:
@@ -66,6 +100,8 @@ class Enumerate(Estimator):
 
     unbiased = True
     elementwise = True
+    reduction = "sum"
+    shares_sample_dim = False
 
     def __init__(self, *, budget: int = 2**16) -> None:
         super().__init__()
@@ -76,7 +112,7 @@ class Enumerate(Estimator):
         self.budget = budget
 
     def check(self, dist: Distribution, n: int) -> None:
-        base = dist.base_dist if isinstance(dist, Independent) else dist
+        base = leaf(dist)
         if not base.has_enumerate_support:
             raise NotImplementedError(
                 f"Enumerate: dist={describe(dist)} has no enumerable support; it supports Bernoulli, "
@@ -91,19 +127,14 @@ class Enumerate(Estimator):
                 "ScoreFunction(LeaveOneOut()) with n >= 2."
             )
 
-    def draw(self, dist: Distribution, n: int) -> Draw:
-        if isinstance(dist, Independent):
-            value = _joint_support(dist)
-        else:
-            value = dist.enumerate_support(expand=True)
-        return Draw(value, dist.log_prob(value), dist, {})
+        check_parameters("Enumerate", dist, boundary=True)
 
-    def weight(self, draw: Draw) -> Tensor:
-        assert draw.log_prob is not None
-        return torch.exp(draw.log_prob)
+    def draw(self, dist: Distribution, n: int) -> EnumerateDraw:
+        value = _joint_support(dist) if isinstance(dist, Independent) else dist.enumerate_support(expand=True)
+        return EnumerateDraw(value, value.shape[0], dist, None, _probabilities(dist, value))
 
-    def reduce(self, draw: Draw, x: Tensor) -> Tensor:
-        return x.sum(0)
+    def weight(self, draw: EnumerateDraw) -> Tensor:  # type: ignore[override]
+        return draw.probs
 
     def extra_repr(self) -> str:
         return f"budget={self.budget}"

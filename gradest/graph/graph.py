@@ -3,72 +3,25 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent
+from torch.distributions import Distribution, Independent, OneHotCategorical
 
-from gradest._validation import check_distribution, check_finite, check_n, describe
-from gradest.estimators.base import Draw, Estimator, default_for
-from gradest.estimators.multisample import refuse_in_expectation
-from gradest.graph import compose
-from gradest.graph.dependencies import Provenance, Scope, Tag, plain
+from gradest._validation import check_distribution, check_n, describe
+from gradest.estimators._families import tensors as dist_tensors
+from gradest.estimators.base import Draw, Estimator
+from gradest.graph.checks import check_cost, check_differentiable, check_gradient, resolve_estimator
+from gradest.graph.compose import Cost, Node, Slot, terms
+from gradest.graph.dependencies import Provenance, Scope, Tag, plain, shadows_of
 from gradest.graph.dependencies import depends_on as depends_on_nodes
 
 __all__ = ["Graph"]
-
-
-@dataclass(eq=False)
-class Node:
-    """One ``sample`` call: its rule, its draw and where its samples sit among the graph's dims.
-
-    The graph's sample dimensions are *positions* counted leftwards from the batch dimensions: a node
-    at position q has a value ``[m, *(1,)*pad, *parent_block, *B]`` whose first q dims are sample dims.
-    """
-
-    name: str
-    index: int
-    dist: Distribution
-    estimator: Estimator
-    draw: Draw
-    position: int
-    pad: int
-    parent_depth: int
-    parents: frozenset[int]
-    ancestors: frozenset[int]
-
-    @property
-    def size(self) -> int:
-        return self.draw.value.shape[0]
-
-    @property
-    def batch(self) -> torch.Size:
-        """The node's own batch dims (after its parents' sample dims)."""
-        return self.dist.batch_shape[self.parent_depth :]
-
-    def view(self, t: Tensor) -> Tensor:
-        """A native ``[m, *dist.batch_shape, ...]`` tensor in graph layout (pad dims inserted)."""
-        return t.reshape(t.shape[:1] + (1,) * self.pad + t.shape[1:]) if self.pad else t
-
-
-@dataclass(eq=False)
-class Slot:
-    """A sample position: its size and the nodes whose samples run along it."""
-
-    size: int
-    pairable: bool  # plain Monte Carlo means: independent nodes of equal size may share it
-    nodes: list[int] = field(default_factory=list)
-
-
-@dataclass(eq=False)
-class Cost:
-    value: Tensor
-    name: str
-    deps: frozenset[int]
-    depth: int
 
 
 class Graph:
@@ -84,12 +37,17 @@ class Graph:
 
     Semantics:
 
-    - ``sample(name, dist, estimator=None, n=1)`` draws ``n`` samples (``Enumerate``: the whole
-      support) along a new leading *sample dimension*. A node whose distribution was built from
-      earlier samples keeps their sample dimensions after its own: ``[n_y, n_z, *B]``. Independent
-      Monte Carlo nodes with the same n share a dimension (their i-th samples form the i-th joint
-      sample); an enumerated node always gets a fresh one, with singleton dims below it, so that
-      costs broadcast over the joint support.
+    - ``sample(name, dist, estimator=None, n=1)`` returns the node's *samples* along a new leading
+      *sample dimension*: n exact samples (``Enumerate``: the whole support; ``UnorderedSet(k)``: the
+      k·n members of n sets; ``GumbelSoftmax(hard=False)``: n relaxed samples) — never a rule's
+      auxiliary points (REBAR's relaxations, ARM's and DisARM's antithetic partners, MeasureValued's
+      perturbations). The costs at those are computed by replaying every operation on them, with the
+      other nodes held at their samples (a tracked graph only; such a node may have no stochastic node
+      below it, and its samples may not be turned into Python values). A node whose distribution was
+      built from earlier samples keeps their sample dimensions after its own: ``[n_y, n_z, *B]``.
+      Independent Monte Carlo nodes with the same n share a dimension (their i-th samples form the
+      i-th joint sample); an enumerated node always gets a fresh one, with singleton dims below it, so
+      that costs broadcast over the joint support.
     - ``cost(value)``: ``value`` has the sample dims of the nodes it depends on first (those it
       reduced away are an error), then any batch dims; batch dims are matched with nodes' batch dims
       from the left and treated as independent (element b of a cost is credited to element b of a
@@ -101,8 +59,17 @@ class Graph:
       nodes — which is the Rao-Blackwellisation of Schulman et al. (2015). Score terms use DiCE's
       magic box, and baselines enter "loaded" (Farquhar et al. 2019), so higher derivatives are right.
 
-    The graph holds no global state: several can be open at once. Samples may be used only while
-    their graph is open.
+    The graph holds no global state: several can be open at once. Once a graph is closed (its ``with``
+    block ended), its samples and costs are ordinary tensors: log them, print them, keep computing
+    with them (in another graph they are data, depending on no node).
+
+    A cost that depends on no node and carries no gradient adds nothing to the gradient, and is
+    refused; so is a cost that depends on no node after a tensor computed from samples was turned into
+    a Python value or a numpy array (``.tolist()``, ``.item()``, ``.numpy()``) in the open graph —
+    such a cost has probably been rebuilt from those values and lost its dependencies. Pass
+    ``depends_on=()`` for a cost that truly depends on no node. While validation is on, a cost that
+    reaches a pathwise or relaxed node's samples only through operations without a derivative is
+    refused (see ``Estimator.differentiable_f``).
 
     Dependencies are found (``track=True``, the default): samples are a light tensor subclass that
     carries its node through every op, floating or not, so indices (``table[z]``), comparisons,
@@ -218,7 +185,7 @@ class Graph:
         *,
         depends_on: str | Iterable[str] | None = None,
     ) -> Tensor:
-        """Draw ``n`` samples of ``dist`` as node ``name``; returns ``[n, *dist.batch_shape, *E]``
+        """Draw node ``name`` from ``dist``; returns its samples ``[n, *dist.batch_shape, *E]``
         (``Enumerate``: the support along the leading dim; with singleton dims inserted when the node
         needs a fresh sample dimension).
 
@@ -235,16 +202,26 @@ class Graph:
             )
         dist = check_distribution("Graph.sample", dist)
         n = check_n("Graph.sample", n)
-        if estimator is None:
-            estimator = default_for(dist, n)
-        elif not isinstance(estimator, Estimator):
-            refuse_in_expectation("Graph.sample", estimator)
-            raise TypeError(
-                f"Graph.sample: estimator={estimator!r} is not a gradest Estimator; pass e.g. gradest.Pathwise()."
+        estimator = resolve_estimator("Graph.sample", estimator, dist, n)
+        rule = type(estimator).__name__
+        if estimator.auxiliary_points and not self.track:
+            raise ValueError(
+                f"Graph.sample: node {name!r} uses {rule}, which evaluates the costs at auxiliary points "
+                "of its samples by replaying each operation on them; that needs a tracked graph "
+                "(Graph(track=True), the default), or gradest.expectation with f."
             )
         estimator.check(dist, n)
 
-        tensors = _dist_tensors(dist)
+        tensors = dist_tensors(dist)
+        replayed = shadows_of(tensors)
+        if replayed and estimator.auxiliary_points:
+            above = self.nodes[next(iter(replayed))]
+            raise NotImplementedError(
+                f"Graph.sample: node {name!r} ({rule}) is drawn from a distribution computed from node "
+                f"{above.name!r} ({type(above.estimator).__name__}); both evaluate the costs at auxiliary "
+                "points of their samples, and such nodes cannot be nested. Use ScoreFunction(LeaveOneOut()) "
+                f"or RELAX(control) for one of them."
+            )
         parents = self._dependencies(tensors, depends_on, where)
         ancestors = set(parents)
         for p in parents:
@@ -266,32 +243,57 @@ class Graph:
                     f"{self._names_of(slot.nodes)}) has {slot.size} samples; keep sample dims leading."
                 )
 
+        state = _rng_state(tensors) if replayed else None
         draw = estimator.draw(dist, n)
-        m = draw.value.shape[0]
-        pairable = type(estimator).reduce is Estimator.reduce
-        position = self._place(depth, m, pairable)
+        shadow_draws = {a: self._replay(name, dist, estimator, n, a, len(copies), state)
+                        for a, copies in replayed.items()}
+        position = self._place(depth, draw.n, estimator.shares_sample_dim)
         index = len(self.nodes)
         if any(isinstance(t, Provenance) for t in tensors):  # parameters computed from samples
             draw = _plain_draw(draw)
-        node = Node(name, index, dist, estimator, draw, position, position - 1 - depth, depth,
-                    frozenset(parents), frozenset(ancestors))
+        node = Node(name, index, dist if draw.dist is dist else draw.dist, estimator, draw, position,
+                    position - 1 - depth, depth, frozenset(parents), frozenset(ancestors), shadow_draws)
         self.nodes.append(node)
         self._names[name] = index
         self.slots[position - 1].nodes.append(index)
 
-        value = node.view(plain(draw.value))
+        value = node.view(draw.values)
         if not self.track:
             return value
-        return Provenance.wrap(value, (Tag(self._scope, index, name),))
+        shadows = {a: tuple(node.view(d.values) for d in draws) for a, draws in shadow_draws.items()}
+        if estimator.auxiliary_points:
+            shadows[index] = tuple(node.view(block) for block in draw.auxiliary.split(draw.n))
+        return Provenance.wrap(value, (Tag(self._scope, index, name, rule),), shadows or None)
 
-    def _place(self, depth: int, m: int, pairable: bool) -> int:
+    def _replay(self, name: str, dist: Distribution, estimator: Estimator, n: int, above: int, copies: int,
+                state: tuple[Tensor, dict[int, Tensor]] | None) -> tuple[Draw, ...]:
+        """Node ``name``'s draw at each block of ``above``'s auxiliary points: the distribution rebuilt
+        from the parameters' copies there, sampled from the same random-number state as the draw itself
+        (common random numbers: the same ε for a pathwise node, the same uniforms for bits)."""
+        parent = self.nodes[above]
+        draws = []
+        for block in range(copies):
+            with _replaying(state):
+                draws.append(estimator.draw(_shadow_dist(dist, above, block), n))
+        needs_slope = parent.estimator.differentiable_f == "auxiliary"
+        if needs_slope and estimator.differentiable_f != "values" and estimator.weight(draws[0]) is None:
+            raise NotImplementedError(
+                f"Graph.sample: node {name!r} ({type(estimator).__name__}) is drawn from a distribution "
+                f"computed from node {parent.name!r}, whose {type(parent.estimator).__name__} differentiates "
+                f"the costs at its relaxed points; {type(estimator).__name__}'s samples carry no derivative "
+                "there. Give the lower node a pathwise rule, ScoreFunction or Enumerate, or use "
+                f"RELAX(control) for {parent.name!r}."
+            )
+        return tuple(draws)
+
+    def _place(self, depth: int, m: int, shared: bool) -> int:
         """The position of a new node: the first shareable slot above its parents, else a fresh one."""
-        if pairable:
+        if shared:
             for q in range(depth + 1, len(self.slots) + 1):
                 slot = self.slots[q - 1]
-                if slot.pairable and slot.size == m:
+                if slot.shared and slot.size == m:
                     return q
-        self.slots.append(Slot(m, pairable))
+        self.slots.append(Slot(m, shared))
         return len(self.slots)
 
     def _names_of(self, ids: Iterable[int]) -> list[str]:
@@ -303,21 +305,40 @@ class Graph:
         """Add a cost: any tensor computed from samples and parameters (see the class docstring).
 
         ``depends_on`` names the nodes whose samples ``value`` was computed from (their ancestors are
-        added); by default the graph finds them (``track=True``) or takes every node (``track=False``).
+        added; ``()`` for none); by default the graph finds them (``track=True``) or takes every node
+        (``track=False``).
         """
         where = "cost"
         self._open(where)
-        if not isinstance(value, Tensor):
-            raise TypeError(f"Graph.cost: value={type(value).__name__} must be a tensor computed from the samples.")
         name = name if name is not None else f"cost{len(self.costs)}"
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"Graph.cost: cost {name!r} is a {type(value).__name__}, not a tensor; keep the cost in torch "
+                "(a cost rebuilt from .tolist(), .item() or .numpy() loses the nodes it depends on)."
+            )
         direct = self._dependencies([value], depends_on, where)
         deps = set(direct)
         for i in direct:
             deps |= self.nodes[i].ancestors
         depth = max([0] + [self.nodes[i].position for i in deps])
+        replayed = shadows_of([value])
         value = plain(value)
-        if not (value.is_floating_point() or value.is_complex()):
-            raise TypeError(f"Graph.cost: cost {name!r} has dtype={value.dtype}; costs must be floating point.")
+        check_cost("Graph.cost", value, tuple(value.shape), f"cost {name!r}")
+        if not deps and depends_on is None and self.track:
+            if not value.requires_grad:
+                raise ValueError(
+                    f"Graph.cost: cost {name!r} depends on no node and carries no gradient, so it adds nothing "
+                    "to the gradient; if it was computed from samples through .tolist(), .item(), .numpy() or "
+                    "torch.tensor(...), the graph lost track of them: keep the computation in torch ops. Pass "
+                    "depends_on=() to add it anyway."
+                )
+            if self._scope.escaped is not None:
+                raise ValueError(
+                    f"Graph.cost: cost {name!r} depends on no node, but a tensor computed from samples went "
+                    f"through {self._scope.escaped} in this graph: if the cost was rebuilt from such values it "
+                    "has lost the nodes it depends on, and their gradient would miss it. Keep the computation "
+                    "in torch ops, or pass depends_on=() if this cost truly depends on no node."
+                )
         if value.dim() < depth:
             raise ValueError(
                 f"Graph.cost: cost {name!r} has shape {tuple(value.shape)} but depends on nodes "
@@ -359,7 +380,7 @@ class Graph:
                     )
         joint = 1
         for q in range(1, depth + 1):
-            if not self.slots[q - 1].pairable and value.shape[depth - q] > 1:
+            if not self.slots[q - 1].shared and value.shape[depth - q] > 1:
                 joint *= self.slots[q - 1].size
         if joint > self.enumerate_budget:
             raise ValueError(
@@ -367,45 +388,104 @@ class Graph:
                 f"enumerate_budget={self.enumerate_budget}; raise Graph(enumerate_budget=...) or use "
                 "ScoreFunction for some nodes."
             )
-        check_finite("Graph.cost", f"cost {name!r}", value, "check the computation for 0/0, log(0) or inf - inf.")
-        self.costs.append(Cost(value, name, frozenset(deps), depth))
+        auxiliary: dict[int, tuple[Tensor, ...]] = {}
+        for i in sorted(deps):
+            node = self.nodes[i]
+            if not node.estimator.auxiliary_points:
+                continue
+            if i not in replayed:
+                raise ValueError(
+                    f"Graph.cost: cost {name!r} depends on node {node.name!r}, whose "
+                    f"{type(node.estimator).__name__} needs the cost at auxiliary points of its samples, "
+                    "but the cost's computation could not be replayed there (it was declared with depends_on=, "
+                    "or left torch); compute the cost from the node's samples with torch operations."
+                )
+            auxiliary[i] = tuple(check_cost("Graph.cost", plain(t), tuple(value.shape), f"cost {name!r}")
+                                 for t in replayed[i])
+        record = Cost(value, name, frozenset(deps), depth, auxiliary)
+        for i in sorted(deps):
+            if self.nodes[i].estimator.differentiable_f is not None:
+                check_differentiable("Graph.cost", self.nodes[i], record, self.nodes, f"cost {name!r}")
+        self.costs.append(record)
 
     def loss(self) -> Tensor:
         """The scalar surrogate: value = the estimate of Σ E[cost], gradient = the estimator."""
         if not self.costs:
             raise ValueError("Graph.loss: no costs were added; call g.cost(value) for each cost first.")
-        return compose.loss(self.nodes, self.slots, self.costs)
+        parts = terms(self.nodes, self.slots, self.costs)
+        total = parts[0].sum()
+        for t in parts[1:]:
+            total = total + t.sum()
+        return check_gradient("Graph.loss", total)
+
+
+def _rng_state(tensors: list[Tensor]) -> tuple[Tensor, dict[int, Tensor]]:
+    """The CPU generator's state and that of every CUDA device ``tensors`` live on."""
+    devices = {t.device.index or 0 for t in tensors if t.device.type == "cuda"}
+    return torch.get_rng_state(), {d: torch.cuda.get_rng_state(d) for d in devices}
+
+
+@contextmanager
+def _replaying(state: tuple[Tensor, dict[int, Tensor]] | None) -> Iterator[None]:
+    """Run the block from the random-number ``state``, and leave the generators as they were."""
+    assert state is not None
+    cpu, cuda = state
+    with torch.random.fork_rng(devices=list(cuda)):
+        torch.set_rng_state(cpu)
+        for device, s in cuda.items():
+            torch.cuda.set_rng_state(s, device)
+        yield
+
+
+def _shadow_dist(dist: Distribution, above: int, copy: int) -> Distribution:
+    """``dist`` with every tensor computed from samples replaced by its copy at ``above``'s ``copy``-th
+    block of auxiliary points (plain where it has none)."""
+
+    def swap(t: Provenance) -> Tensor:
+        own = t._gradest_shadows
+        return plain(own[above][copy]) if own and above in own else plain(t)
+
+    return _substitute(dist, swap)
 
 
 def _plain_draw(draw: Draw) -> Draw:
-    lp = None if draw.log_prob is None else plain(draw.log_prob)
-    return Draw(plain(draw.value), lp, _plain_dist(draw.dist), {k: plain(v) for k, v in draw.extra.items()})
+    """``draw`` with every tensor (and the distribution's parameters) as a plain tensor: the rule's
+    terms are formed in ``loss()``, which may run after the graph has closed."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(draw):
+        v = getattr(draw, f.name)
+        if isinstance(v, Provenance):
+            changes[f.name] = plain(v)
+        elif isinstance(v, Distribution):
+            changes[f.name] = _plain_dist(v)
+    return dataclasses.replace(draw, **changes) if changes else draw
 
 
 def _plain_dist(dist: Distribution) -> Distribution:
     """``dist``, or a shallow copy whose :class:`Provenance` tensors (parameters built from samples,
-    e.g. ``logits=W[z]``) are plain: baselines read the draw's distribution in ``loss()``,
-    which may run after the graph has closed."""
-    tensors = vars(dist)
-    base = dist.base_dist if isinstance(dist, Independent) else None
-    plain_base = None if base is None else _plain_dist(base)
-    if plain_base is base and not any(isinstance(v, Provenance) for v in tensors.values()):
+    e.g. ``logits=W[z]``) are plain."""
+    return _substitute(dist, plain)
+
+
+def _substitute(dist: Distribution, swap: Callable[[Provenance], Tensor]) -> Distribution:
+    """``dist``, or a shallow copy (through ``Independent`` and ``OneHotCategorical`` wrappers) with
+    ``swap(t)`` in place of each :class:`Provenance` tensor ``t`` it holds."""
+    own = vars(dist)
+    inner = None
+    if isinstance(dist, Independent):
+        inner = dist.base_dist
+    elif isinstance(dist, OneHotCategorical):
+        inner = dist._categorical
+    new_inner = None if inner is None else _substitute(inner, swap)
+    if new_inner is inner and not any(isinstance(v, Provenance) for v in own.values()):
         return dist
     out = copy.copy(dist)
-    for k, v in tensors.items():
+    for k, v in own.items():
         if isinstance(v, Provenance):
-            setattr(out, k, plain(v))
-    if plain_base is not base:
-        out.base_dist = plain_base  # type: ignore[attr-defined]
-    return out
-
-
-def _dist_tensors(dist: Distribution) -> list[Tensor]:
-    """Every tensor a distribution holds (its parameters and cached derived values)."""
-    out = []
-    while True:
-        out += [v for v in vars(dist).values() if isinstance(v, Tensor)]
+            setattr(out, k, swap(v))
+    if new_inner is not inner:
         if isinstance(dist, Independent):
-            dist = dist.base_dist
-            continue
-        return out
+            out.base_dist = new_inner  # type: ignore[attr-defined]
+        else:
+            out._categorical = new_inner  # type: ignore[attr-defined]
+    return out
