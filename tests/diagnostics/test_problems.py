@@ -12,6 +12,7 @@ from torch.distributions import Bernoulli, Categorical, Independent, Normal, One
 import gradest
 from gradest.diagnostics import compare, recommend
 from gradest.problems import CustomProblem, Problem, load_problem
+from gradest.testing import SelfInclusiveMean
 
 
 def _normal(m):
@@ -65,14 +66,28 @@ def test_default_reference(dist, expected):
     assert type(est).__name__ == expected and n == (1 if expected == "Enumerate" else 64)
 
 
-def test_a_pathwise_gradient_of_a_step_is_caught_against_the_default_reference():
-    # E[1{x > 0}] under N(μ, 1): the pathwise gradient is a silent 0; the score function's reference is not.
+def test_a_step_cost_needs_a_reference_that_asks_nothing_of_f():
+    # E[1{x > 0}] under N(μ, 1): a pathwise gradient would be a silent 0. Pathwise itself refuses (n/a, with
+    # the reason), and the default reference is the score function, which needs no derivative of f.
     problem = Problem(lambda x: (x > 0).float(), _normal, [torch.tensor(0.3)], name="step")
     report = compare(problem, "pathwise,score+leave-one-out", trials=2000, timing_repeats=1)
     pathwise, loo = report.rows
-    assert pathwise.verdict == "biased" and loo.verdict == "unbiased"
+    assert pathwise.verdict == "n/a" and "without a derivative" in pathwise.reason
+    assert loo.verdict == "unbiased" and loo.reference.startswith("reference: ScoreFunction, n=64")
+    assert abs(loo.mean[0] - 0.3814) < 5 * loo.bias_se[0]  # the N(0.3, 1) density at 0
+
+
+def test_an_estimator_that_wrongly_claims_to_be_unbiased_is_caught_against_the_reference():
+    # A baseline that sees its own sample's cost shrinks the gradient by (n − 1)/n, under a class that
+    # claims to be unbiased: measured against the default reference, it is flagged, and recommend says so.
+    problem = Problem(lambda x: (x - 2.0) ** 2, _normal, [torch.tensor(0.3)], name="shifted")
+    report = compare(problem, {"loo": "score+leave-one-out",
+                               "self-inclusive": lambda: gradest.ScoreFunction(SelfInclusiveMean())},
+                     trials=2000, timing_repeats=1)
+    loo, wrong = report.rows
+    assert loo.verdict == "unbiased" and wrong.verdict == "biased"
     (rec,) = recommend(report)
-    assert rec.estimator == "score+leave-one-out" and "pathwise claims to be unbiased but is" in rec.text
+    assert rec.estimator == "loo" and "self-inclusive claims to be unbiased but is" in rec.text
 
 
 def test_a_given_reference_is_used_and_batched_problems_are_drawn_in_one_call():
