@@ -93,7 +93,8 @@ def _examples() -> str:
     for path in sorted((ROOT / "examples").glob("*.py")):
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
         head, _, rest = doc.partition("\n")
-        out += [f"## `{path.name}`", "", f"**{head.strip()}**", "", "```text", rest.strip(), "```", "",
+        out += [f"## `{path.name}`", "", f"**{head.strip()}**", "", "```{eval-rst}", _literal_blocks(rest.strip()),
+                "```", "",
                 f"```bash\npython examples/{path.name} --help\n```", ""]
     return "\n".join(out)
 
@@ -113,8 +114,8 @@ def _literal_trailing_underscores(app, what, name, obj, options, lines) -> None:
         if in_math and (not stripped or line.startswith(" ")):
             continue
         in_math = False
-        parts = line.split("``")  # leave inline literals alone
-        lines[i] = "``".join(p if k % 2 else _TRAILING.sub(r"``\1``", p) for k, p in enumerate(parts))
+        parts = line.split("`")  # leave literals, roles (:math:`...`) and references alone
+        lines[i] = "`".join(p if k % 2 else _TRAILING.sub(r"``\1``", p) for k, p in enumerate(parts))
 
 
 def _generate(app, config) -> None:  # noqa: ANN001
@@ -125,6 +126,16 @@ def _generate(app, config) -> None:  # noqa: ANN001
 def setup(app) -> None:  # noqa: ANN001
     app.connect("config-inited", _generate)  # before Sphinx looks for the source files
     app.connect("autodoc-process-docstring", _literal_trailing_underscores)
+
+
+def _literal_blocks(text: str) -> str:
+    """An indented block after a line ending in one colon (a table of flags, a command) is set as a
+    literal block ("::"), as the scripts' docstrings mean it, not as a reStructuredText definition list."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines[:-2]):
+        if line.endswith(":") and not line.endswith("::") and not lines[i + 1].strip() and lines[i + 2].startswith(" "):
+            lines[i] = line + ":"
+    return "\n".join(lines)
 
 
 def _write(name: str, text: str) -> None:

@@ -105,7 +105,7 @@ def _problems(specs: Problems, where: str) -> list[tuple[str, Problem]]:
         specs = [specs]
     if not isinstance(specs, Sequence) or not specs:
         raise TypeError(f"{where}: problems={specs!r} must be a name, a Problem, (f, dist_builder, params), or a list.")
-    out = []
+    out: list[tuple[str, Problem]] = []
     for i, p in enumerate(specs):
         if isinstance(p, str):
             if p not in PROBLEMS:
@@ -113,12 +113,17 @@ def _problems(specs: Problems, where: str) -> list[tuple[str, Problem]]:
             out.append((p, PROBLEMS[p]()))
         else:
             problem = as_problem(p, name="custom" if len(specs) == 1 else f"custom-{i}", where=where)
-            out.append((problem.name, problem))
+            label = problem.name
+            if any(label == seen for seen, _ in out):  # labels are keys of the table: make repeats distinct
+                label = f"{label}#{i + 1}"
+            out.append((label, problem))
     return out
 
 
 def _check_int(where: str, name: str, value: object, low: int, hint: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{where}: {name}={value!r} must be an int >= {low}{hint}.")
+    if value < low:
         raise ValueError(f"{where}: {name}={value!r} must be an int >= {low}{hint}.")
     return value
 

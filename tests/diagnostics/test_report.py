@@ -135,6 +135,21 @@ def test_compare_settings_are_checked_first(kwargs, match):
         compare("gaussian-square", "pathwise", **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, match", [({"n": 2.0}, "n=2.0 must be an int"), ({"trials": "100"}, "trials='100'"),
+                                           ({"seed": True}, "seed=True must be an int")])
+def test_compare_settings_of_the_wrong_type(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        compare("gaussian-square", "pathwise", **kwargs)
+
+
+def test_problems_with_the_same_name_get_distinct_labels():
+    twice = [(lambda x: x**2, lambda m: torch.distributions.Normal(m, 1.0), [torch.tensor(0.5)])] * 2
+    report = compare(twice, "pathwise", trials=40, timing_repeats=1)
+    assert [r.problem for r in report.rows] == ["custom-0", "custom-1"]
+    named = [Problem(lambda x: x**2, lambda m: torch.distributions.Normal(m, 1.0), [torch.tensor(0.5)], name="p")] * 2
+    assert [r.problem for r in compare(named, "pathwise", trials=40, timing_repeats=1).rows] == ["p", "p#2"]
+
+
 def test_json_round_trip_keeps_rows_and_flags(categorical):
     again = Report.from_json(categorical.to_json())
     assert again.to_json() == categorical.to_json()
