@@ -151,17 +151,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.print(file=out)
     for rec in recommend(report):
         print("• " + rec.text, file=out)
-    if args.json == "-":
-        print(report.to_json())
-    elif args.json:
-        Path(args.json).write_text(report.to_json())
-        print(f"wrote {args.json}", file=out)
-    if plot:
-        from gradest.diagnostics.plots import plot_report, plot_sweeps
+    try:
+        if args.json == "-":
+            print(report.to_json())
+        elif args.json:
+            Path(args.json).write_text(report.to_json())
+            print(f"wrote {args.json}", file=out)
+        if plot:
+            from gradest.diagnostics.plots import plot_report, plot_sweeps
 
-        if any(r.kind == "compare" for r in report.rows):
-            print(f"wrote {plot_report(report, plot)}", file=out)
-        if any(r.kind != "compare" and r.status == "ok" for r in report.rows):
-            path = Path(plot)
-            print(f"wrote {plot_sweeps(report, path.with_name(path.stem + '-sweeps' + path.suffix))}", file=out)
+            if any(r.kind == "compare" for r in report.rows):
+                print(f"wrote {plot_report(report, plot)}", file=out)
+            if any(r.kind != "compare" and r.status == "ok" for r in report.rows):
+                path = Path(plot)
+                print(f"wrote {plot_sweeps(report, path.with_name(path.stem + '-sweeps' + path.suffix))}", file=out)
+    except OSError as e:  # a folder that does not exist, no permission
+        return _fail(f"cannot write {e.filename!r}: {e.strerror}")
     return 0

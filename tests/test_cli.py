@@ -92,6 +92,8 @@ def test_sweeps_only_when_asked(tmp_path, capsys):
     (["--problems", "gaussian-square", "--trials", "5"], "trials=5 must be an int >= 20"),
     (["--problems", "gaussian-square", "--sweeps", "tau"], "sweep 'tau' is unknown"),
     (["--problems", "gaussian-square", "--false-alarm", "2"], "false_alarm=2.0 must lie in"),
+    (["--problems", "gaussian-square", "--estimators", "pathwise", "--json", "no/such/dir/r.json"],
+     "cannot write 'no/such/dir/r.json': No such file or directory"),
 ])
 def test_errors_are_one_line_with_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -126,11 +126,15 @@ def _is_categorical(dist: Distribution) -> bool:
     return not isinstance(dist, Bernoulli)
 
 
+class _NeedsProblem(Exception):
+    """Raised by a builder whose options are fine but that needs the problem to build (RELAX's control)."""
+
+
 def _relax(problem: Problem | None, temperature: float = 0.5, eta: float = 1.0) -> Estimator:
+    if not temperature > 0 or temperature == float("inf"):
+        raise ValueError(f"relax: temperature={temperature} must be a finite number > 0; 0.1 to 1 is typical.")
     if problem is None:
-        raise ValueError("relax: the control η·f(σ_τ(z)) needs the problem's f; build RELAX(control) yourself.")
-    if not temperature > 0:
-        raise ValueError(f"relax: temperature={temperature} must be > 0; 0.1 to 1 is typical.")
+        raise _NeedsProblem
     categorical = _is_categorical(problem.dist(*problem.params(dtype=problem.dtype)))
     return RELAX(RelaxedCostControl(problem.f, categorical=categorical, temperature=temperature, eta=eta))
 
@@ -284,8 +288,9 @@ def _parse_one(where: str, spec: str) -> Recipe:
             raise ValueError(f"{where}: estimator {spec!r} has no option {k!r}; {canonical} takes {takes}.")
         options[k] = _parse_value(where, spec, k, v, entry.options[k])
     try:
-        if canonical != "relax":  # its control needs the problem's f; its own checks run at build
-            entry.build(None, **options)
+        entry.build(None, **options)  # the estimator's own argument checks, now
+    except _NeedsProblem:  # RELAX's control is built from the problem's f
+        pass
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: estimator {spec!r}: {e}") from None
     label = canonical + "".join(f":{k}={_format(v)}" for k, v in options.items())

@@ -57,6 +57,7 @@ def test_a_list_joined_by_commas():
     ("rebar:temperature=abc", ValueError, "temperature='abc' must be a number"),
     ("rebar:temperature", ValueError, "option 'temperature' must be KEY=VALUE"),
     ("rebar:temperature=0", ValueError, "rebar:temperature=0.*temperature"),  # REBAR's own check
+    ("relax:temperature=-1", ValueError, "relax:temperature=-1.*must be a finite number > 0"),
     ("gumbel-softmax:hard=maybe", ValueError, "hard='maybe' must be true or false"),
     ("score:baseline=median", ValueError, "baseline='median' is not one of none, moving-average"),
     ("unordered-set:k=2.5", ValueError, "k='2.5' must be an int"),
