@@ -65,7 +65,7 @@ def expectation(
         raise TypeError(f"{where}: f={f!r} is not callable; pass a function mapping samples to costs.")
     dist = check_distribution(where, dist)
     n = check_n(where, n)
-    estimator = resolve_estimator(where, estimator, dist, n)
+    estimator = resolve_estimator(where, estimator, dist, n).delegate(dist, n)
     estimator.check(dist, n)
     draw = estimator.draw(dist, n)
     cost = check_cost(where, f(draw.points), draw.points.shape[: 1 + len(dist.batch_shape)])

@@ -278,7 +278,7 @@ def test_enumerate_over_budget() -> None:
     with pytest.raises(
         ValueError,
         match=r"Enumerate: dist=Independent\(Bernoulli\(.*\)\) has 1048576 joint support points, over "
-        r"budget=1000; raise Enumerate\(budget=\.\.\.\) .* or use ScoreFunction\(LeaveOneOut\(\)\)",
+        r"budget=1000; raise Enumerate\(budget=\.\.\.\) .* Enumerate\(fallback=ScoreFunction\(LeaveOneOut\(\)\)\)",
     ):
         gradest.expectation(f, dist, gradest.Enumerate(budget=1000))
     assert f.calls == 0

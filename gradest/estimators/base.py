@@ -24,7 +24,8 @@ Every estimator answers, in this order:
 What a graph needs to know about a rule is declared in the class body, as ``torch.distributions``
 declares ``has_rsample``: :attr:`Estimator.reduction`, :attr:`Estimator.shares_sample_dim`,
 :attr:`Estimator.elementwise`, :attr:`Estimator.auxiliary_points`, :attr:`Estimator.live_costs`,
-:attr:`Estimator.differentiable_f`, :attr:`Estimator.families`, :attr:`Estimator.has_correction`.
+:attr:`Estimator.differentiable_f`, :attr:`Estimator.families`, :attr:`Estimator.eliminable`,
+:attr:`Estimator.has_correction`.
 The estimator used when none is given comes from a registry (:func:`register_default`), like
 ``torch.distributions.kl.register_kl``.
 """
@@ -113,6 +114,10 @@ class Estimator(nn.Module):
     requirement admits (``Pathwise``: those with ``rsample``; ``Enumerate``: those with an enumerable
     support). ``check`` refuses the others with a ``NotImplementedError`` naming the families."""
 
+    eliminable: ClassVar[bool] = False
+    """Whether the values are the whole support and the weight the probability, so that a graph may
+    sum the node out by variable elimination rather than over the joint support (``Enumerate``)."""
+
     has_correction: ClassVar[bool] = False
     """Whether ``correction`` returns a term (a rule whose correction depends on its configuration,
     such as ``ScoreFunction(baseline=None)``, answers with a property)."""
@@ -122,6 +127,11 @@ class Estimator(nn.Module):
 
     def check(self, dist: Distribution, n: int) -> None:
         """Raise ``NotImplementedError``/``ValueError`` if this rule cannot handle ``dist`` with ``n``."""
+
+    def delegate(self, dist: Distribution, n: int, *, limit: int | None = None) -> Estimator:
+        """The estimator that handles ``dist``: this one (``Enumerate`` hands a support too large for its
+        budget, or a factor of ``limit`` joint values in a graph, to its ``fallback``)."""
+        return self
 
     def draw(self, dist: Distribution, n: int) -> Draw:
         raise NotImplementedError(f"{type(self).__name__} does not implement draw()")

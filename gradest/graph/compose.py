@@ -20,7 +20,7 @@ Corrections carry the boxes of their node's ancestors ("loaded" baselines, Farqu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -37,8 +37,12 @@ __all__ = ["Node", "Slot", "Cost", "terms"]
 class Node:
     """One stochastic node: its rule, its draw and where its values sit among the graph's dims.
 
-    The graph's sample dimensions are *positions* counted leftwards from the batch dimensions: a node
-    at position q has values ``[n, *(1,)*pad, *parent_block, *B]`` whose first q dims are sample dims.
+    The graph's sample dimensions are *positions* counted leftwards from the batch dimensions: a
+    tensor with d sample dims has position q at dim d − q. A node's distribution has batch shape
+    ``[*parent_block, *B]``, its parents' sample dims (positions ``parent_depth``..1) first; its values
+    sit at its own ``position``, left of that block (``[n, *(1,)*pad, *parent_block, *B]``), or — for an
+    enumerated node whose position a ``Graph.markov`` chain recycles — inside it, at a position no
+    parent occupies. Its graph-layout tensors have ``dims`` sample dims.
     """
 
     name: str
@@ -47,13 +51,16 @@ class Node:
     estimator: Estimator
     draw: Draw
     position: int = 1
-    pad: int = 0
     parent_depth: int = 0
     parents: frozenset[int] = frozenset()
     ancestors: frozenset[int] = frozenset()
+    """The sampled (not eliminable) nodes above this one; enumerated ones are reached through the
+    enumerated parents' scopes (``marginal.py``)."""
     shadow_draws: dict[int, tuple[Draw, ...]] = field(default_factory=dict)
     """For each ancestor with auxiliary points: this node's draw replayed at each block of them (the
     same random numbers, the distribution's parameters at that block)."""
+    step: tuple[int, int] | None = None
+    """(markov context, step) for a node drawn inside ``Graph.markov``, else None."""
 
     @property
     def size(self) -> int:
@@ -61,13 +68,27 @@ class Node:
         return self.draw.n
 
     @property
+    def dims(self) -> int:
+        """The number of leading sample dims of the node's tensors in graph layout."""
+        return max(self.position, self.parent_depth)
+
+    @property
+    def pad(self) -> int:
+        """Singleton dims between the node's own dim and its parents' block (0 when recycled inside it)."""
+        return max(self.position - 1 - self.parent_depth, 0)
+
+    @property
     def batch(self) -> torch.Size:
         """The node's own batch dims (after its parents' sample dims)."""
         return self.dist.batch_shape[self.parent_depth :]
 
     def view(self, t: Tensor) -> Tensor:
-        """A native ``[n, *dist.batch_shape, ...]`` tensor in graph layout (pad dims inserted)."""
-        return t.reshape(t.shape[:1] + (1,) * self.pad + t.shape[1:]) if self.pad else t
+        """A native ``[n, *dist.batch_shape, ...]`` tensor in graph layout."""
+        if self.position > self.parent_depth:
+            pad = self.position - 1 - self.parent_depth
+            return t.reshape(t.shape[:1] + (1,) * pad + t.shape[1:]) if pad else t
+        inside = self.parent_depth - self.position  # the dim of the parent block at this position (size 1)
+        return t.squeeze(1 + inside).movedim(0, inside)
 
 
 @dataclass(eq=False)
@@ -90,14 +111,16 @@ class Cost:
     deps: frozenset[int]
     depth: int
     auxiliary: dict[int, tuple[Tensor, ...]] = field(default_factory=dict)
+    direct: frozenset[int] | None = None
+    """The nodes the value was computed from directly (``deps`` adds their ancestors); None: ``deps``."""
 
 
 def _align(node: Node, t: Tensor, depth: int, batch_len: int, *, what: str) -> Tensor:
     """A node's native ``[n, *dist.batch_shape]`` weight in the layout of a tensor with ``depth``
     sample dims and ``batch_len`` batch dims."""
     g = node.view(t)
-    if depth > node.position:
-        g = g.reshape((1,) * (depth - node.position) + g.shape)
+    if depth > node.dims:
+        g = g.reshape((1,) * (depth - node.dims) + g.shape)
     extra = len(node.batch) - batch_len
     if extra > 0:  # the cost spans several of the node's batch elements: their weights multiply
         if node.estimator.reduction != "mean":
@@ -158,19 +181,22 @@ def _to_native(nodes: list[Node], slots: list[Slot], w: Node, c: Cost, v: Tensor
     return v if v.shape == shape else v.expand(shape)
 
 
-def world_weights(nodes: list[Node], weights: dict[int, Tensor | None], w: Node, copy: int) -> dict[int, Tensor | None]:
-    """The weights in the world of w's ``copy``-th block of auxiliary points: a node drawn below w was
-    replayed there (``shadow_draws``), so its weight is the replayed draw's; the others keep theirs."""
-    out = dict(weights)
-    for node in nodes:
-        replayed = node.shadow_draws.get(w.index)
-        if replayed is not None:
-            out[node.index] = node.estimator.weight(replayed[copy])
+def world_weights(nodes: list[Node], weights: Mapping[int, Tensor | None], w: Node, copy: int,
+                  deps: Iterable[int]) -> dict[int, Tensor | None]:
+    """The weights of the nodes ``deps`` other than w in the world of w's ``copy``-th block of auxiliary
+    points: a node drawn below w was replayed there (``shadow_draws``), so its weight is the replayed
+    draw's; the others keep theirs."""
+    out: dict[int, Tensor | None] = {}
+    for i in deps:
+        if i == w.index:
+            continue
+        replayed = nodes[i].shadow_draws.get(w.index)
+        out[i] = weights[i] if replayed is None else nodes[i].estimator.weight(replayed[copy])
     return out
 
 
 def _downstream(nodes: list[Node], slots: list[Slot], costs: list[Cost], w: Node,
-                weights: dict[int, Tensor | None]) -> Tensor:
+                weights: Mapping[int, Tensor | None]) -> Tensor:
     """The costs that depend on w, at w's values and then at its auxiliary points: ``[m, *B]``.
 
     At the values everything is stopped (a baseline never differentiates the costs it regresses on).
@@ -182,12 +208,15 @@ def _downstream(nodes: list[Node], slots: list[Slot], costs: list[Cost], w: Node
     live = w.estimator.live_costs
     total: Tensor | None = None
     for c in costs:
-        others = {i: stop_gradient(t) for i, t in weights.items() if i in c.deps and i != w.index and t is not None}
+        others = {}
+        for i in c.deps:
+            t = weights[i] if i != w.index else None
+            if t is not None:
+                others[i] = stop_gradient(t)
         parts = [_to_native(nodes, slots, w, c, stop_gradient(c.value), others, shape)]
         for copy, v in enumerate(c.auxiliary.get(w.index, ())):
             world = {i: t if live and w.index in nodes[i].shadow_draws else stop_gradient(t)
-                     for i, t in world_weights(nodes, weights, w, copy).items()
-                     if i in c.deps and i != w.index and t is not None}
+                     for i, t in world_weights(nodes, weights, w, copy, c.deps).items() if t is not None}
             parts.append(_to_native(nodes, slots, w, c, v if live else stop_gradient(v), world, shape))
         v = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
         total = v if total is None else total + v
@@ -195,11 +224,13 @@ def _downstream(nodes: list[Node], slots: list[Slot], costs: list[Cost], w: Node
     return total
 
 
-def terms(nodes: list[Node], slots: list[Slot], costs: list[Cost]) -> list[Tensor]:
+def terms(nodes: list[Node], slots: list[Slot], costs: list[Cost], *, exclude: frozenset[int] = frozenset()
+          ) -> list[Tensor]:
     """The surrogate's terms (see the module docstring), each reduced over its sample dims and keeping
     its batch dims: one per group of costs and corrections of the same shape and sample dims (summed
-    before the one reduction they share: the reductions are linear)."""
-    weights: dict[int, Tensor | None] = {w.index: w.estimator.weight(w.draw) for w in nodes}
+    before the one reduction they share: the reductions are linear). Nodes in ``exclude`` (summed out
+    by ``marginal.py``, with the corrections of the nodes drawn below them) add no correction here."""
+    weights: dict[int, Tensor | None] = {w.index: w.estimator.weight(w.draw) for w in nodes if w.index not in exclude}
     pending: list[tuple[int, Tensor]] = []  # (depth, unreduced term)
 
     def add(depth: int, x: Tensor) -> None:
@@ -217,7 +248,7 @@ def terms(nodes: list[Node], slots: list[Slot], costs: list[Cost]) -> list[Tenso
                 x = x * _align(nodes[i], wi, c.depth, batch_len, what=f"cost {c.name!r}")
         add(c.depth, x)
     for w in nodes:
-        if not w.estimator.has_correction:
+        if not w.estimator.has_correction or w.index in exclude:
             continue
         relevant = [c for c in costs if w.index in c.deps]
         if not relevant:

@@ -269,7 +269,7 @@ def _collect(args: Any, kwargs: dict[str, Any]) -> tuple[tuple[Tag, ...], Shadow
     """The tags carried by an op's arguments (the union), and their shadows (merged)."""
     found: tuple[Tag, ...] = ()
     shadows: Shadows | None = None
-    nested = bool(kwargs)
+    nested = bool(kwargs) and any(isinstance(v, (Tensor, tuple, list, dict)) for v in kwargs.values())
     for a in args:  # fast path: the op's tensors are top-level arguments, with the same tags
         if isinstance(a, Provenance):
             tags = _live(a)

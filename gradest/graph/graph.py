@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, OneHotCategorical
 
-from gradest._validation import check_distribution, check_n, describe
+from gradest._validation import check_distribution, check_finite, check_n, describe, is_validation_enabled
 from gradest.estimators._families import tensors as dist_tensors
 from gradest.estimators.base import Draw, Estimator
+from gradest.estimators.enumerate import support_size
 from gradest.graph.checks import check_cost, check_differentiable, check_gradient, resolve_estimator
 from gradest.graph.compose import Cost, Node, Slot, terms
 from gradest.graph.dependencies import Provenance, Scope, Tag, plain, shadows_of
 from gradest.graph.dependencies import depends_on as depends_on_nodes
+from gradest.graph.marginal import marginalise
 
 __all__ = ["Graph"]
+
+T = TypeVar("T")
 
 
 class Graph:
@@ -113,8 +118,11 @@ class Graph:
         self.nodes: list[Node] = []
         self.slots: list[Slot] = []  # slots[q - 1] is position q
         self.costs: list[Cost] = []
+        self.observes: list[Cost] = []  # log-probabilities of observations, with their dependencies
         self._scope = Scope()
         self._names: dict[str, int] = {}
+        self._chains: list[_Chain] = []  # the open markov contexts, innermost last
+        self._chain_count = 0
 
     @property
     def closed(self) -> bool:
@@ -223,10 +231,12 @@ class Graph:
                 f"or RELAX(control) for one of them."
             )
         parents = self._dependencies(tensors, depends_on, where)
-        ancestors = set(parents)
+        # ancestors: the sampled (not eliminated) ones; enumerated ancestors are reached through the
+        # enumerated parents' scopes when the graph sums them out (so a chain's sets do not grow with it)
+        ancestors = {p for p in parents if not self.nodes[p].estimator.eliminable}
         for p in parents:
             ancestors |= self.nodes[p].ancestors
-        depth = max([0] + [self.nodes[p].position for p in parents])
+        depth = max([0] + [self.nodes[p].dims for p in parents])
         batch = dist.batch_shape
         if len(batch) < depth:
             raise ValueError(
@@ -244,20 +254,53 @@ class Graph:
                 )
 
         state = _rng_state(tensors) if replayed else None
+        chain = self._chains[-1] if self._chains else None
+        if estimator.eliminable:
+            scope = self._scope_of(parents)
+            for a in scope:
+                step = self.nodes[a].step
+                if chain is not None and step is not None and step[0] == chain.index \
+                        and step[1] < chain.step - chain.history:
+                    raise ValueError(
+                        f"Graph.sample: node {name!r} (step {chain.step} of Graph.markov(history={chain.history})) "
+                        f"is drawn from a distribution computed from node {self.nodes[a].name!r} of step "
+                        f"{step[1]}, more than history={chain.history} steps back; raise history."
+                    )
+            limit = support_size(dist) * math.prod(self.nodes[a].size for a in scope)
+            delegated = estimator.delegate(dist, n, limit=limit) if limit > self.enumerate_budget else estimator
+            if delegated is estimator and limit > self.enumerate_budget:
+                raise ValueError(
+                    f"Graph.sample: node {name!r} would add a factor over {limit} joint values (its support times "
+                    f"the enumerated nodes {self._names_of(scope)} its distribution depends on), over "
+                    f"enumerate_budget={self.enumerate_budget}; raise Graph(enumerate_budget=...), or name a "
+                    "sampling estimator for such nodes: Enumerate(fallback=ScoreFunction(LeaveOneOut()))."
+                )
+            if delegated is not estimator:
+                estimator = delegated
+                rule = type(estimator).__name__
+                estimator.check(dist, n)
         draw = estimator.draw(dist, n)
         shadow_draws = {a: self._replay(name, dist, estimator, n, a, len(copies), state)
                         for a, copies in replayed.items()}
-        position = self._place(depth, draw.n, estimator.shares_sample_dim)
+        if estimator.eliminable and chain is not None:
+            position = chain.position(self, draw.n, depth)
+        else:
+            position = self._place(depth, draw.n, estimator.shares_sample_dim)
         index = len(self.nodes)
         if any(isinstance(t, Provenance) for t in tensors):  # parameters computed from samples
             draw = _plain_draw(draw)
-        node = Node(name, index, dist if draw.dist is dist else draw.dist, estimator, draw, position,
-                    position - 1 - depth, depth, frozenset(parents), frozenset(ancestors), shadow_draws)
+        node = Node(name, index, dist if draw.dist is dist else draw.dist, estimator, draw, position=position,
+                    parent_depth=depth, parents=frozenset(parents), ancestors=frozenset(ancestors),
+                    shadow_draws=shadow_draws, step=None if chain is None else (chain.index, chain.step))
         self.nodes.append(node)
         self._names[name] = index
         self.slots[position - 1].nodes.append(index)
 
-        value = node.view(draw.values)
+        values = draw.values
+        if estimator.eliminable and depth:  # the support does not vary along the enumerated parents: no copies
+            values = values[(slice(None),) + tuple(
+                slice(None) if self.slots[depth - i - 1].shared else slice(0, 1) for i in range(depth))]
+        value = node.view(values)
         if not self.track:
             return value
         shadows = {a: tuple(node.view(d.values) for d in draws) for a, draws in shadow_draws.items()}
@@ -299,6 +342,115 @@ class Graph:
     def _names_of(self, ids: Iterable[int]) -> list[str]:
         return [self.nodes[i].name for i in sorted(ids)]
 
+    def _scope_of(self, ids: Iterable[int]) -> set[int]:
+        """The enumerated nodes whose dims the tensors computed from nodes ``ids`` span: an enumerated
+        node itself; for a sampled node, those of its parents (its samples were drawn per value of them)."""
+        out: set[int] = set()
+        for i in ids:
+            node = self.nodes[i]
+            out |= {i} if node.estimator.eliminable else self._scope_of(node.parents)
+        return out
+
+    # -- markov chains and observations ---------------------------------------------------------
+
+    def markov(self, iterable: Iterable[T], history: int = 1) -> Iterator[T]:
+        """Iterate over ``iterable`` as the steps of a Markov chain: a node drawn at a step depends on
+        nodes of at most the last ``history`` steps (and on nodes drawn outside the chain).
+
+        Enumerated nodes of the chain then reuse ``history + 1`` sample positions, so their tensors
+        never grow with the chain's length, and ``loss()`` sums them out by a forward pass along the
+        chain — O(T·K²) work for T steps of K states, done as a balanced tree of K×K products (depth
+        O(log T)) — never over the K^T joint states. Like ``pyro.markov``.
+
+        Raises:
+            ValueError: history < 1 (``TypeError`` if not an int), or, at ``sample``, a node of the
+                chain drawn from a distribution computed from a node more than ``history`` steps back.
+
+        Example:
+            >>> import torch, gradest
+            >>> from torch.distributions import Categorical, Normal
+            >>> init, trans = torch.zeros(2, requires_grad=True), torch.tensor([[2.0, -2.0], [-2.0, 2.0]])
+            >>> y = torch.tensor([0.9, 1.1, -1.0, -0.8])
+            >>> with gradest.Graph() as g:
+            ...     z = g.sample("z_0", Categorical(logits=init), gradest.Enumerate())
+            ...     g.observe("y_0", Normal(2.0 * z - 1.0, 1.0), y[0])
+            ...     for t in g.markov(range(1, 4)):
+            ...         z = g.sample(f"z_{t}", Categorical(logits=trans[z]), gradest.Enumerate())
+            ...         g.observe(f"y_{t}", Normal(2.0 * z - 1.0, 1.0), y[t])
+            >>> loss = g.loss()   # −log p(y_0, …, y_3), every z summed out
+            >>> loss.backward(); init.grad.shape
+            torch.Size([2])
+        """
+        self._open("markov")
+        if isinstance(history, bool) or not isinstance(history, int):
+            raise TypeError(
+                f"Graph.markov: history={history!r} must be an int >= 1 (1: each step depends on the last)."
+            )
+        if history < 1:
+            raise ValueError(f"Graph.markov: history={history} must be >= 1 (1: each step depends on the last).")
+        chain = _Chain(self._chain_count, history)
+        self._chain_count += 1
+        self._chains.append(chain)
+        try:
+            for step, item in enumerate(iterable):
+                chain.step, chain.lane = step, 0
+                yield item
+        finally:
+            self._chains.remove(chain)
+
+    def observe(self, name: str, dist: Distribution, value: Tensor | float) -> None:
+        """Add the likelihood factor p(value) of observed data under ``dist``.
+
+        ``loss()`` then contains −log of the observations' probability with the enumerated nodes it
+        depends on summed out *inside* the log: −log Σ_z p(z) Π p(observations | z) (Pyro's enumeration
+        semantics; see the class docstring). Observations that depend on no enumerated node add
+        −log p(value) as a cost, credited to the nodes the distribution depends on.
+
+        Args:
+            name: a name for error messages.
+            dist: the distribution of the data, built from samples and parameters (its dependencies
+                are found as for ``sample``).
+            value: the data, broadcastable to ``dist``'s batch and event shape; it must not depend on
+                any node.
+
+        Raises:
+            TypeError: dist is not a Distribution, value is not a tensor or number.
+            ValueError: value depends on a node; its log-probability has the wrong shape for the nodes
+                it depends on; NaN or +inf log-probabilities (while validation is on).
+        """
+        where = "observe"
+        self._open(where)
+        if not isinstance(name, str):
+            raise TypeError(f"Graph.observe: name={name!r} must be a str.")
+        dist = check_distribution("Graph.observe", dist)
+        if not isinstance(value, Tensor):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"Graph.observe: value={value!r} for {name!r} must be a tensor or a number (the data).")
+            value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        if self.track and depends_on_nodes([value]):
+            raise ValueError(
+                f"Graph.observe: value of {name!r} depends on node(s) {[t.name for t in depends_on_nodes([value])]}; "
+                "an observation is data: pass the observed tensor itself (a cost of the samples is g.cost)."
+            )
+        log_prob = dist.log_prob(plain(value))
+        direct = self._dependencies(dist_tensors(dist), None, where)
+        deps = set(direct)
+        for i in direct:
+            deps |= self.nodes[i].ancestors
+        depth = max([0] + [self.nodes[i].dims for i in deps])
+        log_prob = plain(log_prob)
+        if log_prob.dim() < depth:
+            raise ValueError(
+                f"Graph.observe: log-probability of {name!r} has shape {tuple(log_prob.shape)} but depends on nodes "
+                f"{self._names_of(deps)} whose samples occupy {depth} leading dims; build dist from the samples "
+                "without reducing over their sample dims."
+            )
+        if is_validation_enabled():
+            check_finite("Graph.observe", f"log-probability of {name!r}",
+                         log_prob.masked_fill(log_prob == -torch.inf, 0.0),
+                         "check the distribution's parameters and the data (NaN, inf) for this observation.")
+        self.observes.append(Cost(log_prob, name, frozenset(deps), depth, direct=frozenset(direct)))
+
     # -- costs -----------------------------------------------------------------------------------
 
     def cost(self, value: Tensor, name: str | None = None, *, depends_on: str | Iterable[str] | None = None) -> None:
@@ -320,7 +472,8 @@ class Graph:
         deps = set(direct)
         for i in direct:
             deps |= self.nodes[i].ancestors
-        depth = max([0] + [self.nodes[i].position for i in deps])
+        depth = max([0] + [self.nodes[i].dims for i in deps])
+        scope = self._scope_of(direct)
         replayed = shadows_of([value])
         value = plain(value)
         check_cost("Graph.cost", value, tuple(value.shape), f"cost {name!r}")
@@ -347,11 +500,14 @@ class Graph:
             )
         for q in range(1, depth + 1):
             size, slot = value.shape[depth - q], self.slots[q - 1]
-            owners = [i for i in slot.nodes if i in deps]
-            if size == 1 and owners and slot.size > 1:
+            owners = [i for i in slot.nodes if i in deps or i in scope]
+            # an enumerated ancestor that the cost does not span directly leaves a size-1 dim (its
+            # children's values are not copied along it); every other owner must keep its dim
+            spanned = [i for i in owners if not self.nodes[i].estimator.eliminable or i in scope]
+            if size == 1 and spanned and slot.size > 1:
                 raise ValueError(
                     f"Graph.cost: cost {name!r} has shape {tuple(value.shape)}: dim {depth - q} has size 1 "
-                    f"but it depends on node(s) {self._names_of(owners)} with {slot.size} samples there; "
+                    f"but it depends on node(s) {self._names_of(spanned)} with {slot.size} samples there; "
                     "keep the sample dims in the cost (the graph averages over them)."
                 )
             if size not in (1, slot.size) or (size > 1 and not owners):
@@ -402,7 +558,7 @@ class Graph:
                 )
             auxiliary[i] = tuple(check_cost("Graph.cost", plain(t), tuple(value.shape), f"cost {name!r}")
                                  for t in replayed[i])
-        record = Cost(value, name, frozenset(deps), depth, auxiliary)
+        record = Cost(value, name, frozenset(deps), depth, auxiliary, direct=frozenset(direct))
         for i in sorted(deps):
             if self.nodes[i].estimator.differentiable_f is not None:
                 check_differentiable("Graph.cost", self.nodes[i], record, self.nodes, f"cost {name!r}")
@@ -410,13 +566,39 @@ class Graph:
 
     def loss(self) -> Tensor:
         """The scalar surrogate: value = the estimate of Σ E[cost], gradient = the estimator."""
-        if not self.costs:
-            raise ValueError("Graph.loss: no costs were added; call g.cost(value) for each cost first.")
-        parts = terms(self.nodes, self.slots, self.costs)
+        if not self.costs and not self.observes:
+            raise ValueError("Graph.loss: no costs were added; call g.cost(value) or g.observe(...) first.")
+        if self.observes or any(node.estimator.eliminable for node in self.nodes):
+            costs, inside = marginalise(self.nodes, self.slots, self.costs, self.observes, self.enumerate_budget)
+            parts = terms(self.nodes, self.slots, costs, exclude=inside) if costs else []
+        else:
+            parts = terms(self.nodes, self.slots, self.costs)
+        if not parts:
+            raise ValueError("Graph.loss: no cost depends on a sampled node's parameters or on any parameter; "
+                             "there is nothing to differentiate.")
         total = parts[0].sum()
         for t in parts[1:]:
             total = total + t.sum()
         return check_gradient("Graph.loss", total)
+
+
+class _Chain:
+    """An open ``Graph.markov`` context: its step, and the sample positions its enumerated nodes reuse
+    (``history + 1`` sets of lanes, one lane per enumerated node drawn in a step)."""
+
+    def __init__(self, index: int, history: int) -> None:
+        self.index, self.history = index, history
+        self.step, self.lane = 0, 0
+        self.positions: dict[tuple[int, int, int], int] = {}  # (step mod (history+1), lane, size) -> position
+
+    def position(self, graph: Graph, size: int, depth: int) -> int:
+        """The position of the next enumerated node of this step (a fresh one the first time round)."""
+        key = (self.step % (self.history + 1), self.lane, size)
+        self.lane += 1
+        if key not in self.positions:
+            graph.slots.append(Slot(size, False))
+            self.positions[key] = len(graph.slots)
+        return self.positions[key]
 
 
 def _rng_state(tensors: list[Tensor]) -> tuple[Tensor, dict[int, Tensor]]:

@@ -5,14 +5,18 @@ Episode ends: ``terminated[t]`` means the episode ended after step t (nothing is
 ``truncated[t]`` means it was cut, e.g. by a time limit (step t bootstraps from ``next_values[t]``, the
 value of the final observation, and nothing is carried into the next episode). Nothing is carried past
 the last step of a rollout. Every recurrence runs through one vectorised reverse scan (``_scan.py``),
-with no Python loop over time steps. This package imports only torch, ``gradest._validation`` and
-``gradest._distributed``.
+with no Python loop over time steps. This package imports only torch, ``gradest.surrogate``,
+``gradest._validation`` and ``gradest._distributed``.
+
+Sequence models (language-model RL, :mod:`gradest.rl.sequence`): ``sequence_policy_loss`` and
+``kl_estimate`` on batch-major ``[N, L]`` per-token log-probabilities, N sampled answers of L positions.
 """
 
 from gradest.rl.advantages import gae, group_advantages, vtrace
 from gradest.rl.importance import importance_weights, per_decision_importance_weights
 from gradest.rl.losses import policy_gradient_loss
 from gradest.rl.returns import discounted_returns, td_lambda
+from gradest.rl.sequence import kl_estimate, sequence_policy_loss
 
 __all__ = [
     "discounted_returns",
@@ -23,4 +27,7 @@ __all__ = [
     "importance_weights",
     "per_decision_importance_weights",
     "policy_gradient_loss",
+    # sequence models (language-model RL): sequence.py
+    "sequence_policy_loss",
+    "kl_estimate",
 ]
