@@ -114,8 +114,21 @@ def _literal_trailing_underscores(app, what, name, obj, options, lines) -> None:
         if in_math and (not stripped or line.startswith(" ")):
             continue
         in_math = False
-        parts = line.split("`")  # leave literals, roles (:math:`...`) and references alone
-        lines[i] = "`".join(p if k % 2 else _TRAILING.sub(r"``\1``", p) for k, p in enumerate(parts))
+        lines[i] = _plain(line)
+
+
+def _plain(line: str) -> str:
+    """Outside backquotes (literals, roles such as :math:`...`, references), a bare ``name_`` becomes a
+    literal and a ``|`` (a length or an absolute value, |y|) a plain bar, not a substitution reference.
+    Grid-table lines (borders, and rows from | to |) are left alone."""
+    stripped = line.strip()
+    if stripped.startswith(("+-", "+=")) or (stripped.startswith("|") and stripped.endswith("|")):
+        return line
+    parts = _QUOTED.split(line)  # odd items: ``literals``, `roles` and `references`, kept as they are
+    return "".join(p if k % 2 else _TRAILING.sub(r"``\1``", p).replace("|", "\\|") for k, p in enumerate(parts))
+
+
+_QUOTED = re.compile(r"(``.*?``|`[^`]*`)")
 
 
 def _generate(app, config) -> None:  # noqa: ANN001
@@ -130,11 +143,19 @@ def setup(app) -> None:  # noqa: ANN001
 
 def _literal_blocks(text: str) -> str:
     """An indented block after a line ending in one colon (a table of flags, a command) is set as a
-    literal block ("::"), as the scripts' docstrings mean it, not as a reStructuredText definition list."""
+    literal block ("::"), as the scripts' docstrings mean it, not as a reStructuredText definition list;
+    other lines get the docstrings' treatment (``_plain``)."""
     lines = text.splitlines()
-    for i, line in enumerate(lines[:-2]):
-        if line.endswith(":") and not line.endswith("::") and not lines[i + 1].strip() and lines[i + 2].startswith(" "):
-            lines[i] = line + ":"
+    literal = False
+    for i, line in enumerate(lines):
+        if line.strip() and not line.startswith(" "):
+            literal = False
+        if not literal:
+            lines[i] = _plain(line)
+        if (line.endswith(":") and i + 2 < len(lines) and not lines[i + 1].strip()
+                and lines[i + 2].startswith(" ")):
+            lines[i] = lines[i] if line.endswith("::") else lines[i] + ":"
+            literal = True
     return "\n".join(lines)
 
 

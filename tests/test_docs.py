@@ -83,7 +83,6 @@ MISSING_EXAMPLES = {  # name: file (owned elsewhere) and what is missing
     "gradest.Estimator": "gradest/estimators/base.py: no Example (the base class is being rebuilt in Core v2)",
     "gradest.Draw": "gradest/estimators/base.py: no Example (the base class is being rebuilt in Core v2)",
     "gradest.ImplicitReparam": "gradest/estimators/pathwise.py: no Example",
-    "gradest.Enumerate": "gradest/estimators/enumerate.py: no Example",
     "gradest.optim.saga_direction": "gradest/optim/saga.py: no Example",
     "gradest.optim.saga_step": "gradest/optim/saga.py: no Example",
     "gradest.optim.svrg_direction": "gradest/optim/svrg.py: no Example",
@@ -122,9 +121,16 @@ def _blocks(path: Path) -> list[tuple[str, str]]:
 
 
 BLOCKS = _blocks(ROOT / "README.md") + _blocks(ROOT / "docs" / "guide.md")
+FRAGMENTS = {  # blocks in sections owned elsewhere that are not runnable on their own: the first line of each
+    "loss = gradest.rl.sequence_policy_loss(logp=logp, mask=mask, rewards=rewards, group_size=8,":
+        "docs/guide.md, section 'Language-model RL' (issue 15): a fragment; logp, mask, rewards, ref_logp undefined",
+}
 
 
-@pytest.mark.parametrize("where, code", BLOCKS, ids=[w for w, _ in BLOCKS])
+@pytest.mark.parametrize("where, code", [
+    pytest.param(w, c, marks=pytest.mark.xfail(strict=True, reason=FRAGMENTS[c.splitlines()[0]]))
+    if c.splitlines()[0] in FRAGMENTS else (w, c) for w, c in BLOCKS
+], ids=[w for w, _ in BLOCKS])
 def test_markdown_python_block_runs(where: str, code: str, tmp_path, monkeypatch) -> None:
     """Each block runs on its own, as a reader would paste it (in a scratch folder)."""
     monkeypatch.chdir(tmp_path)

@@ -293,7 +293,7 @@ def compare(
     quadrature, enumeration, or the ``exact_gradient``/``objective`` you give) and otherwise against
     a high-precision reference (:meth:`Problem.reference`: twice as many estimates, with more
     samples), whose standard error enters the test. A row is flagged ``biased`` when some coordinate's
-    \|mean − exact\| exceeds z·SE, with z chosen so that the chance of *any* false flag in the whole
+    |mean − exact| exceeds z·SE, with z chosen so that the chance of *any* false flag in the whole
     report stays at ``false_alarm`` (Bonferroni over every coordinate of every row). The flag is the
     report's: adding reports tests every row again at the combined rate.
 

@@ -50,7 +50,7 @@ class Row:
         error: the error's type (``NotImplementedError`` for a family the estimator does not support).
         setting: the swept setting of this row ({"n": 8}, {"temperature": 0.5}); empty in comparisons.
         unbiased: the estimator's own claim (its class's ``unbiased``).
-        bias_z: the largest \\|mean − exact\\| / SE over coordinates (None without a reference).
+        bias_z: the largest |mean − exact| / SE over coordinates (None without a reference).
         biased: whether ``bias_z`` exceeds the report's z (set by the :class:`Report`, see ``Report.z``).
         reference: "exact", how the reference gradient was computed, or why there is none.
 
@@ -204,7 +204,7 @@ class Report:
 
     @property
     def z(self) -> float:
-        """The bias threshold: \\|mean − exact\\| / SE above it is flagged (family-wise over ``tests``)."""
+        """The bias threshold: |mean − exact| / SE above it is flagged (family-wise over ``tests``)."""
         return z_for(float(self.settings["false_alarm"]), self.tests)
 
     def __add__(self, other: Report) -> Report:
