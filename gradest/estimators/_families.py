@@ -141,13 +141,15 @@ def check_parameters(where: str, dist: Distribution, *, boundary: bool = False, 
     for name, value in parameters(dist).items():
         if not value.is_floating_point() or value.numel() == 0:
             continue
-        v = value.detach().as_subclass(torch.Tensor)  # a graph's tracked tensor as a plain one: only values
-        if name == "probs":  # the common case in one reduction and one sync (NaN fails both comparisons)
-            low, high = torch.stack(v.aminmax()).tolist() if v.dim() else (float(v), float(v))
-            if 0 < low and high < 1:
+        with torch._C.DisableTorchFunctionSubclass():  # a graph's tracked tensor read as a plain one
+            v = value.detach()
+            if name == "probs":  # the common case in one reduction and one sync (NaN fails both comparisons)
+                low, high = torch.stack(v.aminmax()).tolist() if v.dim() else (float(v), float(v))
+                if 0 < low and high < 1:
+                    continue
+            elif math.isfinite(float(v.sum())):  # finite only when every element is
                 continue
-        elif math.isfinite(float(v.sum())):  # finite only when every element is
-            continue
+            v = v.as_subclass(torch.Tensor)
         categories = name == "logits" and isinstance(inner, (Categorical, OneHotCategorical))
         bad = torch.isnan(v) | torch.isposinf(v)
         if not (categories and masked):

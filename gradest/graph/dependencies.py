@@ -135,6 +135,12 @@ class Provenance(Tensor):
                     out._gradest_shadows = replayed
                 return out
             return Provenance.wrap(out, found, replayed)
+        if not isinstance(out, (tuple, list, dict)) or isinstance(out, torch.Size):
+            return out  # a number, a shape, None: nothing to carry
+        if not replayed and isinstance(out, (tuple, list)) and not hasattr(out, "_fields"):
+            if not any(isinstance(t, Tensor) for t in out):
+                return out
+            return type(out)(Provenance.wrap(t, found) if isinstance(t, Tensor) else t for t in out)
         leaves, spec = tree_flatten(out)
         if not any(isinstance(t, Tensor) for t in leaves):
             return out

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -218,10 +217,13 @@ class Graph:
                 "of its samples by replaying each operation on them; that needs a tracked graph "
                 "(Graph(track=True), the default), or gradest.expectation with f."
             )
-        estimator.check(dist, n)
-
         tensors = dist_tensors(dist)
         replayed = shadows_of(tensors)
+        # The rule works on a plain copy of the distribution (its parameters as ordinary tensors, autograd
+        # kept): the tracking is only needed to find the parents, which the tensors above already tell.
+        tracked = dist
+        dist = _plain_dist(dist) if any(isinstance(t, Provenance) for t in tensors) else dist
+        estimator.check(dist, n)
         if replayed and estimator.auxiliary_points:
             above = self.nodes[next(iter(replayed))]
             raise NotImplementedError(
@@ -280,15 +282,13 @@ class Graph:
                 rule = type(estimator).__name__
                 estimator.check(dist, n)
         draw = estimator.draw(dist, n)
-        shadow_draws = {a: self._replay(name, dist, estimator, n, a, len(copies), state)
+        shadow_draws = {a: self._replay(name, tracked, estimator, n, a, len(copies), state)
                         for a, copies in replayed.items()}
         if estimator.eliminable and chain is not None:
             position = chain.position(self, draw.n, depth)
         else:
             position = self._place(depth, draw.n, estimator.shares_sample_dim)
         index = len(self.nodes)
-        if any(isinstance(t, Provenance) for t in tensors):  # parameters computed from samples
-            draw = _plain_draw(draw)
         node = Node(name, index, dist if draw.dist is dist else draw.dist, estimator, draw, position=position,
                     parent_depth=depth, parents=frozenset(parents), ancestors=frozenset(ancestors),
                     shadow_draws=shadow_draws, step=None if chain is None else (chain.index, chain.step))
@@ -298,8 +298,9 @@ class Graph:
 
         values = draw.values
         if estimator.eliminable and depth:  # the support does not vary along the enumerated parents: no copies
-            values = values[(slice(None),) + tuple(
-                slice(None) if self.slots[depth - i - 1].shared else slice(0, 1) for i in range(depth))]
+            for i in range(depth):
+                if not self.slots[depth - i - 1].shared:
+                    values = values.narrow(1 + i, 0, 1)
         value = node.view(values)
         if not self.track:
             return value
@@ -398,7 +399,8 @@ class Graph:
         finally:
             self._chains.remove(chain)
 
-    def observe(self, name: str, dist: Distribution, value: Tensor | float) -> None:
+    def observe(self, name: str, dist: Distribution, value: Tensor | float, *,
+                depends_on: str | Iterable[str] | None = None) -> None:
         """Add the likelihood factor p(value) of observed data under ``dist``.
 
         ``loss()`` then contains −log of the observations' probability with the enumerated nodes it
@@ -412,6 +414,9 @@ class Graph:
                 are found as for ``sample``).
             value: the data, broadcastable to ``dist``'s batch and event shape; it must not depend on
                 any node.
+            depends_on: the nodes whose samples ``dist``'s parameters were computed from (names; their
+                ancestors are added); by default the graph finds them (``track=True``) or takes every
+                node (``track=False``, where a chain's observations should name their step's nodes).
 
         Raises:
             TypeError: dist is not a Distribution, value is not a tensor or number.
@@ -432,8 +437,12 @@ class Graph:
                 f"Graph.observe: value of {name!r} depends on node(s) {[t.name for t in depends_on_nodes([value])]}; "
                 "an observation is data: pass the observed tensor itself (a cost of the samples is g.cost)."
             )
+        tensors = dist_tensors(dist)
+        direct = self._dependencies(tensors, depends_on, where)
+        if not shadows_of(tensors):  # replayed computations need the tracked distribution; others a plain one
+            dist = _plain_dist(dist)
         log_prob = dist.log_prob(plain(value))
-        direct = self._dependencies(dist_tensors(dist), None, where)
+        replayed = shadows_of([log_prob])
         deps = set(direct)
         for i in direct:
             deps |= self.nodes[i].ancestors
@@ -449,7 +458,9 @@ class Graph:
             check_finite("Graph.observe", f"log-probability of {name!r}",
                          log_prob.masked_fill(log_prob == -torch.inf, 0.0),
                          "check the distribution's parameters and the data (NaN, inf) for this observation.")
-        self.observes.append(Cost(log_prob, name, frozenset(deps), depth, direct=frozenset(direct)))
+        auxiliary = self._auxiliary("Graph.observe", f"log-probability of {name!r}", deps, replayed,
+                                    tuple(log_prob.shape))
+        self.observes.append(Cost(log_prob, name, frozenset(deps), depth, auxiliary, direct=frozenset(direct)))
 
     # -- costs -----------------------------------------------------------------------------------
 
@@ -498,9 +509,12 @@ class Graph:
                 f"{self._names_of(deps)} whose samples occupy {depth} leading dims; keep the sample dims "
                 "in the cost (the graph averages over them)."
             )
+        at: dict[int, list[int]] = {}  # position -> the nodes the cost depends on there
+        for i in deps | scope:
+            at.setdefault(self.nodes[i].position, []).append(i)
         for q in range(1, depth + 1):
             size, slot = value.shape[depth - q], self.slots[q - 1]
-            owners = [i for i in slot.nodes if i in deps or i in scope]
+            owners = at.get(q, [])
             # an enumerated ancestor that the cost does not span directly leaves a size-1 dim (its
             # children's values are not copied along it); every other owner must keep its dim
             spanned = [i for i in owners if not self.nodes[i].estimator.eliminable or i in scope]
@@ -544,25 +558,31 @@ class Graph:
                 f"enumerate_budget={self.enumerate_budget}; raise Graph(enumerate_budget=...) or use "
                 "ScoreFunction for some nodes."
             )
-        auxiliary: dict[int, tuple[Tensor, ...]] = {}
+        auxiliary = self._auxiliary("Graph.cost", f"cost {name!r}", deps, replayed, tuple(value.shape))
+        record = Cost(value, name, frozenset(deps), depth, auxiliary, direct=frozenset(direct))
+        for i in sorted(deps):
+            if self.nodes[i].estimator.differentiable_f is not None:
+                check_differentiable("Graph.cost", self.nodes[i], record, self.nodes, f"cost {name!r}")
+        self.costs.append(record)
+
+    def _auxiliary(self, where: str, what: str, deps: Iterable[int], replayed: dict[int, tuple[Tensor, ...]],
+                   shape: tuple[int, ...]) -> dict[int, tuple[Tensor, ...]]:
+        """A cost's values at the auxiliary points of the nodes it depends on that have some (their
+        replayed copies), each checked like the cost itself."""
+        out: dict[int, tuple[Tensor, ...]] = {}
         for i in sorted(deps):
             node = self.nodes[i]
             if not node.estimator.auxiliary_points:
                 continue
             if i not in replayed:
                 raise ValueError(
-                    f"Graph.cost: cost {name!r} depends on node {node.name!r}, whose "
-                    f"{type(node.estimator).__name__} needs the cost at auxiliary points of its samples, "
-                    "but the cost's computation could not be replayed there (it was declared with depends_on=, "
-                    "or left torch); compute the cost from the node's samples with torch operations."
+                    f"{where}: {what} depends on node {node.name!r}, whose {type(node.estimator).__name__} needs it "
+                    "at auxiliary points of its samples, but its computation could not be replayed there (it was "
+                    "declared with depends_on=, or left torch); compute it from the node's samples with torch "
+                    "operations."
                 )
-            auxiliary[i] = tuple(check_cost("Graph.cost", plain(t), tuple(value.shape), f"cost {name!r}")
-                                 for t in replayed[i])
-        record = Cost(value, name, frozenset(deps), depth, auxiliary, direct=frozenset(direct))
-        for i in sorted(deps):
-            if self.nodes[i].estimator.differentiable_f is not None:
-                check_differentiable("Graph.cost", self.nodes[i], record, self.nodes, f"cost {name!r}")
-        self.costs.append(record)
+            out[i] = tuple(check_cost(where, plain(t), shape, what) for t in replayed[i])
+        return out
 
     def loss(self) -> Tensor:
         """The scalar surrogate: value = the estimate of Σ E[cost], gradient = the estimator."""
@@ -628,19 +648,6 @@ def _shadow_dist(dist: Distribution, above: int, copy: int) -> Distribution:
         return plain(own[above][copy]) if own and above in own else plain(t)
 
     return _substitute(dist, swap)
-
-
-def _plain_draw(draw: Draw) -> Draw:
-    """``draw`` with every tensor (and the distribution's parameters) as a plain tensor: the rule's
-    terms are formed in ``loss()``, which may run after the graph has closed."""
-    changes: dict[str, Any] = {}
-    for f in dataclasses.fields(draw):
-        v = getattr(draw, f.name)
-        if isinstance(v, Provenance):
-            changes[f.name] = plain(v)
-        elif isinstance(v, Distribution):
-            changes[f.name] = _plain_dist(v)
-    return dataclasses.replace(draw, **changes) if changes else draw
 
 
 def _plain_dist(dist: Distribution) -> Distribution:

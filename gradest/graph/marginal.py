@@ -116,7 +116,8 @@ def marginalise(nodes: list[Node], slots: list[Slot], costs: list[Cost], observe
     for c, observed in records:
         s = record_scope(c)
         if not s:
-            regular.append(Cost(-c.value, f"-log p({c.name})", c.deps, c.depth) if observed else c)
+            regular.append(Cost(-c.value, f"-log p({c.name})", c.deps, c.depth,
+                                {i: tuple(-t for t in v) for i, v in c.auxiliary.items()}) if observed else c)
         else:
             by_component[groups.find(next(iter(s)))].append((c, observed))
     members: dict[int, list[int]] = defaultdict(list)
@@ -220,14 +221,13 @@ def _component(nodes: list[Node], slots: list[Slot], comp: list[int], comp_inner
     # Costs: each is credited to exactly the nodes it depends on — the sampled ones outside (its own
     # and those of the enumerated nodes above it) and the enumerated ones above it, whose factors alone
     # enter its expectation (a later node's normalisation never reaches it, not even by rounding).
-    parents = {e: scope_of_parents(nodes, scope, e) for e in comp}
-    node_outer = {e: nodes[e].ancestors for e in comp}
     chained = _chain(nodes, comp, weights_f + [factor(e, False) for e in additive])
+    parents = {e: scope_of_parents(nodes, scope, e) for e in comp} if chained is None else {}
     groups: dict[tuple[frozenset[int], frozenset[int] | None], list[int]] = defaultdict(list)
     for k, entry in enumerate(additive):
-        closure = _closure(entry[2], parents)
-        outer = entry[3].union(*(node_outer[e] for e in closure))
-        groups[(outer, None if chained is not None else closure)].append(k)
+        # an enumerated node's ancestors are the sampled ones above it, through its enumerated parents too
+        outer = entry[3].union(*(nodes[e].ancestors for e in entry[2]))
+        groups[(outer, None if chained is not None else _closure(entry[2], parents))].append(k)
     out = []
     for (outer, closed), members_k in groups.items():
         costs_f = [factor(additive[k], False) for k in members_k]
@@ -350,10 +350,7 @@ def _chain(nodes: list[Node], comp: list[int], factors: list[Factor]
     whatever the length.
     """
     keys: dict[int, object] = {e: nodes[e].step if nodes[e].step is not None else ("node", e) for e in comp}
-    order: list[object] = []
-    for e in comp:  # creation order
-        if keys[e] not in order:
-            order.append(keys[e])
+    order: list[object] = list(dict.fromkeys(keys[e] for e in comp))  # the states, in creation order
     if len(order) < 3:
         return None
     where = {k: i for i, k in enumerate(order)}
