@@ -268,7 +268,7 @@ class OptimalConstant(Baseline):
         dist, x = draw.dist, draw.points
         params = parameters(dist)
         live = {k: p for k, p in params.items() if p.requires_grad}
-        if not live:
+        if not live or cost.numel() == 0:  # nothing to scale (torch's Independent cannot reshape an empty batch)
             return torch.zeros_like(cost)
         n = cost.shape[0]
         # Per-sample scores: one copy of the parameters per sample, so the vjp of the log-probs
