@@ -75,7 +75,6 @@ MISSING_EXAMPLES = {  # name: file (owned elsewhere) and what is missing
         "Baseline", "Constant", "MovingAverage", "LeaveOneOut", "OptimalConstant", "Critic")},
     "gradest.register_default": "gradest/estimators/base.py: no Example",
     "gradest.testing.surrogate": "gradest/expect.py: no Example",
-    "gradest.Graph": "gradest/graph/graph.py: the Graph class docstring has no Example",
     "gradest.magic_box": "gradest/surrogate.py: no Example",
     "gradest.straight_through": "gradest/surrogate.py: no Example",
     "gradest.set_validation": "gradest/_validation.py: no Example",
