@@ -46,7 +46,7 @@ Measured, in one process, on one thread (OMP_NUM_THREADS=1 before torch loads):
     τ = 0.5 and η = 1 fixed; rebar-learn tunes them online, as the paper does);
 (b) the ELBO on the first 10,000 training images and on the 10,000 test images (exact KL + a
     10-sample reconstruction term) after a fixed step budget, and the 100-sample importance-weighted
-    bound on the test set (``gradest.multisample.iwae_bound``);
+    bound on the test set (``gradest.iwae_bound``);
 (c) step time (zero_grad + forward + backward + Adam step), all implementations interleaved step by
     step with a rotating order: median wall time from step 21, the median of the per-step ratios to
     the hand-written version of the same estimator (paired), and thread CPU time. ``--timing-only``
@@ -96,7 +96,7 @@ from torch import Tensor, nn  # noqa: E402
 from torch.distributions import Bernoulli, Independent  # noqa: E402
 
 import gradest  # noqa: E402
-from gradest.multisample import iwae_bound  # noqa: E402
+from gradest import iwae_bound  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------
 # The task

@@ -57,15 +57,15 @@ p.add_argument("--lag", type=int, default=10, help="an actor refreshes its polic
 p.add_argument("--no-correction", action="store_true", help="treat the stale rollouts as on-policy (log_rhos = 0)")
 p.add_argument("--epochs", type=int, default=4, help="updates per rollout (reusing a rollout makes it more off-policy)")
 p.add_argument("--compare", action="store_true", help="run with and without the correction, one figure")
-p.add_argument("--gamma", type=float, default=0.99)
+p.add_argument("--gamma", type=float, default=0.99, help="discount γ")
 p.add_argument("--lambda", dest="lambda_", type=float, default=1.0, help="V-trace's λ")
-p.add_argument("--lr", type=float, default=5e-4)
-p.add_argument("--value-coef", type=float, default=0.5)
+p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate")
+p.add_argument("--value-coef", type=float, default=0.5, help="weight of the value loss")
 p.add_argument("--entropy", type=float, default=0.01, help="entropy bonus coefficient")
 p.add_argument("--target", type=float, default=475.0, help="stop when the last 100 episodes average this")
-p.add_argument("--seed", type=int, default=1)
+p.add_argument("--seed", type=int, default=1, help="seeds the environments and the model")
 p.add_argument("--plot", default="impala_cartpole.png", help="learning-curve PNG")
-p.add_argument("--no-plot", action="store_true")
+p.add_argument("--no-plot", action="store_true", help="write no figure")
 
 
 class Agent(nn.Module):

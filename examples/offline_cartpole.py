@@ -60,9 +60,9 @@ p.add_argument("--check-every", type=int, default=10, help="steps between scores
 p.add_argument("--holdout", type=float, default=0.3, help="share of the episodes held out to choose a checkpoint")
 p.add_argument("--eval-episodes", type=int, default=500, help="online episodes scoring the chosen policy")
 p.add_argument("--margin", type=float, default=2.0, help="the learned policy must score this many times μ's")
-p.add_argument("--seed", type=int, default=1)
+p.add_argument("--seed", type=int, default=1, help="seeds the environments, the data split and the models")
 p.add_argument("--plot", default="offline_cartpole.png", help="figure (PNG)")
-p.add_argument("--no-plot", action="store_true")
+p.add_argument("--no-plot", action="store_true", help="write no figure")
 args = p.parse_args()
 
 import gymnasium as gym  # noqa: E402  (after the flags, so --help works without it)

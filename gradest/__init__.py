@@ -6,19 +6,17 @@ whose autograd gradient is the estimator. See ``gradest.expectation``.
 
 from gradest import optim, rl
 from gradest._validation import is_validation_enabled, set_validation
+from gradest.bounds import IWAE, VIMCO, DReG, iwae_bound
 from gradest.estimators import (
     ARM,
-    IWAE,
     REBAR,
     RELAX,
-    VIMCO,
     Baseline,
     Constant,
     ControlVariate,
     Critic,
     DisARM,
     Draw,
-    DReG,
     Enumerate,
     Estimator,
     GumbelRao,
@@ -32,10 +30,10 @@ from gradest.estimators import (
     ScoreFunction,
     StraightThrough,
     UnorderedSet,
+    register_default,
 )
 from gradest.expect import expectation
 from gradest.graph import Graph
-from gradest.multisample import iwae_bound
 from gradest.surrogate import magic_box, straight_through
 
 __version__ = "0.1.0"
@@ -51,6 +49,7 @@ __all__ = [
     "is_validation_enabled",
     "Estimator",
     "Draw",
+    "register_default",
     "Pathwise",
     "ImplicitReparam",
     "ScoreFunction",

@@ -7,6 +7,8 @@ turns it off. Shape and type checks always run.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.distributions import Distribution
 
@@ -66,11 +68,11 @@ def check_unit_interval(where: str, name: str, value: float, *, open_right: bool
 def check_finite(where: str, name: str, value: torch.Tensor, fix: str) -> None:
     """Raise if ``value`` holds NaN or ±inf (only while validation is on: this syncs with the device).
 
-    One reduction on the fast path: the sum of a tensor is finite only when every element is (NaN or
-    ±inf anywhere makes it NaN or ±inf). A sum that overflowed from finite elements is then told apart
-    by the full check.
+    One reduction and one sync on the fast path: the sum of a tensor is finite only when every element
+    is (NaN or ±inf anywhere makes it NaN or ±inf). A sum that overflowed from finite elements is then
+    told apart by the full check.
     """
-    if is_validation_enabled() and not bool(torch.isfinite(value.detach().sum())):
+    if is_validation_enabled() and not math.isfinite(float(value.detach().sum())):
         bad = describe_nonfinite(value)
         if bad:
             raise ValueError(f"{where}: {name} contains {bad}; {fix}")

@@ -7,11 +7,12 @@ from collections.abc import Callable
 from torch import Tensor
 from torch.distributions import Distribution
 
-from gradest._validation import check_distribution, check_finite, check_n
-from gradest.estimators.base import Estimator, default_for
-from gradest.estimators.multisample import refuse_in_expectation
+from gradest._validation import check_distribution, check_n
+from gradest.estimators.base import Draw, Estimator
+from gradest.graph.checks import check_cost, check_differentiable, check_gradient, resolve_estimator
+from gradest.graph.compose import Cost, Node, Slot, terms
 
-__all__ = ["expectation"]
+__all__ = ["expectation", "surrogate"]
 
 
 def expectation(
@@ -25,14 +26,18 @@ def expectation(
     Its value is the estimator's Monte Carlo estimate of the expectation (the exact sum for
     ``Enumerate``), and its autograd gradient is the estimator, with respect to the distribution's
     parameters and to anything f depends on. Score-function terms use DiCE's magic box, so higher
-    derivatives are right too.
+    derivatives are right too. It is the one-node case of :class:`~gradest.Graph`'s composition: a
+    graph with one node and one cost ``f(x)`` gives the same value and gradient.
 
     Args:
-        f: maps samples ``[m, *B, *E]`` to costs ``[m, *B]`` (m = n, or the support size for
-            ``Enumerate``). f may close over parameters; their gradients are estimated as well.
+        f: maps points ``[m, *B, *E]`` to costs ``[m, *B]``. m = n for most rules; the support size for
+            ``Enumerate``; rules that evaluate f beyond their samples say where in their docstring
+            (REBAR: 3n, ARM and DisARM: 2n, MeasureValued: n(1 + ...), UnorderedSet: k·n). f may close
+            over parameters; their gradients are estimated as well.
         dist: a ``torch.distributions.Distribution`` with batch shape B and event shape E.
-        estimator: the rule; by default ``Pathwise()`` when the family has ``rsample``, else
-            ``ScoreFunction(LeaveOneOut())`` for ``n > 1``, else ``ScoreFunction()``.
+        estimator: the rule; by default the registered one (:func:`gradest.register_default`):
+            ``Pathwise()`` when the family has ``rsample``, else ``ScoreFunction(LeaveOneOut())`` for
+            ``n > 1``, else ``ScoreFunction()``.
         n: samples per batch element.
 
     Returns:
@@ -40,8 +45,10 @@ def expectation(
 
     Raises:
         TypeError: dist is not a Distribution, estimator is not an Estimator, f is not callable or
-            returns a non-tensor.
-        ValueError: n < 1, f's output has the wrong shape, or f returns NaN (while validation is on).
+            returns a non-tensor or a non-floating tensor.
+        ValueError: n < 1, f's output has the wrong shape; while validation is on, f returns NaN or
+            ±inf, the distribution's parameters are not finite, or f reaches the points only through
+            operations without a derivative where the rule needs one (``differentiable_f``).
         NotImplementedError: the estimator does not support the family.
 
     Example:
@@ -58,28 +65,24 @@ def expectation(
         raise TypeError(f"{where}: f={f!r} is not callable; pass a function mapping samples to costs.")
     dist = check_distribution(where, dist)
     n = check_n(where, n)
-    if estimator is None:
-        estimator = default_for(dist, n)
-    elif not isinstance(estimator, Estimator):
-        refuse_in_expectation(where, estimator)
-        raise TypeError(
-            f"{where}: estimator={estimator!r} is not a gradest Estimator; pass e.g. gradest.Pathwise() "
-            "or gradest.ScoreFunction(gradest.LeaveOneOut())."
-        )
+    estimator = resolve_estimator(where, estimator, dist, n).delegate(dist, n)
     estimator.check(dist, n)
     draw = estimator.draw(dist, n)
-    cost = f(draw.value)
-    check_cost(where, cost, draw.value.shape[: 1 + len(dist.batch_shape)])
-    return estimator.surrogate(draw, cost)
+    cost = check_cost(where, f(draw.points), draw.points.shape[: 1 + len(dist.batch_shape)])
+    return surrogate(estimator, draw, cost, where=where)
 
 
-def check_cost(where: str, cost: object, expected: tuple[int, ...]) -> Tensor:
-    if not isinstance(cost, Tensor):
-        raise TypeError(f"{where}: f returned {type(cost).__name__}, expected a tensor of shape {tuple(expected)}.")
-    if cost.shape != expected:
-        raise ValueError(
-            f"{where}: f returned shape {tuple(cost.shape)}, expected (n, *dist.batch_shape) = "
-            f"{tuple(expected)}; reduce the event dimensions inside f and keep the sample dimension."
-        )
-    check_finite(where, "f's output", cost, "check f for 0/0, log(0) or inf - inf at the sampled points.")
-    return cost
+def surrogate(estimator: Estimator, draw: Draw, cost: Tensor, *, where: str = "expectation") -> Tensor:
+    """The one-node surrogate ``[*B]`` of ``estimator`` from its ``draw`` and the costs ``[m, *B]`` at
+    ``draw.points``: a one-node, one-cost record handed to the graph's composition
+    (:func:`gradest.graph.compose.terms`). ``expectation`` ends here; tests call it with a draw in hand.
+    """
+    node = Node("x", 0, draw.dist, estimator, draw)
+    value, auxiliary = cost, {}
+    if draw.points.shape[0] != draw.n:
+        value, rest = cost[: draw.n], cost[draw.n :]
+        auxiliary = {0: rest.split(draw.n)}
+    record = Cost(value, "f", frozenset({0}), 1, auxiliary)
+    check_differentiable(where, node, record, [node], "f")
+    out = terms([node], [Slot(draw.n, estimator.shares_sample_dim, [0])], [record])
+    return check_gradient(where, out[0] if len(out) == 1 else sum(out[1:], out[0]))

@@ -118,7 +118,9 @@ def test_dist_not_a_distribution(dist: object, name: str) -> None:
     ids=["str", "class-not-instance", "module", "baseline"],
 )
 def test_estimator_not_an_estimator(estimator: object) -> None:
-    with pytest.raises(TypeError, match=r"expectation: estimator=.* is not a gradest Estimator; pass e\.g\."):
+    fix = r"is a class; pass an instance, Pathwise\(\.\.\.\)" if estimator is gradest.Pathwise else (
+        r"is not a gradest Estimator; pass e\.g\.")
+    with pytest.raises(TypeError, match=rf"expectation: estimator=.* {fix}"):
         gradest.expectation(lambda x: x, Normal(0.0, 1.0), estimator)
 
 
@@ -168,7 +170,8 @@ def test_infinite_costs_raise_while_validating(estimator: gradest.Estimator, bad
 @pytest.mark.usefixtures("validation_on")
 def test_overflowing_sum_of_finite_costs_passes() -> None:
     big = torch.finfo(torch.float32).max / 8  # 12 costs: their sum overflows, each mean over 4 does not
-    s = gradest.expectation(lambda x: torch.full_like(x, big), Normal(torch.zeros(3), 1.0), n=4)
+    with torch.no_grad():  # only the value: nothing requires grad
+        s = gradest.expectation(lambda x: torch.full_like(x, big), Normal(torch.zeros(3), 1.0), n=4)
     assert bool(torch.isfinite(s).all())
 
 
@@ -181,7 +184,7 @@ def test_nan_costs_raise_for_enumerate() -> None:
 @pytest.mark.usefixtures("validation_off")
 def test_nan_costs_pass_without_validation() -> None:
     assert not gradest.is_validation_enabled()
-    s = gradest.expectation(lambda x: x * torch.nan, Normal(torch.zeros(3), 1.0), n=4)
+    s = gradest.expectation(lambda x: x * torch.nan, Normal(torch.zeros(3, requires_grad=True), 1.0), n=4)
     assert s.shape == (3,) and bool(s.isnan().all())
 
 
@@ -257,7 +260,7 @@ def test_implicit_reparam_unsupported(dist) -> None:  # noqa: ANN001
     with pytest.raises(
         NotImplementedError,
         match=rf"ImplicitReparam: dist={type(dist).__name__}\(.*\) is not a univariate continuous family "
-        r"with a cdf; it supports e\.g\. Normal.* Use Pathwise\(\) when dist\.has_rsample, "
+        r"with a differentiable cdf; it supports e\.g\. Normal.* Use Pathwise\(\) when dist\.has_rsample, "
         r"else ScoreFunction\(\)",
     ):
         gradest.expectation(f, dist, gradest.ImplicitReparam())
@@ -275,14 +278,14 @@ def test_enumerate_over_budget() -> None:
     with pytest.raises(
         ValueError,
         match=r"Enumerate: dist=Independent\(Bernoulli\(.*\)\) has 1048576 joint support points, over "
-        r"budget=1000; raise Enumerate\(budget=\.\.\.\) .* or use ScoreFunction\(LeaveOneOut\(\)\)",
+        r"budget=1000; raise Enumerate\(budget=\.\.\.\) .* Enumerate\(fallback=ScoreFunction\(LeaveOneOut\(\)\)\)",
     ):
         gradest.expectation(f, dist, gradest.Enumerate(budget=1000))
     assert f.calls == 0
 
 
 def test_enumerate_at_budget_is_fine() -> None:
-    dist = Independent(Bernoulli(logits=torch.zeros(3)), 1)
+    dist = Independent(Bernoulli(logits=torch.zeros(3, requires_grad=True)), 1)
     s = gradest.expectation(lambda x: x.sum(-1), dist, gradest.Enumerate(budget=8))
     assert s.item() == pytest.approx(1.5)
     with pytest.raises(ValueError, match=r"has 8 joint support points, over budget=7"):
@@ -363,7 +366,7 @@ def test_moving_average_decay_type(decay: object) -> None:
 
 @pytest.mark.parametrize("b", ["0.5", None, True], ids=repr)
 def test_constant_type(b: object) -> None:
-    with pytest.raises(TypeError, match=rf"Constant: b={b!r} must be a number or a tensor"):
+    with pytest.raises(TypeError, match=rf"Constant: b={b!r} must be a number or a floating tensor"):
         gradest.Constant(b)
 
 
@@ -400,3 +403,16 @@ def test_control_variate_wrong_shape() -> None:
 def test_control_variate_g_not_callable() -> None:
     with pytest.raises(TypeError, match=r"ControlVariate: g=0\.5 must be callable"):
         gradest.ControlVariate(0.5, 0.5)
+
+
+def test_a_surrogate_with_nothing_to_differentiate_names_the_fix() -> None:
+    """torch's own message at backward() ("element 0 of tensors does not require grad") names nothing."""
+    with pytest.raises(ValueError, match=r"expectation: nothing in the surrogate requires grad.*torch.no_grad\(\)"):
+        gradest.expectation(lambda x: x**2, Normal(torch.zeros(3), 1.0), n=2)
+    with torch.no_grad():  # only the estimate: fine
+        assert gradest.expectation(lambda x: x**2, Normal(torch.zeros(3), 1.0), n=2).shape == (3,)
+    with gradest.Graph() as g:
+        x = g.sample("x", Normal(torch.zeros(3), 1.0), n=2)
+        g.cost(x**2)
+    with pytest.raises(ValueError, match=r"Graph.loss: nothing in the surrogate requires grad"):
+        g.loss()

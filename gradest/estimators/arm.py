@@ -21,54 +21,74 @@ References:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution
 
 from gradest._validation import describe
+from gradest.estimators._families import check_parameters, event_dims, leaf, logits, sum_last
 from gradest.estimators.base import Draw, Estimator
-from gradest.estimators.relaxed import _event_dims, _leaf, _logits, _sum_last
 from gradest.surrogate import stop_gradient, straight_through
 
-__all__ = ["ARM", "DisARM"]
+__all__ = ["ARM", "DisARM", "AntitheticDraw"]
+
+
+@dataclass(frozen=True, eq=False)
+class AntitheticDraw(Draw):
+    """ARM's and DisARM's record: ``points`` is ``[b_1..b_n, b̃_1..b̃_n]`` (the n samples b are the
+    values, their antithetic partners b̃ the auxiliary points), from the uniforms ``u`` ``[n, *B, *R]``
+    and the probabilities σ(φ) (``probs``, stopped)."""
+
+    u: Tensor
+    probs: Tensor
 
 
 class _Antithetic(Estimator):
     """Shared draw and correction of ARM and DisARM; subclasses give the per-pair term."""
 
+    families = (Bernoulli,)
+    auxiliary_points = True
+    has_correction = True
+
     def check(self, dist: Distribution, n: int) -> None:
         name = type(self).__name__
-        if not isinstance(_leaf(dist), Bernoulli):
+        if not isinstance(leaf(dist), self.families):
             raise NotImplementedError(
                 f"{name}: dist={describe(dist)} is not Bernoulli; {name} supports Bernoulli and "
                 "Independent(Bernoulli) only. For categorical families use REBAR(...), RELAX(...), "
                 "UnorderedSet(k) or ScoreFunction(LeaveOneOut()); for continuous ones Pathwise()."
             )
+        check_parameters(name, dist)
 
-    def draw(self, dist: Distribution, n: int) -> Draw:
-        leaf = _leaf(dist)
-        logits = stop_gradient(_logits(leaf))
+    def draw(self, dist: Distribution, n: int) -> AntitheticDraw:
+        inner = leaf(dist)
+        ell = stop_gradient(logits(inner))
         # torch.rand may return exactly 0, which is harmless here (b = 1, b̃ = 0 for any p > 0): no clamp.
-        u = torch.rand((n, *leaf.batch_shape), dtype=logits.dtype, device=logits.device)
-        probs = torch.sigmoid(logits)
+        u = torch.rand((n, *inner.batch_shape), dtype=ell.dtype, device=ell.device)
+        probs = torch.sigmoid(ell)
         # [b_1..b_n, b̃_1..b̃_n] in one comparison: b = 1[u < σ(φ)], b̃ = 1[1 − u < σ(φ)].
-        value = (torch.cat([u, 1 - u], 0) < probs).to(logits.dtype)
-        return Draw(value, None, dist, {"u": u, "probs": probs})
+        value = (torch.cat([u, 1 - u], 0) < probs).to(ell.dtype)
+        return AntitheticDraw(value, n, dist, None, u, probs)
 
-    def pair_term(self, draw: Draw, difference: Tensor, logits: Tensor, r: int) -> Tensor:
+    def pair_term(self, draw: AntitheticDraw, difference: Tensor, ell: Tensor, r: int) -> Tensor:
         """Σ_j g_ij φ_j ``[n, *B]`` for each pair i, from ``difference = f(b) − f(b̃)`` ``[n, *B]``
         (stopped) and the logits ``[*B, *R]`` (differentiable); R: the ``r`` event dims."""
         raise NotImplementedError
 
-    def correction(self, draw: Draw, cost: Tensor) -> Tensor:
-        leaf = _leaf(draw.dist)
-        n = draw.extra["u"].shape[0]
+    def correction(self, draw: AntitheticDraw, cost: Tensor) -> Tensor:  # type: ignore[override]
+        """From the (stopped) costs ``[2n, *B]`` at the samples and their partners: the partners' half of
+        the estimate, ``(f(b̃) − f(b))/2`` per pair, so that the value is the mean over all 2n exact
+        samples (parameters inside f receive ∇f(b), unbiased), plus the zero-valued gradient term for the
+        logits, the mean over the pairs ``[1, *B]``."""
+        inner = leaf(draw.dist)
+        n = draw.n
         c = stop_gradient(cost)
-        term = self.pair_term(draw, c[:n] - c[n:], _logits(leaf), _event_dims(draw.dist, leaf))
+        term = self.pair_term(draw, c[:n] - c[n:], logits(inner), event_dims(draw.dist, inner))
         if n > 1:
             term = term.mean(0, keepdim=True)
-        # [1, *B]: the mean over the n pairs, broadcast over all 2n rows, so their mean keeps it.
-        return straight_through(0.0, term)
+        return 0.5 * (c[n:] - c[:n]) + straight_through(0.0, term)
 
 
 class ARM(_Antithetic):
@@ -79,7 +99,9 @@ class ARM(_Antithetic):
         \hat g_\phi = \frac1n \sum_{i=1}^n \bigl(f(\tilde b_i) - f(b_i)\bigr)\bigl(u_i - \tfrac12\bigr)
 
     f is called on the 2n points ``[b_1..b_n, b̃_1..b̃_n]`` (``[2n, *B, *E]``), each an exact sample,
-    so the surrogate's value is their mean. One uniform vector drives all d coordinates of
+    so the surrogate's value is their mean. In a :class:`~gradest.Graph` the node's samples are the n
+    b's, and the costs at the partners b̃ are computed by replaying the operations on them. One uniform
+    vector drives all d coordinates of
     ``Independent(Bernoulli)``, which makes this the multivariate ARM (f may couple the coordinates).
 
     Requires: ``dist`` is Bernoulli or Independent(Bernoulli), from ``logits`` or ``probs``; f need
@@ -105,9 +127,9 @@ class ARM(_Antithetic):
 
     unbiased = True
 
-    def pair_term(self, draw: Draw, difference: Tensor, logits: Tensor, r: int) -> Tensor:
+    def pair_term(self, draw: AntitheticDraw, difference: Tensor, ell: Tensor, r: int) -> Tensor:
         # g_ij = −(f(b_i) − f(b̃_i))(u_ij − ½)
-        return -difference * _sum_last((draw.extra["u"] - 0.5) * logits, r)
+        return -difference * sum_last((draw.u - 0.5) * ell, r)
 
 
 class DisARM(_Antithetic):
@@ -145,9 +167,7 @@ class DisARM(_Antithetic):
 
     unbiased = True
 
-    def pair_term(self, draw: Draw, difference: Tensor, logits: Tensor, r: int) -> Tensor:
-        n = difference.shape[0]
-        b, b_anti = draw.value[:n], draw.value[n:]
-        probs = draw.extra["probs"]
-        weight = torch.maximum(probs, 1 - probs)  # σ(|φ|)
-        return (0.5 * difference) * _sum_last((b - b_anti) * weight * logits, r)
+    def pair_term(self, draw: AntitheticDraw, difference: Tensor, ell: Tensor, r: int) -> Tensor:
+        b, b_anti = draw.values, draw.auxiliary
+        weight = torch.maximum(draw.probs, 1 - draw.probs)  # σ(|φ|)
+        return (0.5 * difference) * sum_last((b - b_anti) * weight * ell, r)

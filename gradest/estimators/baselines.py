@@ -15,14 +15,16 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, OneHotCategorical
+from torch.distributions import Distribution
 
 from gradest._distributed import WORLD, all_reduce_flat, all_reduce_sum, check_process_group, resolve
 from gradest._validation import check_unit_interval, describe
+from gradest.estimators._families import parameters, rebuild
 from gradest.estimators.base import Draw
 from gradest.surrogate import magic_box, stop_gradient, straight_through
 
@@ -39,7 +41,13 @@ __all__ = [
 
 class Baseline(nn.Module):
     """Base class. Subclasses give ``forward(draw, cost) -> b`` (``[n, *B]`` or broadcastable)
-    computed without each sample's own cost, or override ``term`` for more general corrections."""
+    computed without each sample's own cost, or override ``term`` for more general corrections.
+
+    ``draw`` is the score-function rule's record (``points``, ``n``, ``dist``, ``log_prob``, ``box``)
+    and ``cost`` the costs ``[n, *B]`` at its samples, with their gradient stopped."""
+
+    def __init__(self) -> None:
+        super().__init__()
 
     def check(self, dist: Distribution, n: int) -> None:
         """Raise ``ValueError`` if this baseline cannot be formed for ``n`` samples of ``dist``."""
@@ -68,8 +76,24 @@ class Constant(Baseline):
     def __init__(self, b: float | Tensor) -> None:
         super().__init__()
         if not isinstance(b, (int, float, Tensor)) or isinstance(b, bool):
-            raise TypeError(f"Constant: b={b!r} must be a number or a tensor.")
-        self.register_buffer("b", torch.as_tensor(b, dtype=torch.get_default_dtype()))
+            raise TypeError(
+                f"Constant: b={b!r} must be a number or a floating tensor broadcastable to dist.batch_shape."
+            )
+        value = torch.as_tensor(b)
+        if not value.is_floating_point():
+            value = value.to(torch.get_default_dtype())
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"Constant: b={b!r} must be finite; a typical choice is a recent mean of the costs.")
+        self.register_buffer("b", value)
+
+    def check(self, dist: Distribution, n: int) -> None:
+        batch = tuple(dist.batch_shape)
+        shape = tuple(self.b.shape)
+        if len(shape) > len(batch) or any(s not in (1, t) for s, t in zip(reversed(shape), reversed(batch))):
+            raise ValueError(
+                f"Constant: b has shape {shape}, which does not broadcast to dist.batch_shape={batch}; pass a "
+                "number, or a tensor of shape batch_shape (or broadcastable to it)."
+            )
 
     def forward(self, draw: Draw, cost: Tensor) -> Tensor:
         return self.b.to(cost.dtype)
@@ -136,7 +160,9 @@ class LeaveOneOut(Baseline):
 
     so that :math:`\hat g = \frac{1}{n-1}\sum_i (f_i - \bar f)\nabla\log p(x_i)`.
 
-    Requires: n ≥ 2. Bias: none.
+    Requires: n ≥ 2; each sample's cost a function of that sample alone (a cost that averages over
+    the samples, ``x.mean(0).expand(n)``, is the same for all of them, so every baseline equals its own
+    cost and the gradient is exactly zero — see ``ScoreFunction``). Bias: none.
 
     References:
         Kool et al. (2019). Buy 4 REINFORCE Samples, Get a Baseline for Free! ICLR workshop.
@@ -153,44 +179,6 @@ class LeaveOneOut(Baseline):
         c = stop_gradient(cost)
         n = c.shape[0]
         return (c.sum(0, keepdim=True) - c) / (n - 1)
-
-
-_EXCLUSIVE = (("logits", "probs"), ("scale_tril", "covariance_matrix", "precision_matrix"))
-
-
-def _params(dist: Distribution) -> dict[str, Tensor]:
-    """The tensors a distribution was built from, by constructor keyword.
-
-    The instance dict is read in insertion order: the constructor's own argument (``logits``, say)
-    precedes an alternative that a lazy property cached later (``probs``, the first time ``sample``
-    reads it), so the first of each exclusive group is the one the caller passed. OneHotCategorical
-    keeps its parameters on the Categorical it wraps.
-    """
-    own = vars(dist._categorical) if isinstance(dist, OneHotCategorical) else vars(dist)
-    names = [k for k in own if k in dist.arg_constraints]
-    for group in _EXCLUSIVE:
-        present = [k for k in names if k in group]
-        names = [k for k in names if k not in present[1:]]
-    return {k: own[k] for k in names}
-
-
-def _rebuild(dist: Distribution, params: dict[str, Tensor]) -> Distribution:
-    if isinstance(dist, Independent):
-        base = _rebuild(dist.base_dist, params)
-        return Independent(base, dist.reinterpreted_batch_ndims, validate_args=False)
-    try:
-        return type(dist)(**params, validate_args=False)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as e:
-        raise NotImplementedError(
-            f"OptimalConstant: cannot rebuild dist={describe(dist)} from its parameters {sorted(params)} "
-            f"({e}); it supports families built from their arg_constraints (Normal, Bernoulli, "
-            "Categorical, Poisson, Gamma, Beta ... and Independent of these). Use LeaveOneOut() instead."
-        ) from e
-
-
-def _leaf_params(dist: Distribution) -> dict[str, Tensor]:
-    base = dist.base_dist if isinstance(dist, Independent) else dist
-    return _params(base)
 
 
 class OptimalConstant(Baseline):
@@ -250,7 +238,7 @@ class OptimalConstant(Baseline):
                 f"OptimalConstant: n={n} gives no other sample to estimate the baseline from; "
                 "use n >= 2, or OptimalConstant(decay=0.9) to keep running moments across calls."
             )
-        if not _leaf_params(dist):
+        if not parameters(dist):
             raise NotImplementedError(
                 f"OptimalConstant: dist={describe(dist)} keeps its parameters out of reach (on a wrapped "
                 "distribution), so there is nothing to scale; it supports families built from their "
@@ -277,10 +265,10 @@ class OptimalConstant(Baseline):
         return self.num.to(like), self.den.to(like)
 
     def term(self, draw: Draw, cost: Tensor, box: Tensor) -> Tensor:
-        dist, x = draw.dist, draw.value
-        params = _leaf_params(dist)
+        dist, x = draw.dist, draw.points
+        params = parameters(dist)
         live = {k: p for k, p in params.items() if p.requires_grad}
-        if not live:
+        if not live or cost.numel() == 0:  # nothing to scale (torch's Independent cannot reshape an empty batch)
             return torch.zeros_like(cost)
         n = cost.shape[0]
         # Per-sample scores: one copy of the parameters per sample, so the vjp of the log-probs
@@ -289,7 +277,7 @@ class OptimalConstant(Baseline):
         names = list(live)
 
         def log_prob(*copies: Tensor) -> Tensor:
-            return _rebuild(dist, {**params, **dict(zip(names, copies))}).log_prob(x)
+            return rebuild(dist, {**params, **dict(zip(names, copies))}, "OptimalConstant").log_prob(x)
 
         copies = [stop_gradient(p).expand(n, *p.shape) for p in live.values()]
         lp, vjp = torch.func.vjp(log_prob, *copies)  # type: ignore[misc]
@@ -297,7 +285,10 @@ class OptimalConstant(Baseline):
         # A contiguous copy: under torch.compile the fake strides of f's output (e.g. an index by a
         # transposed Categorical sample) can differ from the real ones, and the reshapes below
         # would then be traced as views that fail at run time.
-        c = stop_gradient(cost).clone(memory_format=torch.contiguous_format)
+        # The moments are formed in float64: f·s² of float32 costs near 1e38 would overflow, and the
+        # running sums accumulate over many calls.
+        c = stop_gradient(cost).to(torch.float64).clone(memory_format=torch.contiguous_format)
+        scores = [s.to(torch.float64) for s in scores]
         s2 = torch.cat([s.square().reshape(n, -1) for s in scores], 1)  # [n, P]
         fs2 = torch.cat([(c.reshape(c.shape + (1,) * (s.dim() - c.dim())) * s.square()).reshape(n, -1)
                          for s in scores], 1)
@@ -319,10 +310,11 @@ class OptimalConstant(Baseline):
         for k, p in live.items():
             size = p.numel()
             p_n = p.expand(n, *p.shape)
-            b_k = b[:, start : start + size].reshape(p_n.shape)
-            scaled[k] = straight_through(p_n, b_k * p_n)  # value φ, gradient scaled by b
+            b_k = b[:, start : start + size].reshape(p_n.shape).to(p.dtype)
+            # value φ, gradient scaled by b (a masked logit of -inf has no gradient: keep b·φ finite there)
+            scaled[k] = straight_through(p_n, b_k * torch.where(torch.isfinite(p_n), p_n, 0.0))
             start += size
-        lp_b = _rebuild(dist, {**params, **scaled}).log_prob(x)
+        lp_b = rebuild(dist, {**params, **scaled}, "OptimalConstant").log_prob(x)
         return 1 - magic_box(lp_b)
 
     def extra_repr(self) -> str:
@@ -361,7 +353,7 @@ class Critic(Baseline):
         self.inputs = inputs
 
     def check(self, dist: Distribution, n: int) -> None:
-        if self.inputs is None and not _leaf_params(dist):
+        if self.inputs is None and not parameters(dist):
             raise NotImplementedError(
                 f"Critic: dist={describe(dist)} keeps its parameters out of reach (on a wrapped "
                 "distribution), so there are no default inputs; pass Critic(module, inputs=lambda dist: u) "
@@ -373,13 +365,27 @@ class Critic(Baseline):
             return stop_gradient(self.inputs(dist))
         batch = dist.batch_shape
         parts = []
-        for p in _leaf_params(dist).values():
+        for p in parameters(dist).values():
             p = stop_gradient(p)
-            parts.append(p.reshape(*batch, -1) if p.dim() >= len(batch) else p.expand(*batch).unsqueeze(-1))
+            width = math.prod(p.shape[len(batch) :])  # explicit: -1 is ambiguous for an empty batch
+            parts.append(p.reshape(*batch, width) if p.dim() >= len(batch) else p.expand(*batch).unsqueeze(-1))
         return torch.cat(parts, -1)
 
     def forward(self, draw: Draw, cost: Tensor) -> Tensor:
-        b = self.module(self.features(draw.dist).to(cost.dtype))
+        u = self.features(draw.dist).to(cost.dtype)
+        try:
+            b = self.module(u)
+        except RuntimeError as e:  # the user's module rejected the inputs: say what it was given
+            raise ValueError(
+                f"Critic: module={type(self.module).__name__} failed on inputs of shape {tuple(u.shape)} "
+                f"(dist.batch_shape {tuple(draw.dist.batch_shape)} + {u.shape[-1]} features"
+                f"{'' if self.inputs is not None else ': the flattened parameters of dist'}); make its input size "
+                f"{u.shape[-1]}, or pass Critic(module, inputs=lambda dist: u) with u [*batch_shape, F]. ({e})"
+            ) from e
+        if not isinstance(b, Tensor):
+            raise TypeError(
+                f"Critic: module returned {type(b).__name__}, expected a tensor of shape {tuple(cost.shape[1:])}."
+            )
         batch = cost.shape[1:]
         if b.shape == batch + (1,):
             b = b.squeeze(-1)
@@ -405,13 +411,35 @@ class ControlVariate(Baseline):
 
     The surrogate's value stays the plain mean of f; only its gradient changes.
 
+    Requires: g a function of the sample alone (not of θ, and not of the other samples); ``mean_of_g``
+    the exact :math:`\mathbb{E}_{p_\theta}[g]` *as a function of θ*. The term
+    :math:`c\,\nabla_\theta \mathbb{E}[g]` comes from differentiating ``mean_of_g(dist)``, so a
+    constant in place of a mean that depends on θ silently drops it: a constant ``mean_of_g`` is
+    refused while the distribution's parameters require grad, and so is a callable whose result
+    carries no gradient then.
+    Bias: none, provided mean_of_g is exact.
+
     Args:
         g: maps samples ``[n, *B, *E]`` to ``[n, *B]``; must not depend on θ except through x.
-        mean_of_g: ``E_p[g]`` as a tensor (constant in θ) or a callable ``dist -> [*B]``,
-            differentiable in θ.
-        coefficient: c, a number or tensor broadcastable to ``[*B]``.
+        mean_of_g: a callable ``dist -> E_p[g]`` of shape ``[*B]`` (or broadcastable), differentiable
+            in the distribution's parameters, e.g. ``lambda dist: dist.mean`` for g(x) = x; or a number
+            or tensor when no parameter of the distribution requires grad.
+        coefficient: c, a finite number or tensor broadcastable to ``[*B]``.
 
-    Bias: none, provided mean_of_g is exact.
+    Raises:
+        TypeError: g or mean_of_g of the wrong kind.
+        ValueError: a non-finite coefficient or constant mean; g of the wrong shape; a mean that
+            carries no gradient while the distribution's parameters require one.
+
+    Example:
+        >>> import torch, gradest
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.zeros(3, requires_grad=True)
+        >>> cv = gradest.ControlVariate(lambda b: b, lambda dist: dist.mean, coefficient=0.5)
+        >>> dist = torch.distributions.Bernoulli(logits=logits)
+        >>> s = gradest.expectation(lambda b: (b - 0.3) ** 2, dist, gradest.ScoreFunction(cv), n=4)
+        >>> s.sum().backward(); logits.grad.shape
+        torch.Size([3])
 
     References:
         Mohamed et al. (2020). Monte Carlo Gradient Estimation in Machine Learning, §7. JMLR.
@@ -428,17 +456,52 @@ class ControlVariate(Baseline):
         super().__init__()
         if not callable(g):
             raise TypeError(f"ControlVariate: g={g!r} must be callable, mapping samples [n, *B, *E] to [n, *B].")
+        if not callable(mean_of_g):
+            if isinstance(mean_of_g, bool) or not isinstance(mean_of_g, (int, float, Tensor)):
+                raise TypeError(
+                    f"ControlVariate: mean_of_g={mean_of_g!r} must be a callable dist -> E_p[g] (differentiable "
+                    "in the distribution's parameters), or a number or tensor."
+                )
+            if not bool(torch.isfinite(torch.as_tensor(mean_of_g)).all()):
+                raise ValueError(f"ControlVariate: mean_of_g={mean_of_g!r} must be finite.")
+        if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float, Tensor)):
+            raise TypeError(f"ControlVariate: coefficient={coefficient!r} must be a number or a tensor.")
+        if not bool(torch.isfinite(torch.as_tensor(coefficient)).all()):
+            raise ValueError(f"ControlVariate: coefficient={coefficient!r} must be finite; 1.0 is typical.")
         self.g = g
         self.mean_of_g = mean_of_g
         self.coefficient = coefficient
 
     def term(self, draw: Draw, cost: Tensor, box: Tensor) -> Tensor:
-        gx = self.g(draw.value)
+        gx = self.g(draw.points)
+        if not isinstance(gx, Tensor):
+            raise TypeError(
+                f"ControlVariate: g returned {type(gx).__name__}, expected a tensor of shape {tuple(cost.shape)}."
+            )
         if gx.shape != cost.shape:
             raise ValueError(
                 f"ControlVariate: g returned shape {tuple(gx.shape)}, expected {tuple(cost.shape)} "
                 "(the shape of the costs); reduce the event dimensions inside g."
             )
-        m = self.mean_of_g(draw.dist) if callable(self.mean_of_g) else torch.as_tensor(self.mean_of_g)
+        live = torch.is_grad_enabled() and any(p.requires_grad for p in parameters(draw.dist).values())
+        if callable(self.mean_of_g):
+            m = self.mean_of_g(draw.dist)
+            if not isinstance(m, Tensor):
+                raise TypeError(f"ControlVariate: mean_of_g(dist) returned {type(m).__name__}, expected a tensor.")
+            if live and not m.requires_grad:
+                raise ValueError(
+                    "ControlVariate: mean_of_g(dist) carries no gradient, but the distribution's parameters "
+                    "require one: the term c·∇E[g] would be dropped and the gradient biased. Compute E_p[g] "
+                    "from the distribution's (differentiable) parameters, e.g. lambda dist: dist.mean."
+                )
+        else:
+            if live:
+                raise ValueError(
+                    f"ControlVariate: mean_of_g={self.mean_of_g!r} is a constant, but the distribution's "
+                    "parameters require grad and E_p[g] depends on them: the term c·∇E[g] would be dropped "
+                    "and the gradient biased. Pass a callable dist -> E_p[g] differentiable in the parameters "
+                    "(e.g. lambda dist: dist.mean for g(x) = x)."
+                )
+            m = torch.as_tensor(self.mean_of_g)
         c = self.coefficient
         return (1 - box) * c * gx + c * straight_through(0.0, m.to(cost.dtype))

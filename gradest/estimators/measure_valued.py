@@ -28,6 +28,7 @@ References:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -35,14 +36,17 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Normal, Poisson
 
 from gradest._validation import describe
+from gradest.estimators._families import check_parameters, event_dims, leaf, sum_last
 from gradest.estimators.base import Draw, Estimator
-from gradest.estimators.relaxed import _event_dims, _leaf, _sum_last
 from gradest.surrogate import stop_gradient, straight_through
 
-__all__ = ["MeasureValued"]
+__all__ = ["MeasureValued", "MeasureValuedDraw"]
 
-_FAMILIES = (Normal, Bernoulli, Poisson)
 
+@dataclass(frozen=True, eq=False)
+class MeasureValuedDraw(Draw):
+    """MeasureValued's record: ``points`` is the n exact samples (the values) followed by the perturbed
+    copies, one block of n rows per coordinate and side (see ``MeasureValued``)."""
 
 def _perturb(x: Tensor, new: Tensor, r: int) -> Tensor:
     """Copies of ``x`` ``[n, *B, *R]`` with one coordinate of R at a time replaced by ``new``.
@@ -82,7 +86,9 @@ class MeasureValued(Estimator):
     (d = number of coordinates of ``Independent``, 1 without), n(1 + d) for Bernoulli (the flipped
     bit; the sample itself is the other side) and Poisson (x + 1). Points of a pair share their
     randomness (the ± Weibull points share W; the Maxwell point shares its first normal and its sign
-    with x), which lowers the variance and keeps each side's distribution exact.
+    with x), which lowers the variance and keeps each side's distribution exact. In a
+    :class:`~gradest.Graph` the node's samples are the n exact ones, and the costs at the perturbed
+    copies are computed by replaying the operations on them.
 
     Requires: ``dist`` is Normal, Bernoulli or Poisson, or Independent of these (Bernoulli from
     ``logits`` or ``probs``); each cost element depends only on its own batch element's sample, as
@@ -110,59 +116,58 @@ class MeasureValued(Estimator):
     """
 
     unbiased = True
+    families = (Normal, Bernoulli, Poisson)
     elementwise = True
+    auxiliary_points = True
+    has_correction = True
 
     def check(self, dist: Distribution, n: int) -> None:
-        if not isinstance(_leaf(dist), _FAMILIES):
+        if not isinstance(leaf(dist), self.families):
             raise NotImplementedError(
                 f"MeasureValued: dist={describe(dist)} has no weak-derivative decomposition here; it "
                 "supports Normal, Bernoulli and Poisson (and Independent of these). Use Pathwise() for "
                 "reparameterisable families, or ScoreFunction(LeaveOneOut()) for any family."
             )
+        check_parameters("MeasureValued", dist, boundary=True)  # f(x with 1) − f(x with 0) is exact at p ∈ {0, 1}
 
-    def draw(self, dist: Distribution, n: int) -> Draw:
-        leaf = _leaf(dist)
-        r = _event_dims(dist, leaf)
-        if isinstance(leaf, Normal):
-            loc, scale = stop_gradient(leaf.loc), stop_gradient(leaf.scale)
-            eps = torch.randn((3, n, *leaf.batch_shape), dtype=loc.dtype, device=loc.device)
+    def draw(self, dist: Distribution, n: int) -> MeasureValuedDraw:
+        inner = leaf(dist)
+        r = event_dims(dist, inner)
+        if isinstance(inner, Normal):
+            loc, scale = stop_gradient(inner.loc), stop_gradient(inner.scale)
+            eps = torch.randn((3, n, *inner.batch_shape), dtype=loc.dtype, device=loc.device)
             x = loc + scale * eps[0]
             maxwell = torch.sign(eps[0]) * eps.square().sum(0).sqrt()  # ±χ₃, sharing x's normal and sign
             weibull = eps[1:].square().sum(0).sqrt()  # χ₂ = Rayleigh = Weibull(√2, 2)
             sides = [loc + scale * maxwell, loc + scale * weibull, loc - scale * weibull]
             value = torch.cat([x] + [_perturb(x, v, r) for v in sides], 0)
-        elif isinstance(leaf, Bernoulli):
-            x = leaf.sample((n,))
+        elif isinstance(inner, Bernoulli):
+            x = inner.sample((n,))
             value = torch.cat([x, _perturb(x, 1 - x, r)], 0)
         else:
-            x = leaf.sample((n,))
+            x = inner.sample((n,))
             value = torch.cat([x, _perturb(x, x + 1, r)], 0)
-        return Draw(value, None, dist, {"x": x})
+        return MeasureValuedDraw(value, n, dist, None)
 
-    def reduce(self, draw: Draw, x: Tensor) -> Tensor:
-        """The mean over the n exact samples (the first n rows); the other rows enter the gradient only."""
-        return x[: draw.extra["x"].shape[0]].mean(0)
-
-    def correction(self, draw: Draw, cost: Tensor) -> Tensor:
-        dist, x = draw.dist, draw.extra["x"]
-        leaf = _leaf(dist)
-        r = _event_dims(dist, leaf)
-        n = x.shape[0]
-        event = leaf.batch_shape[len(leaf.batch_shape) - r :]
+    def correction(self, draw: MeasureValuedDraw, cost: Tensor) -> Tensor:  # type: ignore[override]
+        """The zero-valued gradient term ``[n, *B]`` from the (stopped) costs at every point."""
+        dist, x, n = draw.dist, draw.values, draw.n
+        inner = leaf(dist)
+        r = event_dims(dist, inner)
+        event = inner.batch_shape[len(inner.batch_shape) - r :]
         c = stop_gradient(cost)
         here = c[:n].reshape(c[:n].shape + (1,) * r)  # f at the exact samples, [n, *B, 1...]
-        if isinstance(leaf, Normal):
+        if isinstance(inner, Normal):
             maxwell, plus, minus = _blocks(c, n, 3, event)
-            scale = stop_gradient(leaf.scale)
+            scale = stop_gradient(inner.scale)
             g_scale = (maxwell - here) / scale
             g_loc = (plus - minus) / (scale * math.sqrt(2 * math.pi))
-            term = _sum_last(g_loc * leaf.loc + g_scale * leaf.scale, r)
-        elif isinstance(leaf, Bernoulli):
+            term = sum_last(g_loc * inner.loc + g_scale * inner.scale, r)
+        elif isinstance(inner, Bernoulli):
             (flipped,) = _blocks(c, n, 1, event)
             g_probs = (1 - 2 * x) * (flipped - here)  # f(x with x_j = 1) − f(x with x_j = 0)
-            term = _sum_last(g_probs * leaf.probs, r)
+            term = sum_last(g_probs * inner.probs, r)
         else:
             (up,) = _blocks(c, n, 1, event)
-            term = _sum_last((up - here) * cast(Poisson, leaf).rate, r)
-        pad = torch.zeros((c.shape[0] - n, *term.shape[1:]), dtype=term.dtype, device=term.device)
-        return torch.cat([straight_through(0.0, term), pad], 0)
+            term = sum_last((up - here) * cast(Poisson, inner).rate, r)
+        return straight_through(0.0, term)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-from torch.distributions import Distribution, Independent
+from torch.distributions import Distribution, Gamma, TransformedDistribution
 
 from gradest._validation import describe
-from gradest.estimators.base import Draw, Estimator
+from gradest.estimators._families import check_parameters, leaf
+from gradest.estimators.base import Draw, Estimator, register_default
 from gradest.surrogate import stop_gradient, straight_through
 
 __all__ = ["Pathwise", "ImplicitReparam"]
@@ -22,7 +23,10 @@ class Pathwise(Estimator):
     torch's ``rsample`` covers explicit reparameterisations (Normal, MultivariateNormal, Laplace ...)
     and implicit ones (Gamma, Beta, Dirichlet, StudentT, whose gradients come from the CDF).
 
-    Requires: ``dist.has_rsample``; f differentiable in x almost everywhere.
+    Requires: ``dist.has_rsample``; f differentiable in x almost everywhere. An f that reaches x only
+    through operations without a derivative (a comparison, ``.long()``, ``round``, ``.detach()``, a
+    numpy round trip) would give a gradient of exactly zero: while validation is on such an f is refused
+    with an error that points to ``ScoreFunction``.
     Bias: none.
 
     Example:
@@ -41,6 +45,7 @@ class Pathwise(Estimator):
     """
 
     unbiased = True
+    differentiable_f = "values"
 
     def check(self, dist: Distribution, n: int) -> None:
         if not dist.has_rsample:
@@ -48,13 +53,26 @@ class Pathwise(Estimator):
                 f"Pathwise: dist={describe(dist)} has no rsample; use ScoreFunction(), Enumerate(), "
                 "ImplicitReparam() (continuous univariate families with a cdf) or GumbelSoftmax(...)."
             )
+        check_parameters("Pathwise", dist)
 
     def draw(self, dist: Distribution, n: int) -> Draw:
-        return Draw(dist.rsample((n,)), None, dist, {})
+        return Draw(dist.rsample((n,)), n, dist, None)
+
+
+@register_default(lambda dist: dist.has_rsample)
+def _pathwise(dist: Distribution, n: int) -> Estimator:
+    return Pathwise()
 
 
 def _has_cdf(dist: Distribution) -> bool:
-    return type(dist).cdf is not Distribution.cdf
+    """Whether the family has a ``cdf`` whose derivative torch implements.
+
+    ``Distribution.cdf`` raises, so a family without its own is out; so are the Gamma-based ones
+    (Gamma, Chi2, InverseGamma), whose cdf is the regularised incomplete gamma function, which torch
+    cannot differentiate in the concentration."""
+    if isinstance(dist, TransformedDistribution):
+        return all(t.bijective for t in dist.transforms) and _has_cdf(dist.base_dist)
+    return type(dist).cdf is not Distribution.cdf and not isinstance(dist, Gamma)
 
 
 class ImplicitReparam(Estimator):
@@ -82,19 +100,25 @@ class ImplicitReparam(Estimator):
     """
 
     unbiased = True
+    differentiable_f = "values"
 
     def check(self, dist: Distribution, n: int) -> None:
-        base = dist.base_dist if isinstance(dist, Independent) else dist
+        base = leaf(dist)
         if base.event_shape != torch.Size([]) or not _has_cdf(base) or base.has_enumerate_support:
+            fix = "Use Pathwise() when dist.has_rsample, else ScoreFunction()."
+            if isinstance(base, Gamma) or (isinstance(base, TransformedDistribution) and dist.has_rsample):
+                fix = (f"torch cannot differentiate the cdf of {type(base).__name__} in all its parameters, but "
+                       "the family has rsample with implicit gradients: use Pathwise().")
             raise NotImplementedError(
                 f"ImplicitReparam: dist={describe(dist)} is not a univariate continuous family with a "
-                "cdf; it supports e.g. Normal, Laplace, Exponential, Uniform, Cauchy, Gumbel (and "
-                "Independent of these). Use Pathwise() when dist.has_rsample, else ScoreFunction()."
+                "differentiable cdf; it supports e.g. Normal, Laplace, Exponential, Uniform, Cauchy, Gumbel, "
+                f"Weibull (and Independent of these). {fix}"
             )
+        check_parameters("ImplicitReparam", dist)
 
     def draw(self, dist: Distribution, n: int) -> Draw:
-        base = dist.base_dist if isinstance(dist, Independent) else dist
+        base = leaf(dist)
         x = base.sample((n,))
         density = torch.exp(base.log_prob(x))
         value = straight_through(x, -base.cdf(x) / stop_gradient(density))
-        return Draw(value, None, dist, {})
+        return Draw(value, n, dist, None)

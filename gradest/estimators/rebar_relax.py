@@ -34,6 +34,8 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -41,24 +43,49 @@ from torch.distributions import Bernoulli, Categorical, Distribution
 from torch.nn.functional import one_hot
 
 from gradest._validation import is_validation_enabled
+from gradest.estimators._families import DISCRETE, event_dims, leaf, logits, sum_last
 from gradest.estimators._gumbel import conditional_gumbel, conditional_logistic, gumbel, logistic
+from gradest.estimators._paths import differentiable_path
 from gradest.estimators.base import Draw, Estimator
 from gradest.estimators.relaxed import (
-    _check_family,
-    _check_precision,
-    _check_temperature,
-    _event_dims,
-    _leaf,
-    _logits,
-    _sum_last,
     _Temperature,
+    check_family,
+    check_precision,
+    check_relaxation,
+    check_temperature,
+    relax_binary,
 )
 from gradest.surrogate import stop_gradient, straight_through
 
-__all__ = ["REBAR", "RELAX"]
+__all__ = ["REBAR", "RELAX", "REBARDraw", "RELAXDraw"]
 
 
-def _perturb(leaf: Distribution, logits: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+@dataclass(frozen=True, eq=False)
+class REBARDraw(Draw):
+    """REBAR's record. ``points`` is ``[b; σ_τ(z); σ_τ(z̃)]`` (``3n`` rows; the n exact samples b are
+    the values); ``z``, ``z_tilde`` the perturbed logits; ``hard`` the samples as floats; ``score`` the
+    zero-valued score term (``learn=False``) or None; ``free`` the logits held apart from θ
+    (``learn=True``) or None."""
+
+    z: Tensor
+    z_tilde: Tensor
+    hard: Tensor
+    score: Tensor | None
+    free: Tensor | None
+
+
+@dataclass(frozen=True, eq=False)
+class RELAXDraw(Draw):
+    """RELAX's record: the n exact samples (``points``), the logits held apart from θ (``free``), the
+    perturbed logits z and z̃ the control is evaluated at, and the samples as floats (``hard``)."""
+
+    free: Tensor
+    z: Tensor
+    z_tilde: Tensor
+    hard: Tensor
+
+
+def _perturb(inner: Distribution, ell: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Perturbed logits z ``[n, *logits.shape]``, the exact sample they give, and z̃ ∼ p(z | sample).
 
     Returns ``(z, z_tilde, hard, index)``: ``hard`` is the sample as floats (bits, or one-hot
@@ -66,46 +93,47 @@ def _perturb(leaf: Distribution, logits: Tensor, n: int) -> tuple[Tensor, Tensor
     differentiable in ``logits`` (z̃ through the conditional sampler's reparameterisation); the sample
     is not.
     """
-    shape = (n, *logits.shape)
-    if isinstance(leaf, Bernoulli):
-        z = logits + logistic(shape, dtype=logits.dtype, device=logits.device)
-        hard = (stop_gradient(z) > 0).to(logits.dtype)
-        return z, conditional_logistic(logits, hard, perturbed=True), hard, hard
-    z = logits + gumbel(shape, dtype=logits.dtype, device=logits.device)
+    shape = (n, *ell.shape)
+    if isinstance(inner, Bernoulli):
+        z = ell + logistic(shape, dtype=ell.dtype, device=ell.device)
+        hard = (stop_gradient(z) > 0).to(ell.dtype)
+        return z, conditional_logistic(ell, hard, perturbed=True), hard, hard
+    z = ell + gumbel(shape, dtype=ell.dtype, device=ell.device)
     index = stop_gradient(z).argmax(-1)
-    hard = one_hot(index, logits.shape[-1]).to(logits.dtype)
-    return z, logits + conditional_gumbel(logits, index), hard, index
+    hard = one_hot(index, ell.shape[-1]).to(ell.dtype)
+    return z, ell + conditional_gumbel(ell, index), hard, index
 
 
-def _score(leaf: Distribution, logits: Tensor, hard: Tensor) -> Tensor:
+def _score(inner: Distribution, ell: Tensor, hard: Tensor) -> Tensor:
     """∇_ℓ log p(sample) in closed form: ``hard − σ(ℓ)`` or ``hard − softmax(ℓ)``."""
-    if isinstance(leaf, Bernoulli):
-        return hard - torch.sigmoid(logits)
-    return hard - torch.softmax(logits, -1)
+    if isinstance(inner, Bernoulli):
+        return hard - torch.sigmoid(ell)
+    return hard - torch.softmax(ell, -1)
 
 
-def _score_term(leaf: Distribution, logits: Tensor, hard: Tensor, r: int) -> Tensor:
+def _score_term(inner: Distribution, ell: Tensor, hard: Tensor, r: int) -> Tensor:
     """``[n, *B]`` of value 0 whose gradient is ∇ log p(sample): ``straight_through(0, Σ ⊥(∇_ℓ log p)·ℓ)``.
 
     The closed-form score dotted into the logits (summed over the ``r`` event dims of ``Independent``
     and the categories) has the gradient of ``log p`` to first order, one softplus cheaper than
     differentiating ``log p`` itself.
     """
-    term = _score(leaf, stop_gradient(logits), hard) * logits
-    if not isinstance(leaf, Bernoulli):
+    term = _score(inner, stop_gradient(ell), hard) * ell
+    if not isinstance(inner, Bernoulli):
         term = term.sum(-1)
-    return straight_through(0.0, _sum_last(term, r))
+    return straight_through(0.0, sum_last(term, r))
 
 
-def _relax(leaf: Distribution, z: Tensor, temperature: float | Tensor) -> Tensor:
-    """The Concrete relaxation σ_τ(z): ``sigmoid(z / τ)`` for bits, ``softmax(z / τ)`` for categories."""
-    if isinstance(leaf, Bernoulli):
-        return torch.sigmoid(z / temperature)
+def _relax(inner: Distribution, z: Tensor, temperature: float | Tensor) -> Tensor:
+    """The Concrete relaxation σ_τ(z): ``sigmoid(z / τ)`` for bits (with a derivative that survives
+    rounding, ``relax_binary``), ``softmax(z / τ)`` for categories."""
+    if isinstance(inner, Bernoulli):
+        return relax_binary(z / temperature)
     return torch.softmax(z / temperature, -1)
 
 
 def _learned_correction(
-    leaf: Distribution, free: Tensor, hard: Tensor, f: Tensor, c_z: Tensor, c_tilde: Tensor, params: list[Tensor]
+    inner: Distribution, free: Tensor, hard: Tensor, f: Tensor, c_z: Tensor, c_tilde: Tensor, params: Sequence[Tensor]
 ) -> Tensor:
     r"""The zero-valued term ``[*B]`` of a control variate trained on its own variance (RELAX, and
     ``REBAR(learn=True)``).
@@ -125,15 +153,15 @@ def _learned_correction(
     n, batch = f.shape[0], f.shape[1:]
     event = free.dim() - len(batch)  # R, and K for categorical families
     coefficient = (f - c_tilde).reshape(f.shape + (1,) * event)
-    g = (coefficient * _score(leaf, free, hard)).sum(0)
+    g = (coefficient * _score(inner, free, hard)).sum(0)
     path = (c_z - c_tilde).sum()
     if path.requires_grad:
         (g_path,) = torch.autograd.grad(path, free, create_graph=True, allow_unused=True)
         if g_path is not None:
             g = g + g_path
     g = g / n  # [*B, *R(, K)]: the estimate of ∂E[f]/∂ℓ, a differentiable function of the params
-    logits = _logits(leaf)
-    term = straight_through(0.0, _sum_last(stop_gradient(g).to(logits.dtype) * logits, event))
+    ell = logits(inner)
+    term = straight_through(0.0, sum_last(stop_gradient(g).to(ell.dtype) * ell, event))
     trainable = [p for p in params if p.requires_grad]
     if trainable and g.requires_grad:
         # retain_graph: the surrogate's own backward may still pass through f's graph (REBAR's
@@ -143,11 +171,6 @@ def _learned_correction(
                      torch.zeros((), dtype=term.dtype, device=term.device))
         term = term + straight_through(0.0, linear / max(batch.numel(), 1))
     return term
-
-
-def _mean(x: Tensor) -> Tensor:
-    """The mean over dim 0; for one row, the row itself (the same value, one op fewer)."""
-    return x[0] if x.shape[0] == 1 else x.mean(0)
 
 
 def _scale(eta: float | Tensor, x: Tensor) -> Tensor:
@@ -181,12 +204,16 @@ class REBAR(_Temperature):
     then :math:`\sigma_\tau(\tilde z_i)`. For Categorical (whose own samples are indices) all three
     blocks are one-hot-shaped ``[3n, *B, K]`` floats, as for ``GumbelSoftmax``: write f as
     ``(x * table).sum(-1)`` or ``x @ embedding``. The surrogate's value is the mean of f over the
-    exact samples only.
+    exact samples only. In a :class:`~gradest.Graph` the node's samples are the n exact ones, and
+    the costs at σ_τ(z) and σ_τ(z̃) are computed by replaying the operations on them (a node drawn
+    below is replayed from the same random numbers; its weight carries the derivative of its
+    distribution there).
 
-    The surrogate is the mean of f at the exact samples, a zero-valued score term
-    ``⊥(f(b_i) − η f(σ_τ(z̃_i)))·straight_through(0, log p(b_i))`` (from the closed-form score), and
-    the zero-valued pathwise difference ``straight_through(0, η·mean_i(f(σ(z_i)) − f(σ(z̃_i))))``
-    applied in ``reduce``. So the gradient of parameters ψ inside f (a decoder) is
+    The surrogate is the mean of f at the exact samples plus the correction, a zero-valued score term
+    ``⊥(f(b_i) − η f(σ_τ(z̃_i)))·straight_through(0, log p(b_i))`` (from the closed-form score) and
+    the zero-valued pathwise difference ``straight_through(0, η·(f(σ(z_i)) − f(σ(z̃_i))))``, averaged
+    over the n samples (the rule declares ``live_costs``: it differentiates f at the relaxed points).
+    So the gradient of parameters ψ inside f (a decoder) is
     :math:`\nabla_\psi f(b_i) + \eta(\nabla_\psi f(\sigma_\tau(z_i)) - \nabla_\psi f(\sigma_\tau(\tilde z_i)))`:
     unbiased, because z and z̃ have the same marginal distribution; the second part only adds noise
     of mean zero.
@@ -212,10 +239,12 @@ class REBAR(_Temperature):
     Requires: ``dist`` is Bernoulli, Categorical or OneHotCategorical (or Independent of these), from
     ``logits`` or ``probs``; f defined, continuous and differentiable on the relaxed points (bits in
     (0, 1), points of the simplex). A cost that is piecewise constant in x (an argmax, a table
-    lookup by ``x.long()``) has zero pathwise derivative and makes the estimate biased: extend it
-    multilinearly instead (``(x * table).sum(-1)``). With ``learn=True``: ``gradest.expectation``
-    (a ``Graph`` that combines several nodes or costs hands its estimators stopped costs, and the
-    pathwise terms need f's gradient at the relaxed points), one extra backward pass through f and a
+    lookup by ``x.long()``, a comparison) has zero pathwise derivative and makes the estimate biased:
+    while validation is on, a cost that reaches the relaxed points only through such operations is
+    refused, and so is a temperature at which every relaxed point's derivative underflows; a cost that
+    mixes a smooth part with a piecewise-constant one cannot be detected: extend it multilinearly
+    instead (``(x * table).sum(-1)``). Logits of −inf (masked categories) are refused: mask with a
+    large negative finite logit. With ``learn=True``: one extra backward pass through f and a
     double-backward per call, and no ``torch.compile(fullgraph=True)`` (it calls
     ``torch.autograd.grad``).
     Bias: none, for every temperature τ > 0 and every η, fixed or learned.
@@ -262,6 +291,11 @@ class REBAR(_Temperature):
     """
 
     unbiased = True
+    families = DISCRETE
+    auxiliary_points = True
+    live_costs = True
+    differentiable_f = "auxiliary"
+    has_correction = True
     eta: float | nn.Parameter
 
     def __init__(self, *, temperature: float = 0.5, eta: float = 1.0, learn: bool = False) -> None:
@@ -272,7 +306,7 @@ class REBAR(_Temperature):
                 "estimator's variance in the same backward(); pass learn=True or learn=False."
             )
         self.learn = learn
-        temperature = _check_temperature("REBAR", temperature)
+        temperature = check_temperature("REBAR", temperature)
         eta = _check_eta(eta)
         if learn:
             self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
@@ -290,71 +324,77 @@ class REBAR(_Temperature):
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        value = _check_temperature("REBAR", value)
+        value = check_temperature("REBAR", value)
         if self.learn:
             with torch.no_grad():
                 self.log_temperature.fill_(math.log(value))
         else:
             self._temperature = value
 
+    def get_extra_state(self) -> dict[str, object]:
+        """The configuration a checkpoint must carry: η and τ when they are fixed (``learn=False``); with
+        ``learn=True`` they are parameters, already in the state dict."""
+        if self.learn:
+            return {"version": 1, "learn": True}
+        return {"version": 1, "learn": False, "temperature": self._temperature, "eta": self.eta}
+
+    def set_extra_state(self, state: object) -> None:
+        if not isinstance(state, dict) or state.get("version") != 1 or "learn" not in state:
+            raise ValueError(f"REBAR.load_state_dict: {state!r} is not a REBAR state (version 1).")
+        if state["learn"] != self.learn:
+            raise ValueError(
+                f"REBAR.load_state_dict: the state is of REBAR(learn={state['learn']}) but this estimator has "
+                f"learn={self.learn}; create REBAR(learn={state['learn']}) to load it."
+            )
+        if not self.learn:
+            self.temperature = state["temperature"]  # type: ignore[assignment]
+            self.eta = _check_eta(state["eta"])
+
     def check(self, dist: Distribution, n: int) -> None:
-        leaf = _check_family(
+        inner = check_family(
             "REBAR", dist,
             "For continuous families use Pathwise(); for other discrete ones ScoreFunction(LeaveOneOut()).",
+            masked=False,
         )
         if not self.learn or is_validation_enabled():  # a learned τ is read from the device
-            _check_precision("REBAR", self.temperature, leaf)
+            check_precision("REBAR", self.temperature, inner)
 
-    def draw(self, dist: Distribution, n: int) -> Draw:
-        leaf = _leaf(dist)
+    def draw(self, dist: Distribution, n: int) -> REBARDraw:
+        inner = leaf(dist)
+        score = free = None
         if self.learn:  # differentiated with respect to a copy of the logits held apart from θ
-            free = stop_gradient(_logits(leaf)).requires_grad_()
-            z, z_tilde, hard, _ = _perturb(leaf, free, n)
+            free = stop_gradient(logits(inner)).requires_grad_()
+            z, z_tilde, hard, _ = _perturb(inner, free, n)
             tau: float | Tensor = self.log_temperature.exp()
-            extra = {"logits": free}
         else:
-            logits = _logits(leaf)
-            z, z_tilde, hard, _ = _perturb(leaf, logits, n)
+            ell = logits(inner)
+            z, z_tilde, hard, _ = _perturb(inner, ell, n)
             tau = self._temperature
-            extra = {"score": _score_term(leaf, logits, hard, _event_dims(dist, leaf))}
-        value = torch.cat([hard, _relax(leaf, z, tau), _relax(leaf, z_tilde, tau)], 0)
-        return Draw(value, None, dist, {**extra, "z": z, "z_tilde": z_tilde, "hard": hard})
+            score = _score_term(inner, ell, hard, event_dims(dist, inner))
+        relaxed = _relax(inner, z, tau)
+        check_relaxation("REBAR", float(stop_gradient(tau)) if isinstance(tau, Tensor) else tau, z / tau,
+                         None if isinstance(inner, Bernoulli) else relaxed)
+        points = torch.cat([hard, relaxed, _relax(inner, z_tilde, tau)], 0)
+        return REBARDraw(points, n, dist, None, z, z_tilde, hard, score, free)
 
-    def correction(self, draw: Draw, cost: Tensor) -> Tensor | None:
-        n = draw.extra["hard"].shape[0]
+    def correction(self, draw: REBARDraw, cost: Tensor) -> Tensor | None:  # type: ignore[override]
+        """``cost`` ``[3n, *B]``: f at b, σ_τ(z), σ_τ(z̃), with its gradient (``live_costs``)."""
+        n = draw.n
         if self.learn:
-            return self._learned(draw, cost, n)
+            if not torch.is_grad_enabled():
+                return None
+            assert draw.free is not None
+            f = stop_gradient(cost[:n]).to(draw.free.dtype)
+            c_z, c_tilde = self.eta * cost[n : 2 * n], self.eta * cost[2 * n :]  # c(z) = η f(σ_τ(z))
+            term = _learned_correction(leaf(draw.dist), draw.free, draw.hard, f, c_z, c_tilde, list(self.parameters()))
+            return term.to(cost.dtype).unsqueeze(0)
+        assert draw.score is not None
         c = stop_gradient(cost)
         # value 0; gradient (f(b) − η f(σ(z̃)))∇log p(b): η f(σ(z̃)) knows b only through z̃ | b
-        term = (c[:n] - _scale(self.eta, c[2 * n :])) * draw.extra["score"]
-        return term.mean(0, keepdim=True) if n > 1 else term  # [1, *B], the same on all 3n rows
-
-    def _learned(self, draw: Draw, cost: Tensor, n: int) -> Tensor | None:
-        if not torch.is_grad_enabled():
-            return None
-        if not cost.requires_grad:
-            raise NotImplementedError(
-                f"REBAR(learn=True): f's output (shape {tuple(cost.shape)}) carries no gradient at the "
-                "relaxed points, so the pathwise terms and the variance of η and τ cannot be formed. "
-                "Either f is not differentiable there (a lookup by x.long(), a detach: extend it "
-                "multilinearly, (x * table).sum(-1)), or the estimator sits in a Graph that combines "
-                "several nodes or costs, which hands each estimator stopped costs: learn=True works "
-                "through gradest.expectation; in such a Graph use REBAR(learn=False) or RELAX(control)."
-            )
-        free, hard = draw.extra["logits"], draw.extra["hard"]
-        f = stop_gradient(cost[:n]).to(free.dtype)
-        c_z, c_tilde = self.eta * cost[n : 2 * n], self.eta * cost[2 * n :]  # c(z) = η f(σ_τ(z))
-        term = _learned_correction(_leaf(draw.dist), free, hard, f, c_z, c_tilde, list(self.parameters()))
-        return term.to(cost.dtype).expand(cost.shape)
-
-    def reduce(self, draw: Draw, x: Tensor) -> Tensor:
-        """The mean over the n exact samples, plus (``learn=False``) the zero-valued pathwise
-        difference of the relaxed rows."""
-        n = draw.extra["hard"].shape[0]
-        if self.learn:
-            return _mean(x[:n])
-        difference = _mean(x[n : 2 * n] - x[2 * n : 3 * n])
-        return _mean(x[:n]) + straight_through(0.0, _scale(self.eta, difference))
+        score = (c[:n] - _scale(self.eta, c[2 * n :])) * draw.score
+        # value 0; gradient η(∇f(σ(z)) − ∇f(σ(z̃))): the pathwise part of the control variate
+        pathwise = straight_through(0.0, _scale(self.eta, cost[n : 2 * n] - cost[2 * n :]))
+        return score + pathwise
 
     def extra_repr(self) -> str:
         eta = float(stop_gradient(self.eta)) if isinstance(self.eta, Tensor) else self.eta
@@ -435,6 +475,8 @@ class RELAX(Estimator):
     """
 
     unbiased = True
+    families = DISCRETE
+    has_correction = True
 
     def __init__(self, control: nn.Module) -> None:
         super().__init__()
@@ -447,20 +489,21 @@ class RELAX(Estimator):
         self.control = control
 
     def check(self, dist: Distribution, n: int) -> None:
-        _check_family(
+        check_family(
             "RELAX", dist,
             "For continuous families use Pathwise(); for other discrete ones ScoreFunction(LeaveOneOut()).",
+            masked=False,
         )
 
-    def draw(self, dist: Distribution, n: int) -> Draw:
-        leaf = _leaf(dist)
+    def draw(self, dist: Distribution, n: int) -> RELAXDraw:
+        inner = leaf(dist)
         # The control's terms are differentiated with respect to a copy of the logits held apart from
         # θ: ĝ is routed to θ explicitly, and the variance loss must never reach θ.
         with torch.enable_grad():
-            free = stop_gradient(_logits(leaf)).requires_grad_()
-            z, z_tilde, hard, index = _perturb(leaf, free, n)
-        value = index if isinstance(leaf, Categorical) else hard
-        return Draw(value, None, dist, {"logits": free, "z": z, "z_tilde": z_tilde, "hard": hard})
+            free = stop_gradient(logits(inner)).requires_grad_()
+            z, z_tilde, hard, index = _perturb(inner, free, n)
+        value = index if isinstance(inner, Categorical) else hard
+        return RELAXDraw(value, n, dist, None, free, z, z_tilde, hard)
 
     def _evaluate(self, z: Tensor, shape: torch.Size) -> Tensor:
         c = self.control(z)
@@ -474,17 +517,24 @@ class RELAX(Estimator):
                 f"(n, *dist.batch_shape) = {tuple(shape)} (or with a trailing 1); reduce the event "
                 "dimensions of z inside the control."
             )
+        if is_validation_enabled() and not differentiable_path(c, [z]):
+            raise ValueError(
+                "RELAX: the control's output does not depend on z through operations with a derivative (a "
+                "comparison, .long(), argmax, round, .detach() or a numpy round trip cut it), so its pathwise "
+                "terms vanish and the estimate is biased; the control must be continuous and differentiable "
+                "in z, e.g. a small network of z or of the relaxation softmax(z / temperature)."
+            )
         return c.to(z.dtype)
 
-    def correction(self, draw: Draw, cost: Tensor) -> Tensor | None:
+    def correction(self, draw: RELAXDraw, cost: Tensor) -> Tensor | None:  # type: ignore[override]
         if not torch.is_grad_enabled():
             return None
-        free, z, z_tilde, hard = (draw.extra[k] for k in ("logits", "z", "z_tilde", "hard"))
-        f = stop_gradient(cost).to(free.dtype)
-        c_z = self._evaluate(z, cost.shape)
-        c_tilde = self._evaluate(z_tilde, cost.shape)
-        term = _learned_correction(_leaf(draw.dist), free, hard, f, c_z, c_tilde, list(self.control.parameters()))
-        return term.to(cost.dtype).expand(cost.shape)
+        f = stop_gradient(cost).to(draw.free.dtype)
+        c_z = self._evaluate(draw.z, cost.shape)
+        c_tilde = self._evaluate(draw.z_tilde, cost.shape)
+        params = list(self.control.parameters())
+        term = _learned_correction(leaf(draw.dist), draw.free, draw.hard, f, c_z, c_tilde, params)
+        return term.to(cost.dtype).unsqueeze(0)
 
     def extra_repr(self) -> str:
         return ""

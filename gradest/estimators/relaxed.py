@@ -26,13 +26,25 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import cast
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
+from torch.distributions import Bernoulli, Categorical, Distribution
+from torch.nn.functional import logsigmoid
 
-from gradest._validation import describe
+from gradest._validation import describe, is_validation_enabled
+from gradest.estimators._families import (
+    DISCRETE,
+    categorical,
+    check_parameters,
+    event_dims,
+    leaf,
+    logits,
+    parameter,
+    probs,
+    sum_last,
+)
 from gradest.estimators._gumbel import (
     binary_concrete_log_prob,
     concrete_log_prob,
@@ -44,7 +56,35 @@ from gradest.estimators._gumbel import (
 from gradest.estimators.base import Draw, Estimator
 from gradest.surrogate import stop_gradient, straight_through
 
-__all__ = ["GumbelSoftmax", "StraightThrough", "GumbelRao"]
+__all__ = ["GumbelSoftmax", "StraightThrough", "GumbelRao", "RelaxedDraw", "StraightThroughDraw", "GumbelRaoDraw"]
+
+
+@dataclass(frozen=True, eq=False)
+class RelaxedDraw(Draw):
+    """GumbelSoftmax's record: the noise, the relaxed point's log-space ``scores`` ((ℓ + G)/τ), the
+    relaxed sample ``soft`` and the exact sample ``hard`` it rounds to (``points`` is ``soft``, or
+    ``straight_through(hard, soft)`` with ``hard=True``)."""
+
+    noise: Tensor
+    scores: Tensor
+    soft: Tensor
+    hard: Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class StraightThroughDraw(Draw):
+    """StraightThrough's record: the exact sample ``hard``; ``points`` has its value and the gradient of E[x]."""
+
+    hard: Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class GumbelRaoDraw(Draw):
+    """GumbelRao's record: the k conditional noises, their mean relaxation ``soft`` and the sample ``hard``."""
+
+    noise: Tensor
+    soft: Tensor
+    hard: Tensor
 
 _FAMILIES = "Bernoulli, Categorical, OneHotCategorical (and Independent of these)"
 
@@ -52,48 +92,49 @@ LOW_PRECISION_TEMPERATURE = 0.05
 """Below this temperature, parameters narrower than float64 get a warning (see ``_check_precision``)."""
 
 
-def _leaf(dist: Distribution) -> Distribution:
-    """The distribution inside any ``Independent`` wrappers."""
-    while isinstance(dist, Independent):
-        dist = dist.base_dist
-    return dist
+def relax_binary(scores: Tensor) -> Tensor:
+    """σ(scores) as ``exp(logsigmoid(scores))``: the same value, and a derivative σ(x)σ(−x) that stays
+    finite and non-zero where σ(x) has rounded to 1 (torch's ``sigmoid`` differentiates as y(1 − y),
+    which is exactly 0 there)."""
+    return torch.exp(logsigmoid(scores))
 
 
-def _event_dims(dist: Distribution, leaf: Distribution) -> int:
-    """How many of the leaf's batch dims ``Independent`` reinterpreted as event dims (R)."""
-    return len(leaf.batch_shape) - len(dist.batch_shape)
+def check_relaxation(where: str, temperature: float, scores: Tensor, soft: Tensor | None = None) -> None:
+    """Refuse a relaxation that carries no derivative at all (only while validation is on: this syncs).
+
+    At a temperature far below the scale of the perturbed logits every relaxed point rounds to its
+    exact sample and its derivative underflows to zero, so every pathwise term vanishes and the
+    estimate is exactly zero (or REINFORCE without a baseline, for REBAR); say so instead. For bits
+    (``soft`` None) the derivative σ(x)σ(−x) of the relaxation at x = ``scores`` underflows where
+    |x| > −log(tiny); for categories, where every probability but the largest in ``soft`` is exactly 0.
+    """
+    if not is_validation_enabled() or scores.numel() == 0:
+        return
+    if soft is None:
+        dead = float(stop_gradient(scores).abs().min()) > -math.log(torch.finfo(scores.dtype).tiny)
+    else:  # every row's second largest probability exactly 0 (a max of 1.0 may still have live neighbours)
+        dead = soft.shape[-1] > 1 and float(stop_gradient(soft).topk(2, -1).values[..., 1].max()) == 0.0
+    if dead:
+        raise ValueError(
+            f"{where}: temperature={temperature:g} is so low that every relaxed point rounds to an exact "
+            f"sample in {scores.dtype} and its derivative underflows to zero, so the gradient would be exactly "
+            "zero; raise the temperature (0.1 to 1 is typical; anneal towards 0.05 rather than below)."
+        )
 
 
-def _sum_last(x: Tensor, r: int) -> Tensor:
-    return x.sum(tuple(range(-r, 0))) if r else x
-
-
-def _logits(leaf: Distribution) -> Tensor:
-    """The logits of a Bernoulli or (one-hot) categorical leaf, differentiable (from probs if built so)."""
-    return cast("Bernoulli | Categorical | OneHotCategorical", leaf).logits
-
-
-def _probs(leaf: Distribution) -> Tensor:
-    """The probabilities of a Bernoulli or (one-hot) categorical leaf, differentiable."""
-    return cast("Bernoulli | Categorical | OneHotCategorical", leaf).probs
-
-
-def _check_family(where: str, dist: Distribution, fix: str) -> Distribution:
-    leaf = _leaf(dist)
-    if not isinstance(leaf, (Bernoulli, Categorical, OneHotCategorical)):
+def check_family(where: str, dist: Distribution, fix: str, *, masked: bool = True) -> Distribution:
+    """The leaf of a Bernoulli or categorical family (checked parameters; ``masked``: whether −inf logits
+    are allowed), else NotImplementedError."""
+    inner = leaf(dist)
+    if not isinstance(inner, DISCRETE):  # the ``families`` of every rule that calls this
         raise NotImplementedError(
             f"{where}: dist={describe(dist)} is not a Bernoulli or categorical family; it supports {_FAMILIES}. {fix}"
         )
-    return leaf
+    check_parameters(where, dist, masked=masked)
+    return inner
 
 
-def _parameter(leaf: Distribution) -> Tensor:
-    """The tensor the distribution was built from (logits or probs), without computing the other."""
-    own = vars(leaf._categorical) if isinstance(leaf, OneHotCategorical) else vars(leaf)
-    return own["logits"] if "logits" in own else own["probs"]
-
-
-def _check_temperature(where: str, temperature: object) -> float:
+def check_temperature(where: str, temperature: object) -> float:
     """A finite float > 0, else a ``TypeError``/``ValueError`` naming the value."""
     if isinstance(temperature, Tensor) and temperature.numel() == 1:
         temperature = float(temperature)
@@ -106,9 +147,9 @@ def _check_temperature(where: str, temperature: object) -> float:
     return float(temperature)
 
 
-def _check_precision(where: str, temperature: float, leaf: Distribution) -> None:
+def check_precision(where: str, temperature: float, inner: Distribution) -> None:
     """Warn for parameters narrower than float64 at temperatures below ``LOW_PRECISION_TEMPERATURE``."""
-    dtype = _parameter(leaf).dtype
+    dtype = parameter(inner).dtype
     if temperature < LOW_PRECISION_TEMPERATURE and torch.finfo(dtype).bits < 64:
         warnings.warn(
             f"{where}: temperature={temperature:g} with {dtype} parameters: relaxed samples round to exactly "
@@ -129,7 +170,18 @@ class _Temperature(Estimator):
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        self._temperature = _check_temperature(type(self).__name__, value)
+        self._temperature = check_temperature(type(self).__name__, value)
+
+    def get_extra_state(self) -> dict[str, object]:
+        """The temperature, so that an annealed one survives a checkpoint (``state_dict()``)."""
+        return {"version": 1, "temperature": self._temperature}
+
+    def set_extra_state(self, state: object) -> None:
+        if not isinstance(state, dict) or state.get("version") != 1 or "temperature" not in state:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: {state!r} is not a {type(self).__name__} state (version 1)."
+            )
+        self.temperature = state["temperature"]  # type: ignore[assignment]
 
 
 class GumbelSoftmax(_Temperature):
@@ -151,14 +203,18 @@ class GumbelSoftmax(_Temperature):
     value estimates :math:`\mathbb{E}[f(D)]`) and the gradient flows through y.
 
     Everything is computed in log space from noise drawn in the open interval: no NaN or inf at any
-    temperature > 0 (1e-4 included) in float32 or float64. ``draw(...).extra`` holds ``noise``,
-    ``scores`` ((ℓ + G)/τ, the log-space form of y), ``soft`` (y) and ``hard`` (D);
-    :meth:`relaxed_log_prob` gives the Concrete log-density of y from the scores, finite where torch's
-    ``RelaxedOneHotCategorical.log_prob`` is not (it takes log y after y has rounded to 0).
+    temperature > 0 in float32 or float64, and the binary relaxation keeps a non-zero derivative where
+    its value has rounded to 0 or 1. The draw (a :class:`RelaxedDraw`) holds ``noise``, ``scores``
+    ((ℓ + G)/τ, the log-space form of y), ``soft`` (y) and ``hard`` (D); :meth:`relaxed_log_prob` gives
+    the Concrete log-density of y from the scores, finite where torch's
+    ``RelaxedOneHotCategorical.log_prob`` is not (it takes log y after y has rounded to 0). A temperature
+    so low that every relaxed point's derivative underflows is refused (while validation is on).
 
     Requires: ``dist`` is Bernoulli, Categorical or OneHotCategorical (or Independent of these),
     from ``logits`` or ``probs``; f differentiable in x and defined on the relaxed points (for
-    Categorical, f takes one-hot-shaped ``[n, *B, K]`` input, see the module docstring).
+    Categorical, f takes one-hot-shaped ``[n, *B, K]`` input, see the module docstring). An f that
+    reaches x only through operations without a derivative (``x > 0.5``, ``table[x.argmax(-1)]``,
+    ``round``, a numpy round trip) is refused while validation is on: its gradient would be zero.
     Bias: towards the gradient of the relaxed objective. The bias against the true gradient shrinks
     as the temperature falls, while the variance grows (roughly as 1/τ); ``hard=True`` adds the
     straight-through bias. Exact only in the limit τ → 0, where the variance is infinite.
@@ -189,6 +245,8 @@ class GumbelSoftmax(_Temperature):
     """
 
     unbiased = False
+    families = DISCRETE
+    differentiable_f = "values"
 
     def __init__(self, temperature: float, *, hard: bool = False) -> None:
         super().__init__()
@@ -198,47 +256,49 @@ class GumbelSoftmax(_Temperature):
         self.hard = hard
 
     def check(self, dist: Distribution, n: int) -> None:
-        leaf = _check_family(
+        inner = check_family(
             "GumbelSoftmax", dist,
             "For continuous families use Pathwise(); for other discrete ones ScoreFunction(LeaveOneOut()).",
         )
-        _check_precision("GumbelSoftmax", self.temperature, leaf)
+        check_precision("GumbelSoftmax", self.temperature, inner)
 
-    def draw(self, dist: Distribution, n: int) -> Draw:
-        leaf = _leaf(dist)
+    def draw(self, dist: Distribution, n: int) -> RelaxedDraw:
+        inner = leaf(dist)
         tau = self.temperature
-        logits = _logits(leaf)
-        if isinstance(leaf, Bernoulli):
-            noise = logistic((n, *leaf.batch_shape), dtype=logits.dtype, device=logits.device)
-            perturbed = logits + noise
+        ell = logits(inner)
+        binary = isinstance(inner, Bernoulli)
+        if binary:
+            noise = logistic((n, *inner.batch_shape), dtype=ell.dtype, device=ell.device)
+            perturbed = ell + noise
             scores = perturbed / tau  # the relaxed sample's logit
-            soft = torch.sigmoid(scores)
+            soft = relax_binary(scores)
             hard = (stop_gradient(perturbed) > 0).to(soft.dtype)
         else:
-            noise = gumbel((n, *logits.shape), dtype=logits.dtype, device=logits.device)
-            perturbed = logits + noise
+            noise = gumbel((n, *ell.shape), dtype=ell.dtype, device=ell.device)
+            perturbed = ell + noise
             scores = perturbed / tau
             soft = torch.softmax(scores, -1)
             index = stop_gradient(perturbed).argmax(-1)
-            hard = torch.nn.functional.one_hot(index, logits.shape[-1]).to(soft.dtype)
+            hard = torch.nn.functional.one_hot(index, ell.shape[-1]).to(soft.dtype)
+        check_relaxation("GumbelSoftmax", tau, scores, None if binary else soft)
         value = straight_through(hard, soft) if self.hard else soft
-        return Draw(value, None, dist, {"noise": noise, "scores": scores, "soft": soft, "hard": hard})
+        return RelaxedDraw(value, n, dist, None, noise, scores, soft, hard)
 
-    def relaxed_log_prob(self, draw: Draw) -> Tensor:
-        """Log-density ``[m, *B]`` of the relaxed points ``draw.extra["soft"]`` under the Concrete
-        distribution, computed in log space from ``draw.extra["scores"]``.
+    def relaxed_log_prob(self, draw: RelaxedDraw) -> Tensor:
+        """Log-density ``[n, *B]`` of the relaxed points ``draw.soft`` under the Concrete
+        distribution, computed in log space from ``draw.scores``.
 
         Finite at every temperature and dtype (torch's ``RelaxedBernoulli.log_prob`` and
         ``RelaxedOneHotCategorical.log_prob`` take the log of points that may have rounded to 0 or 1),
         and differentiable in θ through both the point and the density, as a relaxed KL term needs.
         """
-        leaf = _leaf(draw.dist)
-        logits, scores = _logits(leaf), draw.extra["scores"]
-        if isinstance(leaf, Bernoulli):
-            log_prob = binary_concrete_log_prob(logits, scores, self.temperature)
+        inner = leaf(draw.dist)
+        ell, scores = logits(inner), draw.scores
+        if isinstance(inner, Bernoulli):
+            log_prob = binary_concrete_log_prob(ell, scores, self.temperature)
         else:
-            log_prob = concrete_log_prob(logits, torch.log_softmax(scores, -1), self.temperature)
-        return _sum_last(log_prob, _event_dims(draw.dist, leaf))
+            log_prob = concrete_log_prob(ell, torch.log_softmax(scores, -1), self.temperature)
+        return sum_last(log_prob, event_dims(draw.dist, inner))
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature:g}, hard={self.hard}"
@@ -277,24 +337,26 @@ class StraightThrough(Estimator):
     """
 
     unbiased = False
+    families = DISCRETE
+    differentiable_f = "values"
 
     def check(self, dist: Distribution, n: int) -> None:
-        _check_family(
+        check_family(
             "StraightThrough", dist,
             "For continuous families use Pathwise(); for a custom non-differentiable operation use "
             "gradest.straight_through(hard, soft).",
         )
 
-    def draw(self, dist: Distribution, n: int) -> Draw:
-        leaf = _leaf(dist)
-        probs = _probs(leaf)
-        if isinstance(leaf, Categorical):
-            index = leaf.sample((n,))
-            hard = torch.nn.functional.one_hot(index, probs.shape[-1]).to(probs.dtype)
+    def draw(self, dist: Distribution, n: int) -> StraightThroughDraw:
+        inner = leaf(dist)
+        p = probs(inner)
+        if isinstance(inner, Categorical):
+            index = inner.sample((n,))
+            hard = torch.nn.functional.one_hot(index, p.shape[-1]).to(p.dtype)
         else:
-            hard = leaf.sample((n,))
-        value = straight_through(hard, probs.expand(hard.shape))
-        return Draw(value, None, dist, {"hard": hard})
+            hard = inner.sample((n,))
+        value = straight_through(hard, p.expand(hard.shape))
+        return StraightThroughDraw(value, n, dist, None, hard)
 
 
 class GumbelRao(_Temperature):
@@ -346,6 +408,8 @@ class GumbelRao(_Temperature):
     """
 
     unbiased = False
+    families = DISCRETE
+    differentiable_f = "values"
 
     def __init__(self, k: int, *, temperature: float = 1.0) -> None:
         super().__init__()
@@ -357,28 +421,33 @@ class GumbelRao(_Temperature):
         self.temperature = temperature
 
     def check(self, dist: Distribution, n: int) -> None:
-        leaf = _check_family(
+        inner = check_family(
             "GumbelRao", dist,
             "For continuous families use Pathwise(); for other discrete ones ScoreFunction(LeaveOneOut()).",
+            masked=False,
         )
-        _check_precision("GumbelRao", self.temperature, leaf)
+        check_precision("GumbelRao", self.temperature, inner)
 
-    def draw(self, dist: Distribution, n: int) -> Draw:
-        leaf = _leaf(dist)
+    def draw(self, dist: Distribution, n: int) -> GumbelRaoDraw:
+        inner = leaf(dist)
         tau = self.temperature
-        logits = _logits(leaf)
-        fixed = stop_gradient(logits)
-        if isinstance(leaf, Bernoulli):
-            hard = leaf.sample((n,)).to(logits.dtype)
+        ell = logits(inner)
+        fixed = stop_gradient(ell)
+        if isinstance(inner, Bernoulli):
+            hard = inner.sample((n,)).to(ell.dtype)
             noise = conditional_logistic(fixed, hard.expand(self.k, *hard.shape))
-            soft = torch.sigmoid((logits + noise) / tau).mean(0)
+            scores = (ell + noise) / tau
+            check_relaxation("GumbelRao", tau, scores)
+            soft = relax_binary(scores).mean(0)
         else:
-            categorical = leaf._categorical if isinstance(leaf, OneHotCategorical) else leaf
-            index = categorical.sample((n,))
+            index = categorical(inner).sample((n,))
             noise = conditional_gumbel(fixed, index.expand(self.k, *index.shape))
-            soft = torch.softmax((logits + noise) / tau, -1).mean(0)
-            hard = torch.nn.functional.one_hot(index, logits.shape[-1]).to(soft.dtype)
-        return Draw(straight_through(hard, soft), None, dist, {"noise": noise, "soft": soft, "hard": hard})
+            scores = (ell + noise) / tau
+            relaxed = torch.softmax(scores, -1)
+            check_relaxation("GumbelRao", tau, scores, relaxed)
+            soft = relaxed.mean(0)
+            hard = torch.nn.functional.one_hot(index, ell.shape[-1]).to(soft.dtype)
+        return GumbelRaoDraw(straight_through(hard, soft), n, dist, None, noise, soft, hard)
 
     def extra_repr(self) -> str:
         return f"k={self.k}, temperature={self.temperature:g}"

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
 
-from gradest.estimators.base import Draw, Estimator
-from gradest.estimators.baselines import Baseline
+from gradest.estimators._families import check_parameters
+from gradest.estimators.base import Draw, Estimator, register_default
+from gradest.estimators.baselines import Baseline, LeaveOneOut
 from gradest.surrogate import magic_box
 
-__all__ = ["ScoreFunction"]
+__all__ = ["ScoreFunction", "ScoreDraw"]
+
+
+@dataclass(frozen=True, eq=False)
+class ScoreDraw(Draw):
+    """n samples (``points``), their ``log_prob`` ``[n, *B]``, and DiCE's magic box of it."""
+
+    log_prob: Tensor
+    box: Tensor
 
 
 class ScoreFunction(Estimator):
@@ -24,7 +35,11 @@ class ScoreFunction(Estimator):
     value is the plain Monte Carlo mean and repeated differentiation gives unbiased higher derivatives.
 
     Requires: ``dist.log_prob`` differentiable in θ; f need not be differentiable (or even continuous)
-    in x. Works for every family, discrete or continuous.
+    in x. Works for every family, discrete or continuous. f must map each sample to its own cost: an f
+    that mixes the samples (``x.mean(0)``, a normalisation over dim 0) makes every cost depend on every
+    sample, which no check can see cheaply, and biases the estimate (with ``LeaveOneOut()`` to exactly
+    zero). Parameters of exactly 0 or 1 probability (``probs``) are refused: the gradient there depends
+    on the outcome that is never drawn (use ``Enumerate()``, or logits, where −inf masks a category).
     Bias: none, provided b_i does not depend on x_i (every baseline in gradest guarantees this).
 
     Args:
@@ -51,6 +66,10 @@ class ScoreFunction(Estimator):
 
     unbiased = True
 
+    @property
+    def has_correction(self) -> bool:  # type: ignore[override]
+        return self.baseline is not None
+
     def __init__(self, baseline: Baseline | None = None) -> None:
         super().__init__()
         if baseline is not None and not isinstance(baseline, Baseline):
@@ -62,20 +81,29 @@ class ScoreFunction(Estimator):
         self.baseline = baseline
 
     def check(self, dist: Distribution, n: int) -> None:
+        check_parameters("ScoreFunction", dist)
         if self.baseline is not None:
             self.baseline.check(dist, n)
 
-    def draw(self, dist: Distribution, n: int) -> Draw:
+    def draw(self, dist: Distribution, n: int) -> ScoreDraw:
         value, log_prob = _sample_with_log_prob(dist, n)
-        return Draw(value, log_prob, dist, {"box": magic_box(log_prob)})
+        return ScoreDraw(value, n, dist, log_prob, magic_box(log_prob))
 
-    def weight(self, draw: Draw) -> Tensor:
-        return draw.extra["box"]
+    def weight(self, draw: ScoreDraw) -> Tensor:  # type: ignore[override]
+        return draw.box
 
-    def correction(self, draw: Draw, cost: Tensor) -> Tensor | None:
+    def correction(self, draw: ScoreDraw, cost: Tensor) -> Tensor | None:  # type: ignore[override]
         if self.baseline is None:
             return None
-        return self.baseline.term(draw, cost, draw.extra["box"])
+        return self.baseline.term(draw, cost, draw.box)
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+@register_default(lambda dist: not dist.has_rsample)
+def _score_function(dist: Distribution, n: int) -> Estimator:
+    return ScoreFunction(LeaveOneOut()) if n > 1 else ScoreFunction()
 
 
 def _sample_with_log_prob(dist: Distribution, n: int) -> tuple[Tensor, Tensor]:

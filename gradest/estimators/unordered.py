@@ -42,18 +42,34 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
+from torch.distributions import Bernoulli, Categorical, Distribution, Independent
 from torch.nn.functional import one_hot, softplus
 
-from gradest._validation import describe
+from gradest._validation import describe, is_validation_enabled
+from gradest.estimators._families import DISCRETE, categorical, check_parameters
 from gradest.estimators._gumbel import gumbel
 from gradest.estimators.base import Draw, Estimator
 from gradest.surrogate import magic_box, stop_gradient
 
-__all__ = ["UnorderedSet"]
+__all__ = ["UnorderedSet", "UnorderedSetDraw"]
+
+
+@dataclass(frozen=True, eq=False)
+class UnorderedSetDraw(Draw):
+    """The unordered set estimator's record: ``points`` holds n sets of k distinct states, ``[k·n, *B,
+    *E]`` (row ``j·n + i`` is element j of set i; all of them values), ``log_prob`` their
+    log-probabilities, ``box`` its magic box, ``log_weight`` log p(s)R(S, s) ``[k·n, *B]`` and
+    ``log_pair`` log p(s')R^{D∖s}(S, s') ``[k, k, n, *B]``."""
+
+    log_prob: Tensor
+    box: Tensor
+    log_weight: Tensor
+    log_pair: Tensor
+    sets: int
 
 MAX_K = 16
 """The largest set size: the exact recursion visits all 2^k subsets of each sampled set."""
@@ -121,7 +137,7 @@ def _factorised(dist: Distribution) -> tuple[Distribution, int] | None:
     while isinstance(dist, Independent):
         r += dist.reinterpreted_batch_ndims
         dist = dist.base_dist
-    return (dist, r) if isinstance(dist, (Bernoulli, Categorical, OneHotCategorical)) else None
+    return (dist, r) if isinstance(dist, DISCRETE) else None
 
 
 def _coordinate_table(leaf: Distribution, r: int) -> Tensor:
@@ -130,9 +146,10 @@ def _coordinate_table(leaf: Distribution, r: int) -> Tensor:
     if isinstance(leaf, Bernoulli):
         table = torch.stack([-softplus(leaf.logits), -softplus(-leaf.logits)], -1)  # log(1 − p), log p
     else:
-        table = _categorical(leaf).logits
+        table = categorical(leaf).logits
     batch = table.shape[: table.dim() - 1 - r]
-    return table.reshape(*batch, -1, table.shape[-1])
+    d = math.prod(table.shape[table.dim() - 1 - r : -1])  # explicit: -1 is ambiguous for an empty batch
+    return table.reshape(*batch, d, table.shape[-1])
 
 
 CHILDREN = 64
@@ -253,7 +270,11 @@ class UnorderedSet(Estimator):
     """
 
     unbiased = True
+    families = DISCRETE
     elementwise = True
+    reduction = "sum"
+    shares_sample_dim = False
+    has_correction = True
 
     def __init__(self, k: int) -> None:
         super().__init__()
@@ -282,7 +303,8 @@ class UnorderedSet(Estimator):
                 "continuous families use Pathwise() or ScoreFunction(LeaveOneOut())."
             )
         leaf, r = found
-        size = 2 if isinstance(leaf, Bernoulli) else _categorical(leaf).param_shape[-1]
+        check_parameters("UnorderedSet", dist)
+        size = 2 if isinstance(leaf, Bernoulli) else categorical(leaf).param_shape[-1]
         coordinates = math.prod(leaf.batch_shape[len(leaf.batch_shape) - r :]) if r else 1
         if size**coordinates < self.k:
             support = size**coordinates
@@ -290,6 +312,13 @@ class UnorderedSet(Estimator):
                 f"UnorderedSet: k={self.k} is larger than the support size {support} of dist={describe(dist)}; "
                 f"use k <= {support} (k = {support} gives the exact gradient, as Enumerate() does)."
             )
+        if r == 0 and not isinstance(leaf, Bernoulli) and is_validation_enabled() and dist.batch_shape.numel():
+            possible = int((categorical(leaf).logits > -torch.inf).sum(-1).min())
+            if possible < self.k:
+                raise ValueError(
+                    f"UnorderedSet: k={self.k} is larger than the {possible} categories of positive probability "
+                    f"in some row of dist={describe(dist)} (the others are masked); use k <= {possible}."
+                )
 
     def draw(self, dist: Distribution, n: int) -> Draw:
         leaf, r = _factorised(dist)  # type: ignore[misc]  # check() has run
@@ -309,7 +338,7 @@ class UnorderedSet(Estimator):
                 value = one_hot(index, log_table.shape[-1]).to(log_table.dtype)
                 value = value.reshape(k * n, *index.shape[2:-1], *event)
         else:
-            log_probs = _categorical(leaf).logits  # normalised: log-probabilities [*B, K], differentiable
+            log_probs = categorical(leaf).logits  # normalised: log-probabilities [*B, K], differentiable
             size = log_probs.shape[-1]
             fixed = stop_gradient(log_probs)
             keys = fixed + gumbel((n, *log_probs.shape), dtype=log_probs.dtype, device=log_probs.device)
@@ -322,29 +351,26 @@ class UnorderedSet(Estimator):
         log_p_set = stop_gradient(log_p).movedim(-1, 0)  # [k, n, *B]
         log_r1, log_r2 = _leave_out_ratios(log_p_set, log_rest)
         log_prob = log_p.movedim(-1, 0).reshape(k * n, *log_p.shape[1:-1])
-        return Draw(value, log_prob, dist, {
-            "box": magic_box(log_prob),
-            "log_weight": (log_p_set + log_r1).reshape(log_prob.shape),  # log p(s)R(S, s)
-            "log_pair": log_p_set.unsqueeze(0) + log_r2,  # [k, k, n, *B]: log p(s')R^{D∖s}(S, s')
-        })
+        return UnorderedSetDraw(
+            value, k * n, dist, log_prob, magic_box(log_prob),
+            (log_p_set + log_r1).reshape(log_prob.shape) - math.log(n),  # log p(s)R(S, s)/n
+            log_p_set.unsqueeze(0) + log_r2,  # [k, k, n, *B]: log p(s')R^{D∖s}(S, s')
+            n,
+        )
 
-    def weight(self, draw: Draw) -> Tensor:
-        return torch.exp(draw.extra["log_weight"]) * draw.extra["box"]
+    def weight(self, draw: UnorderedSetDraw) -> Tensor:  # type: ignore[override]
+        """``p(s)R(S, s)/n · □(log p(s))``: the weights of a set sum to 1, and the sum over all k·n rows
+        (the declared ``reduction``) is the mean over the n sets."""
+        return torch.exp(draw.log_weight) * draw.box
 
-    def correction(self, draw: Draw, cost: Tensor) -> Tensor | None:
-        k = self.k
+    def correction(self, draw: UnorderedSetDraw, cost: Tensor) -> Tensor | None:  # type: ignore[override]
+        k, n = self.k, draw.sets
         if k == 1:
             return None
-        n = cost.shape[0] // k
-        c = stop_gradient(cost).reshape(k, n, *cost.shape[1:]).to(draw.extra["log_pair"].dtype)
-        baseline = (torch.exp(draw.extra["log_pair"]) * c.unsqueeze(0)).sum(1)  # [k, n, *B]
-        term = torch.exp(draw.extra["log_weight"]) * (1 - draw.extra["box"]) * baseline.reshape(cost.shape)
+        c = stop_gradient(cost).reshape(k, n, *cost.shape[1:]).to(draw.log_pair.dtype)
+        baseline = (torch.exp(draw.log_pair) * c.unsqueeze(0)).sum(1)  # [k, n, *B]
+        term = torch.exp(draw.log_weight) * (1 - draw.box) * baseline.reshape(cost.shape)
         return term.to(cost.dtype)
-
-    def reduce(self, draw: Draw, x: Tensor) -> Tensor:
-        """The weighted sum over each set's k elements (the weights are in ``weight``), then the mean
-        over the n sets."""
-        return x.reshape(self.k, x.shape[0] // self.k, *x.shape[1:]).sum(0).mean(0)
 
     def extra_repr(self) -> str:
         return f"k={self.k}"
@@ -355,7 +381,3 @@ def _gather_states(log_table: Tensor, states: Tensor) -> Tensor:
     ``[n, *B, k]``, differentiable in the table."""
     table = log_table.unsqueeze(-3).expand(*states.shape, log_table.shape[-1])  # [n, *B, k, d, K]
     return table.gather(-1, states.unsqueeze(-1)).squeeze(-1).sum(-1)
-
-
-def _categorical(dist: Distribution) -> Categorical:
-    return dist._categorical if isinstance(dist, OneHotCategorical) else dist  # type: ignore[return-value]

@@ -3,72 +3,29 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
+from typing import TypeVar
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent
+from torch.distributions import Distribution, Independent, OneHotCategorical
 
-from gradest._validation import check_distribution, check_finite, check_n, describe
-from gradest.estimators.base import Draw, Estimator, default_for
-from gradest.estimators.multisample import refuse_in_expectation
-from gradest.graph import compose
-from gradest.graph.dependencies import Provenance, Scope, Tag, plain
+from gradest._validation import check_distribution, check_finite, check_n, describe, is_validation_enabled
+from gradest.estimators._families import tensors as dist_tensors
+from gradest.estimators.base import Draw, Estimator
+from gradest.estimators.enumerate import support_size
+from gradest.graph.checks import check_cost, check_differentiable, check_gradient, resolve_estimator
+from gradest.graph.compose import Cost, Node, Slot, terms
+from gradest.graph.dependencies import Provenance, Scope, Tag, plain, shadows_of
 from gradest.graph.dependencies import depends_on as depends_on_nodes
+from gradest.graph.marginal import marginalise
 
 __all__ = ["Graph"]
 
-
-@dataclass(eq=False)
-class Node:
-    """One ``sample`` call: its rule, its draw and where its samples sit among the graph's dims.
-
-    The graph's sample dimensions are *positions* counted leftwards from the batch dimensions: a node
-    at position q has a value ``[m, *(1,)*pad, *parent_block, *B]`` whose first q dims are sample dims.
-    """
-
-    name: str
-    index: int
-    dist: Distribution
-    estimator: Estimator
-    draw: Draw
-    position: int
-    pad: int
-    parent_depth: int
-    parents: frozenset[int]
-    ancestors: frozenset[int]
-
-    @property
-    def size(self) -> int:
-        return self.draw.value.shape[0]
-
-    @property
-    def batch(self) -> torch.Size:
-        """The node's own batch dims (after its parents' sample dims)."""
-        return self.dist.batch_shape[self.parent_depth :]
-
-    def view(self, t: Tensor) -> Tensor:
-        """A native ``[m, *dist.batch_shape, ...]`` tensor in graph layout (pad dims inserted)."""
-        return t.reshape(t.shape[:1] + (1,) * self.pad + t.shape[1:]) if self.pad else t
-
-
-@dataclass(eq=False)
-class Slot:
-    """A sample position: its size and the nodes whose samples run along it."""
-
-    size: int
-    pairable: bool  # plain Monte Carlo means: independent nodes of equal size may share it
-    nodes: list[int] = field(default_factory=list)
-
-
-@dataclass(eq=False)
-class Cost:
-    value: Tensor
-    name: str
-    deps: frozenset[int]
-    depth: int
+T = TypeVar("T")
 
 
 class Graph:
@@ -84,12 +41,17 @@ class Graph:
 
     Semantics:
 
-    - ``sample(name, dist, estimator=None, n=1)`` draws ``n`` samples (``Enumerate``: the whole
-      support) along a new leading *sample dimension*. A node whose distribution was built from
-      earlier samples keeps their sample dimensions after its own: ``[n_y, n_z, *B]``. Independent
-      Monte Carlo nodes with the same n share a dimension (their i-th samples form the i-th joint
-      sample); an enumerated node always gets a fresh one, with singleton dims below it, so that
-      costs broadcast over the joint support.
+    - ``sample(name, dist, estimator=None, n=1)`` returns the node's *samples* along a new leading
+      *sample dimension*: n exact samples (``Enumerate``: the whole support; ``UnorderedSet(k)``: the
+      k·n members of n sets; ``GumbelSoftmax(hard=False)``: n relaxed samples) — never a rule's
+      auxiliary points (REBAR's relaxations, ARM's and DisARM's antithetic partners, MeasureValued's
+      perturbations). The costs at those are computed by replaying every operation on them, with the
+      other nodes held at their samples (a tracked graph only; such a node may have no stochastic node
+      below it, and its samples may not be turned into Python values). A node whose distribution was
+      built from earlier samples keeps their sample dimensions after its own: ``[n_y, n_z, *B]``.
+      Independent Monte Carlo nodes with the same n share a dimension (their i-th samples form the
+      i-th joint sample); an enumerated node always gets a fresh one, with singleton dims below it, so
+      that costs broadcast over the joint support.
     - ``cost(value)``: ``value`` has the sample dims of the nodes it depends on first (those it
       reduced away are an error), then any batch dims; batch dims are matched with nodes' batch dims
       from the left and treated as independent (element b of a cost is credited to element b of a
@@ -101,8 +63,41 @@ class Graph:
       nodes — which is the Rao-Blackwellisation of Schulman et al. (2015). Score terms use DiCE's
       magic box, and baselines enter "loaded" (Farquhar et al. 2019), so higher derivatives are right.
 
-    The graph holds no global state: several can be open at once. Samples may be used only while
-    their graph is open.
+    **Enumerated nodes are summed out exactly.** A node drawn with ``Enumerate()`` is never sampled:
+    ``loss()`` sums it out by variable elimination. Along a ``Graph.markov`` chain this is a forward
+    pass (O(T·K²) work for T steps of K states, never the K^T joint states); elsewhere the enumerated
+    nodes are eliminated in a min-fill order read from the dependencies the graph found, and
+    ``enumerate_budget`` bounds the largest factor that order creates (a node whose own factor would
+    exceed it is an error, or is drawn by ``Enumerate(fallback=...)``, never approximated silently).
+    The loss holds two kinds of terms, both exact in the enumerated nodes:
+
+    - *expected costs* (``cost``): Σ_c E[c], each cost averaged over its Monte Carlo nodes and summed
+      with the probabilities of the enumerated nodes it depends on (outside any log: an exact ELBO of
+      a chain-structured posterior, the exact expected return of a tabular policy);
+    - *observations* (``observe``): −log Σ_z p(z) Π_o p(o | z), the enumerated nodes the observations
+      depend on summed out *inside* the log (Pyro's enumeration semantics: fitting an HMM by its
+      marginal likelihood), averaged over the Monte Carlo nodes above them, whose gradient is then a
+      score term with −log p(observations | their samples) as the cost (and pathwise where the
+      estimator is pathwise).
+
+    So with both, ``loss() = E_mc[ Σ_c E_enum[c] − log Σ_z p(z) Π_o p(o | z) ]``. A graph is refused
+    (at ``loss()``) where that meaning is unclear: a cost and an observation that depend on the same
+    enumerated nodes (an expectation outside the log and a marginal inside it over one variable), or
+    a Monte Carlo node drawn below an enumerated node that observations depend on (its samples would
+    have to be drawn inside the log). Monte Carlo nodes below enumerated nodes feeding *costs* are
+    fine (a Rao-Blackwellised switching model): each is weighted by the enumerated states above it.
+
+    The graph holds no global state: several can be open at once. Once a graph is closed (its ``with``
+    block ended), its samples and costs are ordinary tensors: log them, print them, keep computing
+    with them (in another graph they are data, depending on no node).
+
+    A cost that depends on no node and carries no gradient adds nothing to the gradient, and is
+    refused; so is a cost that depends on no node after a tensor computed from samples was turned into
+    a Python value or a numpy array (``.tolist()``, ``.item()``, ``.numpy()``) in the open graph —
+    such a cost has probably been rebuilt from those values and lost its dependencies. Pass
+    ``depends_on=()`` for a cost that truly depends on no node. While validation is on, a cost that
+    reaches a pathwise or relaxed node's samples only through operations without a derivative is
+    refused (see ``Estimator.differentiable_f``).
 
     Dependencies are found (``track=True``, the default): samples are a light tensor subclass that
     carries its node through every op, floating or not, so indices (``table[z]``), comparisons,
@@ -118,9 +113,25 @@ class Graph:
     ``torch.compile`` (with ``fullgraph=True``): torch's compiler cannot trace the subclass.
 
     Args:
-        enumerate_budget: the largest joint support (product of the sizes of all enumerated
-            dimensions) a cost may span.
+        enumerate_budget: the largest number of joint values of enumerated nodes one factor may hold:
+            a node's own factor (its support times that of the enumerated nodes its distribution
+            depends on), a cost's span, and each intermediate factor of the elimination.
         track: find each node's and cost's dependencies (True), or take them from ``depends_on=``.
+
+    Example:
+        >>> import torch, gradest
+        >>> from torch.distributions import Bernoulli, Categorical
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.zeros(3, requires_grad=True)
+        >>> table = torch.tensor([1.0, 2.0, 4.0])
+        >>> with gradest.Graph() as g:
+        ...     k = g.sample("k", Categorical(logits=logits), gradest.Enumerate())       # summed out
+        ...     b = g.sample("b", Bernoulli(probs=table[k] / 5), gradest.ScoreFunction(gradest.LeaveOneOut()), n=8)
+        ...     g.cost(b * table[k], name="reward")
+        >>> loss = g.loss()
+        >>> loss.backward()
+        >>> logits.grad.shape
+        torch.Size([3])
 
     References:
         Schulman et al. (2015). Gradient Estimation Using Stochastic Computation Graphs. NeurIPS.
@@ -146,8 +157,11 @@ class Graph:
         self.nodes: list[Node] = []
         self.slots: list[Slot] = []  # slots[q - 1] is position q
         self.costs: list[Cost] = []
+        self.observes: list[Cost] = []  # log-probabilities of observations, with their dependencies
         self._scope = Scope()
         self._names: dict[str, int] = {}
+        self._chains: list[_Chain] = []  # the open markov contexts, innermost last
+        self._chain_count = 0
 
     @property
     def closed(self) -> bool:
@@ -218,7 +232,7 @@ class Graph:
         *,
         depends_on: str | Iterable[str] | None = None,
     ) -> Tensor:
-        """Draw ``n`` samples of ``dist`` as node ``name``; returns ``[n, *dist.batch_shape, *E]``
+        """Draw node ``name`` from ``dist``; returns its samples ``[n, *dist.batch_shape, *E]``
         (``Enumerate``: the support along the leading dim; with singleton dims inserted when the node
         needs a fresh sample dimension).
 
@@ -235,21 +249,36 @@ class Graph:
             )
         dist = check_distribution("Graph.sample", dist)
         n = check_n("Graph.sample", n)
-        if estimator is None:
-            estimator = default_for(dist, n)
-        elif not isinstance(estimator, Estimator):
-            refuse_in_expectation("Graph.sample", estimator)
-            raise TypeError(
-                f"Graph.sample: estimator={estimator!r} is not a gradest Estimator; pass e.g. gradest.Pathwise()."
+        estimator = resolve_estimator("Graph.sample", estimator, dist, n)
+        rule = type(estimator).__name__
+        if estimator.auxiliary_points and not self.track:
+            raise ValueError(
+                f"Graph.sample: node {name!r} uses {rule}, which evaluates the costs at auxiliary points "
+                "of its samples by replaying each operation on them; that needs a tracked graph "
+                "(Graph(track=True), the default), or gradest.expectation with f."
             )
+        tensors = dist_tensors(dist)
+        replayed = shadows_of(tensors)
+        # The rule works on a plain copy of the distribution (its parameters as ordinary tensors, autograd
+        # kept): the tracking is only needed to find the parents, which the tensors above already tell.
+        tracked = dist
+        dist = _plain_dist(dist) if any(isinstance(t, Provenance) for t in tensors) else dist
         estimator.check(dist, n)
-
-        tensors = _dist_tensors(dist)
+        if replayed and estimator.auxiliary_points:
+            above = self.nodes[next(iter(replayed))]
+            raise NotImplementedError(
+                f"Graph.sample: node {name!r} ({rule}) is drawn from a distribution computed from node "
+                f"{above.name!r} ({type(above.estimator).__name__}); both evaluate the costs at auxiliary "
+                "points of their samples, and such nodes cannot be nested. Use ScoreFunction(LeaveOneOut()) "
+                f"or RELAX(control) for one of them."
+            )
         parents = self._dependencies(tensors, depends_on, where)
-        ancestors = set(parents)
+        # ancestors: the sampled (not eliminated) ones; enumerated ancestors are reached through the
+        # enumerated parents' scopes when the graph sums them out (so a chain's sets do not grow with it)
+        ancestors = {p for p in parents if not self.nodes[p].estimator.eliminable}
         for p in parents:
             ancestors |= self.nodes[p].ancestors
-        depth = max([0] + [self.nodes[p].position for p in parents])
+        depth = max([0] + [self.nodes[p].dims for p in parents])
         batch = dist.batch_shape
         if len(batch) < depth:
             raise ValueError(
@@ -266,36 +295,212 @@ class Graph:
                     f"{self._names_of(slot.nodes)}) has {slot.size} samples; keep sample dims leading."
                 )
 
+        state = _rng_state(tensors) if replayed else None
+        chain = self._chains[-1] if self._chains else None
+        if estimator.eliminable:
+            scope = self._scope_of(parents)
+            for a in scope:
+                step = self.nodes[a].step
+                if chain is not None and step is not None and step[0] == chain.index \
+                        and step[1] < chain.step - chain.history:
+                    raise ValueError(
+                        f"Graph.sample: node {name!r} (step {chain.step} of Graph.markov(history={chain.history})) "
+                        f"is drawn from a distribution computed from node {self.nodes[a].name!r} of step "
+                        f"{step[1]}, more than history={chain.history} steps back; raise history."
+                    )
+            limit = support_size(dist) * math.prod(self.nodes[a].size for a in scope)
+            delegated = estimator.delegate(dist, n, limit=limit) if limit > self.enumerate_budget else estimator
+            if delegated is estimator and limit > self.enumerate_budget:
+                raise ValueError(
+                    f"Graph.sample: node {name!r} would add a factor over {limit} joint values (its support times "
+                    f"the enumerated nodes {self._names_of(scope)} its distribution depends on), over "
+                    f"enumerate_budget={self.enumerate_budget}; raise Graph(enumerate_budget=...), or name a "
+                    "sampling estimator for such nodes: Enumerate(fallback=ScoreFunction(LeaveOneOut()))."
+                )
+            if delegated is not estimator:
+                estimator = delegated
+                rule = type(estimator).__name__
+                estimator.check(dist, n)
         draw = estimator.draw(dist, n)
-        m = draw.value.shape[0]
-        pairable = type(estimator).reduce is Estimator.reduce
-        position = self._place(depth, m, pairable)
+        shadow_draws = {a: self._replay(name, tracked, estimator, n, a, len(copies), state)
+                        for a, copies in replayed.items()}
+        if estimator.eliminable and chain is not None:
+            position = chain.position(self, draw.n, depth)
+        else:
+            position = self._place(depth, draw.n, estimator.shares_sample_dim)
         index = len(self.nodes)
-        if any(isinstance(t, Provenance) for t in tensors):  # parameters computed from samples
-            draw = _plain_draw(draw)
-        node = Node(name, index, dist, estimator, draw, position, position - 1 - depth, depth,
-                    frozenset(parents), frozenset(ancestors))
+        node = Node(name, index, dist if draw.dist is dist else draw.dist, estimator, draw, position=position,
+                    parent_depth=depth, parents=frozenset(parents), ancestors=frozenset(ancestors),
+                    shadow_draws=shadow_draws, step=None if chain is None else (chain.index, chain.step))
         self.nodes.append(node)
         self._names[name] = index
         self.slots[position - 1].nodes.append(index)
 
-        value = node.view(plain(draw.value))
+        values = draw.values
+        if estimator.eliminable and depth:  # the support does not vary along the enumerated parents: no copies
+            for i in range(depth):
+                if not self.slots[depth - i - 1].shared:
+                    values = values.narrow(1 + i, 0, 1)
+        value = node.view(values)
         if not self.track:
             return value
-        return Provenance.wrap(value, (Tag(self._scope, index, name),))
+        shadows = {a: tuple(node.view(d.values) for d in draws) for a, draws in shadow_draws.items()}
+        if estimator.auxiliary_points:
+            shadows[index] = tuple(node.view(block) for block in draw.auxiliary.split(draw.n))
+        return Provenance.wrap(value, (Tag(self._scope, index, name, rule),), shadows or None)
 
-    def _place(self, depth: int, m: int, pairable: bool) -> int:
+    def _replay(self, name: str, dist: Distribution, estimator: Estimator, n: int, above: int, copies: int,
+                state: tuple[Tensor, dict[int, Tensor]] | None) -> tuple[Draw, ...]:
+        """Node ``name``'s draw at each block of ``above``'s auxiliary points: the distribution rebuilt
+        from the parameters' copies there, sampled from the same random-number state as the draw itself
+        (common random numbers: the same ε for a pathwise node, the same uniforms for bits)."""
+        parent = self.nodes[above]
+        draws = []
+        for block in range(copies):
+            with _replaying(state):
+                draws.append(estimator.draw(_shadow_dist(dist, above, block), n))
+        needs_slope = parent.estimator.differentiable_f == "auxiliary"
+        if needs_slope and estimator.differentiable_f != "values" and estimator.weight(draws[0]) is None:
+            raise NotImplementedError(
+                f"Graph.sample: node {name!r} ({type(estimator).__name__}) is drawn from a distribution "
+                f"computed from node {parent.name!r}, whose {type(parent.estimator).__name__} differentiates "
+                f"the costs at its relaxed points; {type(estimator).__name__}'s samples carry no derivative "
+                "there. Give the lower node a pathwise rule, ScoreFunction or Enumerate, or use "
+                f"RELAX(control) for {parent.name!r}."
+            )
+        return tuple(draws)
+
+    def _place(self, depth: int, m: int, shared: bool) -> int:
         """The position of a new node: the first shareable slot above its parents, else a fresh one."""
-        if pairable:
+        if shared:
             for q in range(depth + 1, len(self.slots) + 1):
                 slot = self.slots[q - 1]
-                if slot.pairable and slot.size == m:
+                if slot.shared and slot.size == m:
                     return q
-        self.slots.append(Slot(m, pairable))
+        self.slots.append(Slot(m, shared))
         return len(self.slots)
 
     def _names_of(self, ids: Iterable[int]) -> list[str]:
         return [self.nodes[i].name for i in sorted(ids)]
+
+    def _scope_of(self, ids: Iterable[int]) -> set[int]:
+        """The enumerated nodes whose dims the tensors computed from nodes ``ids`` span: an enumerated
+        node itself; for a sampled node, those of its parents (its samples were drawn per value of them)."""
+        out: set[int] = set()
+        for i in ids:
+            node = self.nodes[i]
+            out |= {i} if node.estimator.eliminable else self._scope_of(node.parents)
+        return out
+
+    # -- markov chains and observations ---------------------------------------------------------
+
+    def markov(self, iterable: Iterable[T], history: int = 1) -> Iterator[T]:
+        """Iterate over ``iterable`` as the steps of a Markov chain: a node drawn at a step depends on
+        nodes of at most the last ``history`` steps (and on nodes drawn outside the chain).
+
+        Enumerated nodes of the chain then reuse ``history + 1`` sample positions, so their tensors
+        never grow with the chain's length, and ``loss()`` sums them out by a forward pass along the
+        chain — O(T·K²) work for T steps of K states, done as a balanced tree of K×K products (depth
+        O(log T)) — never over the K^T joint states. Like ``pyro.markov``.
+
+        Raises:
+            ValueError: history < 1 (``TypeError`` if not an int), or, at ``sample``, a node of the
+                chain drawn from a distribution computed from a node more than ``history`` steps back.
+
+        Example:
+            >>> import torch, gradest
+            >>> from torch.distributions import Categorical, Normal
+            >>> init, trans = torch.zeros(2, requires_grad=True), torch.tensor([[2.0, -2.0], [-2.0, 2.0]])
+            >>> y = torch.tensor([0.9, 1.1, -1.0, -0.8])
+            >>> with gradest.Graph() as g:
+            ...     z = g.sample("z_0", Categorical(logits=init), gradest.Enumerate())
+            ...     g.observe("y_0", Normal(2.0 * z - 1.0, 1.0), y[0])
+            ...     for t in g.markov(range(1, 4)):
+            ...         z = g.sample(f"z_{t}", Categorical(logits=trans[z]), gradest.Enumerate())
+            ...         g.observe(f"y_{t}", Normal(2.0 * z - 1.0, 1.0), y[t])
+            >>> loss = g.loss()   # −log p(y_0, …, y_3), every z summed out
+            >>> loss.backward(); init.grad.shape
+            torch.Size([2])
+        """
+        self._open("markov")
+        if isinstance(history, bool) or not isinstance(history, int):
+            raise TypeError(
+                f"Graph.markov: history={history!r} must be an int >= 1 (1: each step depends on the last)."
+            )
+        if history < 1:
+            raise ValueError(f"Graph.markov: history={history} must be >= 1 (1: each step depends on the last).")
+        chain = _Chain(self._chain_count, history)
+        self._chain_count += 1
+        self._chains.append(chain)
+        try:
+            for step, item in enumerate(iterable):
+                chain.step, chain.lane = step, 0
+                yield item
+        finally:
+            self._chains.remove(chain)
+
+    def observe(self, name: str, dist: Distribution, value: Tensor | float, *,
+                depends_on: str | Iterable[str] | None = None) -> None:
+        """Add the likelihood factor p(value) of observed data under ``dist``.
+
+        ``loss()`` then contains −log of the observations' probability with the enumerated nodes it
+        depends on summed out *inside* the log: −log Σ_z p(z) Π p(observations | z) (Pyro's enumeration
+        semantics; see the class docstring). Observations that depend on no enumerated node add
+        −log p(value) as a cost, credited to the nodes the distribution depends on.
+
+        Args:
+            name: a name for error messages.
+            dist: the distribution of the data, built from samples and parameters (its dependencies
+                are found as for ``sample``).
+            value: the data, broadcastable to ``dist``'s batch and event shape; it must not depend on
+                any node.
+            depends_on: the nodes whose samples ``dist``'s parameters were computed from (names; their
+                ancestors are added); by default the graph finds them (``track=True``) or takes every
+                node (``track=False``, where a chain's observations should name their step's nodes).
+
+        Raises:
+            TypeError: dist is not a Distribution, value is not a tensor or number.
+            ValueError: value depends on a node; its log-probability has the wrong shape for the nodes
+                it depends on; NaN or +inf log-probabilities (while validation is on).
+        """
+        where = "observe"
+        self._open(where)
+        if not isinstance(name, str):
+            raise TypeError(f"Graph.observe: name={name!r} must be a str.")
+        dist = check_distribution("Graph.observe", dist)
+        if not isinstance(value, Tensor):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"Graph.observe: value={value!r} for {name!r} must be a tensor or a number (the data).")
+            value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        if self.track and depends_on_nodes([value]):
+            raise ValueError(
+                f"Graph.observe: value of {name!r} depends on node(s) {[t.name for t in depends_on_nodes([value])]}; "
+                "an observation is data: pass the observed tensor itself (a cost of the samples is g.cost)."
+            )
+        tensors = dist_tensors(dist)
+        direct = self._dependencies(tensors, depends_on, where)
+        if not shadows_of(tensors):  # replayed computations need the tracked distribution; others a plain one
+            dist = _plain_dist(dist)
+        log_prob = dist.log_prob(plain(value))
+        replayed = shadows_of([log_prob])
+        deps = set(direct)
+        for i in direct:
+            deps |= self.nodes[i].ancestors
+        depth = max([0] + [self.nodes[i].dims for i in deps])
+        log_prob = plain(log_prob)
+        if log_prob.dim() < depth:
+            raise ValueError(
+                f"Graph.observe: log-probability of {name!r} has shape {tuple(log_prob.shape)} but depends on nodes "
+                f"{self._names_of(deps)} whose samples occupy {depth} leading dims; build dist from the samples "
+                "without reducing over their sample dims."
+            )
+        if is_validation_enabled():
+            check_finite("Graph.observe", f"log-probability of {name!r}",
+                         log_prob.masked_fill(log_prob == -torch.inf, 0.0),
+                         "check the distribution's parameters and the data (NaN, inf) for this observation.")
+        auxiliary = self._auxiliary("Graph.observe", f"log-probability of {name!r}", deps, replayed,
+                                    tuple(log_prob.shape))
+        self.observes.append(Cost(log_prob, name, frozenset(deps), depth, auxiliary, direct=frozenset(direct)))
 
     # -- costs -----------------------------------------------------------------------------------
 
@@ -303,34 +508,60 @@ class Graph:
         """Add a cost: any tensor computed from samples and parameters (see the class docstring).
 
         ``depends_on`` names the nodes whose samples ``value`` was computed from (their ancestors are
-        added); by default the graph finds them (``track=True``) or takes every node (``track=False``).
+        added; ``()`` for none); by default the graph finds them (``track=True``) or takes every node
+        (``track=False``).
         """
         where = "cost"
         self._open(where)
-        if not isinstance(value, Tensor):
-            raise TypeError(f"Graph.cost: value={type(value).__name__} must be a tensor computed from the samples.")
         name = name if name is not None else f"cost{len(self.costs)}"
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"Graph.cost: cost {name!r} is a {type(value).__name__}, not a tensor; keep the cost in torch "
+                "(a cost rebuilt from .tolist(), .item() or .numpy() loses the nodes it depends on)."
+            )
         direct = self._dependencies([value], depends_on, where)
         deps = set(direct)
         for i in direct:
             deps |= self.nodes[i].ancestors
-        depth = max([0] + [self.nodes[i].position for i in deps])
+        depth = max([0] + [self.nodes[i].dims for i in deps])
+        scope = self._scope_of(direct)
+        replayed = shadows_of([value])
         value = plain(value)
-        if not (value.is_floating_point() or value.is_complex()):
-            raise TypeError(f"Graph.cost: cost {name!r} has dtype={value.dtype}; costs must be floating point.")
+        check_cost("Graph.cost", value, tuple(value.shape), f"cost {name!r}")
+        if not deps and depends_on is None and self.track:
+            if not value.requires_grad:
+                raise ValueError(
+                    f"Graph.cost: cost {name!r} depends on no node and carries no gradient, so it adds nothing "
+                    "to the gradient; if it was computed from samples through .tolist(), .item(), .numpy() or "
+                    "torch.tensor(...), the graph lost track of them: keep the computation in torch ops. Pass "
+                    "depends_on=() to add it anyway."
+                )
+            if self._scope.escaped is not None:
+                raise ValueError(
+                    f"Graph.cost: cost {name!r} depends on no node, but a tensor computed from samples went "
+                    f"through {self._scope.escaped} in this graph: if the cost was rebuilt from such values it "
+                    "has lost the nodes it depends on, and their gradient would miss it. Keep the computation "
+                    "in torch ops, or pass depends_on=() if this cost truly depends on no node."
+                )
         if value.dim() < depth:
             raise ValueError(
                 f"Graph.cost: cost {name!r} has shape {tuple(value.shape)} but depends on nodes "
                 f"{self._names_of(deps)} whose samples occupy {depth} leading dims; keep the sample dims "
                 "in the cost (the graph averages over them)."
             )
+        at: dict[int, list[int]] = {}  # position -> the nodes the cost depends on there
+        for i in deps | scope:
+            at.setdefault(self.nodes[i].position, []).append(i)
         for q in range(1, depth + 1):
             size, slot = value.shape[depth - q], self.slots[q - 1]
-            owners = [i for i in slot.nodes if i in deps]
-            if size == 1 and owners and slot.size > 1:
+            owners = at.get(q, [])
+            # an enumerated ancestor that the cost does not span directly leaves a size-1 dim (its
+            # children's values are not copied along it); every other owner must keep its dim
+            spanned = [i for i in owners if not self.nodes[i].estimator.eliminable or i in scope]
+            if size == 1 and spanned and slot.size > 1:
                 raise ValueError(
                     f"Graph.cost: cost {name!r} has shape {tuple(value.shape)}: dim {depth - q} has size 1 "
-                    f"but it depends on node(s) {self._names_of(owners)} with {slot.size} samples there; "
+                    f"but it depends on node(s) {self._names_of(spanned)} with {slot.size} samples there; "
                     "keep the sample dims in the cost (the graph averages over them)."
                 )
             if size not in (1, slot.size) or (size > 1 and not owners):
@@ -359,7 +590,7 @@ class Graph:
                     )
         joint = 1
         for q in range(1, depth + 1):
-            if not self.slots[q - 1].pairable and value.shape[depth - q] > 1:
+            if not self.slots[q - 1].shared and value.shape[depth - q] > 1:
                 joint *= self.slots[q - 1].size
         if joint > self.enumerate_budget:
             raise ValueError(
@@ -367,45 +598,123 @@ class Graph:
                 f"enumerate_budget={self.enumerate_budget}; raise Graph(enumerate_budget=...) or use "
                 "ScoreFunction for some nodes."
             )
-        check_finite("Graph.cost", f"cost {name!r}", value, "check the computation for 0/0, log(0) or inf - inf.")
-        self.costs.append(Cost(value, name, frozenset(deps), depth))
+        auxiliary = self._auxiliary("Graph.cost", f"cost {name!r}", deps, replayed, tuple(value.shape))
+        record = Cost(value, name, frozenset(deps), depth, auxiliary, direct=frozenset(direct))
+        for i in sorted(deps):
+            if self.nodes[i].estimator.differentiable_f is not None:
+                check_differentiable("Graph.cost", self.nodes[i], record, self.nodes, f"cost {name!r}")
+        self.costs.append(record)
+
+    def _auxiliary(self, where: str, what: str, deps: Iterable[int], replayed: dict[int, tuple[Tensor, ...]],
+                   shape: tuple[int, ...]) -> dict[int, tuple[Tensor, ...]]:
+        """A cost's values at the auxiliary points of the nodes it depends on that have some (their
+        replayed copies), each checked like the cost itself."""
+        out: dict[int, tuple[Tensor, ...]] = {}
+        for i in sorted(deps):
+            node = self.nodes[i]
+            if not node.estimator.auxiliary_points:
+                continue
+            if i not in replayed:
+                raise ValueError(
+                    f"{where}: {what} depends on node {node.name!r}, whose {type(node.estimator).__name__} needs it "
+                    "at auxiliary points of its samples, but its computation could not be replayed there (it was "
+                    "declared with depends_on=, or left torch); compute it from the node's samples with torch "
+                    "operations."
+                )
+            out[i] = tuple(check_cost(where, plain(t), shape, what) for t in replayed[i])
+        return out
 
     def loss(self) -> Tensor:
         """The scalar surrogate: value = the estimate of Σ E[cost], gradient = the estimator."""
-        if not self.costs:
-            raise ValueError("Graph.loss: no costs were added; call g.cost(value) for each cost first.")
-        return compose.loss(self.nodes, self.slots, self.costs)
+        if not self.costs and not self.observes:
+            raise ValueError("Graph.loss: no costs were added; call g.cost(value) or g.observe(...) first.")
+        if self.observes or any(node.estimator.eliminable for node in self.nodes):
+            costs, inside = marginalise(self.nodes, self.slots, self.costs, self.observes, self.enumerate_budget)
+            parts = terms(self.nodes, self.slots, costs, exclude=inside) if costs else []
+        else:
+            parts = terms(self.nodes, self.slots, self.costs)
+        if not parts:
+            raise ValueError("Graph.loss: no cost depends on a sampled node's parameters or on any parameter; "
+                             "there is nothing to differentiate.")
+        total = parts[0].sum()
+        for t in parts[1:]:
+            total = total + t.sum()
+        return check_gradient("Graph.loss", total)
 
 
-def _plain_draw(draw: Draw) -> Draw:
-    lp = None if draw.log_prob is None else plain(draw.log_prob)
-    return Draw(plain(draw.value), lp, _plain_dist(draw.dist), {k: plain(v) for k, v in draw.extra.items()})
+class _Chain:
+    """An open ``Graph.markov`` context: its step, and the sample positions its enumerated nodes reuse
+    (``history + 1`` sets of lanes, one lane per enumerated node drawn in a step)."""
+
+    def __init__(self, index: int, history: int) -> None:
+        self.index, self.history = index, history
+        self.step, self.lane = 0, 0
+        self.positions: dict[tuple[int, int, int], int] = {}  # (step mod (history+1), lane, size) -> position
+
+    def position(self, graph: Graph, size: int, depth: int) -> int:
+        """The position of the next enumerated node of this step (a fresh one the first time round)."""
+        key = (self.step % (self.history + 1), self.lane, size)
+        self.lane += 1
+        if key not in self.positions:
+            graph.slots.append(Slot(size, False))
+            self.positions[key] = len(graph.slots)
+        return self.positions[key]
+
+
+def _rng_state(tensors: list[Tensor]) -> tuple[Tensor, dict[int, Tensor]]:
+    """The CPU generator's state and that of every CUDA device ``tensors`` live on."""
+    devices = {t.device.index or 0 for t in tensors if t.device.type == "cuda"}
+    return torch.get_rng_state(), {d: torch.cuda.get_rng_state(d) for d in devices}
+
+
+@contextmanager
+def _replaying(state: tuple[Tensor, dict[int, Tensor]] | None) -> Iterator[None]:
+    """Run the block from the random-number ``state``, and leave the generators as they were."""
+    assert state is not None
+    cpu, cuda = state
+    with torch.random.fork_rng(devices=list(cuda)):
+        torch.set_rng_state(cpu)
+        for device, s in cuda.items():
+            torch.cuda.set_rng_state(s, device)
+        yield
+
+
+def _shadow_dist(dist: Distribution, above: int, copy: int) -> Distribution:
+    """``dist`` with every tensor computed from samples replaced by its copy at ``above``'s ``copy``-th
+    block of auxiliary points (plain where it has none)."""
+
+    def swap(t: Provenance) -> Tensor:
+        own = t._gradest_shadows
+        return plain(own[above][copy]) if own and above in own else plain(t)
+
+    return _substitute(dist, swap)
 
 
 def _plain_dist(dist: Distribution) -> Distribution:
     """``dist``, or a shallow copy whose :class:`Provenance` tensors (parameters built from samples,
-    e.g. ``logits=W[z]``) are plain: baselines read the draw's distribution in ``loss()``,
-    which may run after the graph has closed."""
-    tensors = vars(dist)
-    base = dist.base_dist if isinstance(dist, Independent) else None
-    plain_base = None if base is None else _plain_dist(base)
-    if plain_base is base and not any(isinstance(v, Provenance) for v in tensors.values()):
+    e.g. ``logits=W[z]``) are plain."""
+    return _substitute(dist, plain)
+
+
+def _substitute(dist: Distribution, swap: Callable[[Provenance], Tensor]) -> Distribution:
+    """``dist``, or a shallow copy (through ``Independent`` and ``OneHotCategorical`` wrappers) with
+    ``swap(t)`` in place of each :class:`Provenance` tensor ``t`` it holds."""
+    own = vars(dist)
+    inner = None
+    if isinstance(dist, Independent):
+        inner = dist.base_dist
+    elif isinstance(dist, OneHotCategorical):
+        inner = dist._categorical
+    new_inner = None if inner is None else _substitute(inner, swap)
+    if new_inner is inner and not any(isinstance(v, Provenance) for v in own.values()):
         return dist
     out = copy.copy(dist)
-    for k, v in tensors.items():
+    for k, v in own.items():
         if isinstance(v, Provenance):
-            setattr(out, k, plain(v))
-    if plain_base is not base:
-        out.base_dist = plain_base  # type: ignore[attr-defined]
-    return out
-
-
-def _dist_tensors(dist: Distribution) -> list[Tensor]:
-    """Every tensor a distribution holds (its parameters and cached derived values)."""
-    out = []
-    while True:
-        out += [v for v in vars(dist).values() if isinstance(v, Tensor)]
+            setattr(out, k, swap(v))
+    if new_inner is not inner:
         if isinstance(dist, Independent):
-            dist = dist.base_dist
-            continue
-        return out
+            out.base_dist = new_inner  # type: ignore[attr-defined]
+        else:
+            out._categorical = new_inner  # type: ignore[attr-defined]
+    return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import chain
 from typing import Any
 
 import torch
@@ -63,6 +64,71 @@ def check_same_in_groups(where: str, groups: Sequence[dict[str, Any]], group: di
                 f"{key}={groups[0][key]!r}; {key} describes the whole finite sum, so give every "
                 "group the same value."
             )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------
+
+# the expected state of one parameter: key -> shape of its tensor (None: a number, e.g. a step count)
+Expected = dict[str, tuple[int, ...] | None]
+
+
+def check_checkpoint(where: str, state_dict: Any, param_groups: Sequence[dict[str, Any]],
+                     expect: Callable[[int, Tensor], Expected],
+                     explain: Callable[[int, Tensor, str, Any, Expected], str]) -> None:
+    """Refuse a ``state_dict`` saved for another configuration, before anything is loaded.
+
+    Checks, in order: the layout (param groups and their sizes), ``num_examples``, and for every
+    parameter with saved state, its keys and the shape of each tensor against ``expect(k, p)`` (k the
+    position of p among all parameters). ``explain(k, p, key, saved_state, expected)`` words the
+    mismatch of ``key`` (``""`` for the key set) and its fix.
+    """
+    if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+        raise TypeError(
+            f"{where}: state_dict={type(state_dict).__name__} is not an optimiser state_dict (a dict with "
+            "'state' and 'param_groups'); pass what optimizer.state_dict() returned."
+        )
+    saved = state_dict["param_groups"]
+    if len(saved) != len(param_groups):
+        raise ValueError(
+            f"{where}: the checkpoint has {len(saved)} param group(s), this optimiser {len(param_groups)}; "
+            "build the optimiser with the param groups of the run that was saved."
+        )
+    for i, (old, new) in enumerate(zip(saved, param_groups)):
+        if len(old["params"]) != len(new["params"]):
+            raise ValueError(
+                f"{where}: param group {i} holds {len(old['params'])} parameter(s) in the checkpoint and "
+                f"{len(new['params'])} here; build the optimiser with the parameters of the run that was saved."
+            )
+    count = param_groups[0]["num_examples"]
+    for old in saved:
+        if old.get("num_examples", count) != count:
+            raise ValueError(
+                f"{where}: the checkpoint has num_examples={old['num_examples']}, this optimiser "
+                f"num_examples={count}; its state belongs to that finite sum: build the optimiser with "
+                f"num_examples={old['num_examples']} on the same data to resume, or start the new problem "
+                "without loading it."
+            )
+    params = dict(zip(chain.from_iterable(g["params"] for g in saved),
+                      enumerate(chain.from_iterable(g["params"] for g in param_groups))))
+    for key, state in state_dict["state"].items():
+        if key not in params:
+            continue
+        k, p = params[key]
+        expected = expect(k, p)
+        if set(state) != set(expected):
+            raise ValueError(f"{where}: {explain(k, p, '', state, expected)}")
+        for name, shape in expected.items():
+            value = state[name]
+            if shape is not None and (not isinstance(value, Tensor) or tuple(value.shape) != shape):
+                raise ValueError(f"{where}: {explain(k, p, name, state, expected)}")
+
+
+def describe_state(state: dict[str, Any]) -> str:
+    """``{'table': (10, 3), 'table_mean': (3,)}``: a saved state's keys and tensor shapes."""
+    return "{" + ", ".join(f"'{key}': {tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}"
+                           for key, v in sorted(state.items())) + "}"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 r"""SAGA: a stochastic gradient corrected by a table of past per-example gradients.
 
-``saga_direction`` and ``saga_step`` are the functional core (tensors in, tensors updated in place);
-``SAGA`` is the ``torch.optim.Optimizer`` shell that calls the user's ``losses``, computes per-example
-gradients, and keeps the table in ``self.state``.
+``saga_direction`` and ``saga_step`` are the functional core (tensors in, tensors updated in place; with a
+process group, sums over the ranks); ``SAGA`` is the ``torch.optim.Optimizer`` shell that calls the
+user's ``losses``, computes per-example gradients, keeps the table in ``self.state``, and moves through
+``saga_step`` on one process and on many alike.
 
 References:
     Defazio et al. (2014). SAGA: A Fast Incremental Gradient Method With Support for Non-Strongly
@@ -21,12 +22,15 @@ from torch.optim import Optimizer
 from gradest._distributed import WORLD, all_reduce_flat, check_process_group, rank, resolve, world_size
 from gradest._validation import is_validation_enabled
 from gradest.optim._common import (
+    Expected,
     Losses,
+    check_checkpoint,
     check_count,
     check_indices,
     check_losses,
     check_number,
     check_same_in_groups,
+    describe_state,
     evaluate,
     first_occurrences,
     flat_params,
@@ -40,7 +44,7 @@ _LR_FIX = "for smooth per-example losses lr = 1/(3 L) is safe, L the largest per
 
 
 def saga_direction(params: Sequence[Tensor], deltas: Sequence[Tensor], table_means: Sequence[Tensor], *,
-                   weight_decay: float) -> list[Tensor]:
+                   weight_decay: float | Sequence[float], process_group: object = None) -> list[Tensor]:
     r"""The SAGA direction for one batch, one tensor per parameter.
 
     .. math:: d = \frac{1}{b}\sum_{k=1}^{b} \Delta_k + \bar g + \lambda\theta,
@@ -50,18 +54,52 @@ def saga_direction(params: Sequence[Tensor], deltas: Sequence[Tensor], table_mea
         params: θ, each ``[*p.shape]``.
         deltas: Δ, each ``[b, *p.shape]``: new minus stored gradient of every example in the batch.
         table_means: ḡ, each ``[*p.shape]``: the mean of the table over all N examples.
-        weight_decay: λ.
+        weight_decay: λ, one number, or one per parameter.
+        process_group: None (the batch is all there is), ``"world"`` or a
+            ``torch.distributed.ProcessGroup``: the sums over k and b run over the batches of every rank
+            (one all-reduce), so every rank gets the direction of the union of the batches.
 
     Returns:
         d, each ``[*p.shape]``.
     """
-    return [_direction(p, delta, mean, delta[0] if delta.shape[0] == 1 else delta.sum(0), weight_decay)
-            for p, delta, mean in zip(params, deltas, table_means, strict=True)]
+    totals, _, b = _sums(deltas, None, resolve(process_group))
+    return [_direction(p, mean, total, b, decay)
+            for p, mean, total, decay in zip(params, table_means, totals,
+                                             _per_param("saga_direction", "weight_decay", weight_decay, params),
+                                             strict=True)]
 
 
-def _direction(p: Tensor, delta: Tensor, mean: Tensor, total: Tensor, weight_decay: float) -> Tensor:
-    """d from ``total`` = Σ_k Δ_k (shared with the update of the mean)."""
-    d = torch.add(mean, total, alpha=1.0 / delta.shape[0])
+def _per_param(where: str, name: str, value: float | Sequence[float], params: Sequence[Tensor]) -> list[float]:
+    """One number per parameter: a number repeated, or a sequence of the right length."""
+    if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.ndim == 0):
+        return [float(value)] * len(params)
+    values = [float(v) for v in value]
+    if len(values) != len(params):
+        raise ValueError(f"{where}: {name}={values} has {len(values)} value(s) for {len(params)} parameters; "
+                         "give one number, or one per parameter.")
+    return values
+
+
+def _sums(deltas: Sequence[Tensor], first: Tensor | None,
+          group: object) -> tuple[list[Tensor], list[Tensor] | None, int | Tensor]:
+    """Σ_k Δ_k per parameter, the same over first occurrences (when ``first`` is given or under a
+    group), and b; under a group each is summed over the ranks in one all-reduce."""
+    totals = [d[0] if d.shape[0] == 1 else d.sum(0) for d in deltas]
+    firsts = None if first is None else [(d * first.reshape((-1,) + (1,) * (d.ndim - 1))).sum(0)
+                                         for d in deltas]
+    if group is None:
+        return totals, firsts, deltas[0].shape[0]
+    # every rank packs the same pieces (a rank without repeats sends its totals as its first-occurrence
+    # sums), so the collective has one size on every rank
+    local = firsts if firsts is not None else totals
+    *reduced, b = all_reduce_flat([*totals, *local, deltas[0].new_tensor(float(deltas[0].shape[0]))], group)
+    k = len(totals)
+    return reduced[:k], reduced[k:], b
+
+
+def _direction(p: Tensor, mean: Tensor, total: Tensor, b: int | Tensor, weight_decay: float) -> Tensor:
+    """d from ``total`` = Σ_k Δ_k over a batch of b examples (shared with the update of the mean)."""
+    d = torch.add(mean, total, alpha=1.0 / b) if isinstance(b, int) else mean + total / b
     if weight_decay != 0:
         d.add_(p.detach(), alpha=weight_decay)
     return d
@@ -69,24 +107,28 @@ def _direction(p: Tensor, delta: Tensor, mean: Tensor, total: Tensor, weight_dec
 
 @torch.no_grad()
 def saga_step(params: Sequence[Tensor], deltas: Sequence[Tensor], table_means: Sequence[Tensor], *,
-              lr: float, weight_decay: float, num_examples: int, first: Tensor | None = None) -> None:
+              lr: float | Sequence[float], weight_decay: float | Sequence[float], num_examples: int,
+              first: Tensor | None = None, process_group: object = None) -> None:
     r"""One SAGA update, in place: θ ← θ − η d, then ḡ ← ḡ + (1/N) Σ_k Δ_k over distinct examples.
 
     Args:
-        params, deltas, table_means, weight_decay: as in :func:`saga_direction`.
-        lr: η.
+        params, deltas, table_means, weight_decay, process_group: as in :func:`saga_direction` (with a
+            process group, Σ_k Δ_k over distinct examples is summed over the ranks too, so ḡ stays the
+            mean over all N examples on every rank).
+        lr: η, one number, or one per parameter.
         num_examples: N.
         first: ``[b]`` bool, whether position k is the first occurrence of its example in the batch
             (so a repeated example updates ḡ once); None when the batch has no repeats.
 
     The table rows themselves are written by the caller (their layout, dense or GLM, is its business).
     """
-    for p, delta, mean in zip(params, deltas, table_means, strict=True):
-        total = delta[0] if delta.shape[0] == 1 else delta.sum(0)
-        p.add_(_direction(p, delta, mean, total, weight_decay), alpha=-lr)
-        if first is not None:  # a repeated example counts once in the mean of the table
-            total = (delta * first.reshape((-1,) + (1,) * (delta.ndim - 1))).sum(0)
-        mean.add_(total, alpha=1.0 / num_examples)
+    totals, firsts, b = _sums(deltas, first, resolve(process_group))
+    for p, mean, total, first_total, rate, decay in zip(
+            params, table_means, totals, firsts if firsts is not None else totals,
+            _per_param("saga_step", "lr", lr, params), _per_param("saga_step", "weight_decay", weight_decay, params),
+            strict=True):
+        p.add_(_direction(p, mean, total, b, decay), alpha=-rate)
+        mean.add_(first_total, alpha=1.0 / num_examples)
 
 
 class SAGA(Optimizer):
@@ -232,17 +274,68 @@ class SAGA(Optimizer):
         self._ready = False
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state saved by ``state_dict()`` (loads with ``torch.load(..., weights_only=True)``).
+
+        Raises:
+            TypeError: ``state_dict`` is not an optimiser state_dict.
+            ValueError: it was saved for another configuration: other param groups, another
+                ``num_examples``, other parameter shapes, the other table kind (``features=...`` or not),
+                another rank or number of ranks, or by SVRG. Nothing is loaded then.
+        """
+        check_checkpoint("SAGA.load_state_dict", state_dict, self.param_groups, self._expected_state,
+                         self._explain_state)
         super().load_state_dict(state_dict)
         self._ready = False
+
+    def _expected_state(self, k: int, p: Tensor) -> Expected:
+        if not p.requires_grad:
+            return {}
+        table = self._table
+        if isinstance(table, GLMTable):
+            if p is not table.weight:
+                return {"table_mean": tuple(p.shape)}
+            return {"table_mean": tuple(p.shape), "table": (table.num_examples, *table.out_shape)}
+        return {"table_mean": tuple(p.shape), "table": (table.num_examples, *p.shape)}
+
+    def _explain_state(self, k: int, p: Tensor, key: str, state: dict[str, Any], expected: Expected) -> str:
+        glm = isinstance(self._table, GLMTable)
+        kind = "the GLM table (features=...)" if glm else "the dense table"
+        head = (f"the checkpoint's state of parameter {k} (shape {tuple(p.shape)}) is {describe_state(state)}, "
+                f"expected {{{', '.join(f'{n!r}: {s}' for n, s in expected.items())}}} for {kind}")
+        if key == "" and "snapshot" in state:
+            return f"{head}; it was saved by SVRG: load a SAGA checkpoint."
+        if key == "" and not p.requires_grad:
+            return f"{head}; the parameter has requires_grad=False here: build the optimiser as it was saved."
+        if key == "" and glm and "table" in state:
+            return f"{head}; it holds the dense table: build SAGA without features=... to resume it."
+        if key == "" and not glm and "table" not in state and "table_mean" in state:
+            return (f"{head}; it holds the GLM table: build SAGA with features= (the same design matrix) to "
+                    "resume it.")
+        if key == "table_mean":
+            return f"{head}; the parameter has another shape there: the checkpoint is for another model."
+        saved = tuple(state["table"].shape)
+        want = expected["table"]
+        assert want is not None
+        if key == "table" and saved[1:] != want[1:]:
+            fix = "build SAGA without features=... to resume it" if glm else \
+                "build SAGA with features= (the same design matrix) to resume it"
+            other = "the dense table" if glm else "the GLM table"
+            return f"{head}; it holds {other}: {fix}."
+        if key == "table":
+            return (f"{head}; it holds {saved[0]} rows and this rank {want[0]} (rank {self._rank} of "
+                    f"{self._world} keeps the examples i with i % {self._world} == {self._rank}): it was saved on "
+                    "another rank or with another number of ranks; load each rank's own checkpoint under the same "
+                    "number of ranks.")
+        return f"{head}; it was saved by another optimiser."
 
     @property
     def num_examples(self) -> int:
         return int(self.param_groups[0]["num_examples"])
 
     def _deltas(self, indices: Tensor, losses: Losses,
-                where: str) -> tuple[Tensor, list[Tensor], list[Tensor], Tensor | None]:
-        """Losses, Δ = new − stored gradients per parameter ``[b, *p.shape]``, new table entries, and
-        the first-occurrence mask (None for b = 1)."""
+                where: str) -> tuple[Tensor, list[Tensor], list[Tensor], Tensor | None, Tensor]:
+        """Losses, Δ = new − stored gradients per parameter ``[b, *p.shape]``, new table entries, the
+        first-occurrence mask (None for b = 1), and the rows of this rank's table for ``indices``."""
         check_losses(where, losses)
         check_indices(where, indices, self.num_examples)
         rows = indices
@@ -270,33 +363,13 @@ class SAGA(Optimizer):
             new = [e.index_select(0, canon.to(e.device)) for e in new]
         old = table.read(self.state, rows)
         deltas = table.expand([n - o for n, o in zip(new, old, strict=True)], indices)
-        return out.detach(), deltas, new, first
+        return out.detach(), deltas, new, first, rows
 
-    def _global_sums(self, deltas: list[Tensor], first: Tensor | None) -> tuple[list[Tensor], list[Tensor], Tensor]:
-        """Over every rank (one all-reduce): Σ_k Δ_k, the same over first occurrences, and Σ b."""
-        totals = [d.sum(0) for d in deltas]
-        if first is None:
-            firsts = totals
-        else:
-            firsts = [(d * first.reshape((-1,) + (1,) * (d.ndim - 1))).sum(0) for d in deltas]
-        b = deltas[0].new_tensor(float(deltas[0].shape[0]))
-        reduced = all_reduce_flat([*totals, *firsts, b], self._group)
-        k = len(deltas)
-        return reduced[:k], reduced[k:2 * k], reduced[2 * k]
-
-    def _sharded_directions(self, deltas: list[Tensor], first: Tensor | None) -> tuple[list[Tensor], list[Tensor]]:
-        """The global direction d (one per trainable parameter) and Σ Δ over distinct examples."""
-        totals, firsts, b = self._global_sums(deltas, first)
-        out: list[Tensor] = []
-        k = 0
-        for group in self.param_groups:
-            for p in (p for p in group["params"] if p.requires_grad):
-                d = self.state[p]["table_mean"] + totals[k] / b
-                if group["weight_decay"] != 0:
-                    d.add_(p.detach(), alpha=group["weight_decay"])
-                out.append(d)
-                k += 1
-        return out, firsts
+    def _trainable(self) -> tuple[list[Tensor], list[float], list[float]]:
+        """Every trainable parameter in group order, with its group's lr and weight_decay."""
+        rows = [(p, group["lr"], group["weight_decay"])
+                for group in self.param_groups for p in group["params"] if p.requires_grad]
+        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
     def direction(self, indices: Tensor, losses: Losses) -> list[Tensor]:
         """The direction d that ``step`` would take (θ ← θ − lr·d), without changing any state.
@@ -308,17 +381,10 @@ class SAGA(Optimizer):
         Returns:
             d for every trainable parameter, in param-group order.
         """
-        _, deltas, _, first = self._deltas(indices, losses, "SAGA.direction")
-        if self._world > 1:
-            return self._sharded_directions(deltas, first)[0]
-        out: list[Tensor] = []
-        k = 0
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.requires_grad]
-            means = [self.state[p]["table_mean"] for p in params]
-            out += saga_direction(params, deltas[k:k + len(params)], means, weight_decay=group["weight_decay"])
-            k += len(params)
-        return out
+        _, deltas, _, _, _ = self._deltas(indices, losses, "SAGA.direction")
+        params, _, decays = self._trainable()
+        return saga_direction(params, deltas, [self.state[p]["table_mean"] for p in params], weight_decay=decays,
+                              process_group=self._group)
 
     def step(self, indices: Tensor, losses: Losses) -> Tensor:  # type: ignore[override]
         """One SAGA step on the examples ``indices``.
@@ -337,25 +403,9 @@ class SAGA(Optimizer):
                 returns the wrong shape, does not depend on the parameters, or (while validation is on)
                 NaN; with ``features``, gradients that are not of the GLM form.
         """
-        out, deltas, new, first = self._deltas(indices, losses, "SAGA.step")
-        if self._world > 1:
-            directions, firsts = self._sharded_directions(deltas, first)
-            with torch.no_grad():
-                k = 0
-                for group in self.param_groups:
-                    for p in (p for p in group["params"] if p.requires_grad):
-                        p.add_(directions[k], alpha=-group["lr"])
-                        self.state[p]["table_mean"].add_(firsts[k], alpha=1.0 / group["num_examples"])
-                        k += 1
-            self._table.write(self.state, indices // self._world, new)
-            return out
-        k = 0
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.requires_grad]
-            n = len(params)
-            saga_step(params, deltas[k:k + n], [self.state[p]["table_mean"] for p in params],
-                      lr=group["lr"], weight_decay=group["weight_decay"],
-                      num_examples=group["num_examples"], first=first)
-            k += n
-        self._table.write(self.state, indices, new)
+        out, deltas, new, first, rows = self._deltas(indices, losses, "SAGA.step")
+        params, rates, decays = self._trainable()
+        saga_step(params, deltas, [self.state[p]["table_mean"] for p in params], lr=rates, weight_decay=decays,
+                  num_examples=self.num_examples, first=first, process_group=self._group)
+        self._table.write(self.state, rows, new)
         return out

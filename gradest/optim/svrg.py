@@ -21,13 +21,16 @@ from torch.optim import Optimizer
 
 from gradest._distributed import WORLD, all_reduce_flat, check_process_group, rank, resolve, world_size
 from gradest.optim._common import (
+    Expected,
     Losses,
     batch_grads,
+    check_checkpoint,
     check_count,
     check_indices,
     check_losses,
     check_number,
     check_same_in_groups,
+    describe_state,
     evaluate,
     flat_params,
     parameters_at,
@@ -171,6 +174,36 @@ class SVRG(Optimizer):
             group.setdefault("snapshot_every", None)
             group.setdefault("chunk_size", 1024)
         self.__dict__.setdefault("process_group", WORLD)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state saved by ``state_dict()`` (loads with ``torch.load(..., weights_only=True)``).
+
+        Raises:
+            TypeError: ``state_dict`` is not an optimiser state_dict.
+            ValueError: it was saved for another configuration: other param groups, another
+                ``num_examples``, other parameter shapes, or by SAGA. Nothing is loaded then.
+        """
+        check_checkpoint("SVRG.load_state_dict", state_dict, self.param_groups, self._expected_state,
+                         self._explain_state)
+        super().load_state_dict(state_dict)
+
+    @staticmethod
+    def _expected_state(k: int, p: Tensor) -> Expected:
+        if not p.requires_grad:
+            return {}
+        return {"snapshot": tuple(p.shape), "snapshot_grad": tuple(p.shape), "step": None, "next_snapshot": None}
+
+    @staticmethod
+    def _explain_state(k: int, p: Tensor, key: str, state: dict[str, Any], expected: Expected) -> str:
+        head = (f"the checkpoint's state of parameter {k} (shape {tuple(p.shape)}) is {describe_state(state)}, "
+                f"expected the snapshot and its full gradient of shape {tuple(p.shape)}")
+        if key == "" and "table_mean" in state:
+            return f"{head}; it was saved by SAGA: load an SVRG checkpoint."
+        if key == "" and not p.requires_grad:
+            return f"{head}; the parameter has requires_grad=False here: build the optimiser as it was saved."
+        if key:
+            return f"{head}; the parameter has another shape there: the checkpoint is for another model."
+        return f"{head}; it was saved by another optimiser."
 
     @property
     def num_examples(self) -> int:

@@ -11,6 +11,9 @@ the last step of a rollout. Every recurrence runs through one vectorised reverse
 with no Python loop over time steps. While validation is on (``gradest.set_validation``), every function
 refuses NaN and ±inf values with an error naming the argument (a log-ratio may be -inf: a ratio of 0).
 This package imports only torch, ``gradest.surrogate``, ``gradest._validation`` and ``gradest._distributed``.
+
+Sequence models (language-model RL, :mod:`gradest.rl.sequence`): ``sequence_policy_loss`` and
+``kl_estimate`` on batch-major ``[N, L]`` per-token log-probabilities, N sampled answers of L positions.
 """
 
 from gradest.rl.advantages import gae, group_advantages, vtrace
@@ -24,6 +27,7 @@ from gradest.rl.offline import (  # off-policy and offline RL (issue 14)
     retrace,
 )
 from gradest.rl.returns import discounted_returns, td_lambda
+from gradest.rl.sequence import kl_estimate, sequence_policy_loss
 
 __all__ = [
     "discounted_returns",
@@ -34,10 +38,13 @@ __all__ = [
     "importance_weights",
     "per_decision_importance_weights",
     "policy_gradient_loss",
-    # off-policy and offline RL (issue 14)
+    # off-policy and offline RL (issue 14): offline.py
     "off_policy_value",
     "OffPolicyEstimate",
     "off_policy_policy_loss",
     "retrace",
     "n_step_returns",
+    # sequence models (language-model RL): sequence.py
+    "sequence_policy_loss",
+    "kl_estimate",
 ]

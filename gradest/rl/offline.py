@@ -56,6 +56,15 @@ class OffPolicyEstimate:
         episodes: B, the number of episodes.
         numerators: ``[J, B]`` the terms :math:`Y_{jb}` (divided by B for a per-episode average).
         denominators: ``[J, B]`` the terms :math:`X_{jb}`, or None for a per-episode average.
+
+    Example:
+        >>> import torch
+        >>> from gradest.rl import off_policy_value
+        >>> terminated = torch.zeros(3, 4, dtype=torch.bool)  # 4 episodes of 3 steps (ending at T)
+        >>> est = off_policy_value(rewards=torch.ones(3, 4), log_rhos=torch.zeros(3, 4),  # π = μ
+        ...                        terminated=terminated, gamma=0.5, method="wis")
+        >>> est.value.item(), est.stderr.item(), est.per_episode, est.episodes  # 1 + 0.5 + 0.25
+        (1.75, 0.0, None, 4)
     """
 
     value: Tensor

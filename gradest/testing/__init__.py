@@ -1,5 +1,7 @@
-"""Public test helpers: statistics with tolerances from a false-alarm rate, and fakes."""
+"""Public test helpers: statistics with tolerances from a false-alarm rate, fakes, and ``surrogate``
+(an estimator's one-node surrogate from a draw in hand, for checking a rule by hand)."""
 
+from gradest.expect import surrogate
 from gradest.testing.fakes import (
     NonreparameterizedExponential,
     NonreparameterizedLaplace,
@@ -11,5 +13,5 @@ from gradest.testing.stats import assert_unbiased, assert_variance, sample_varia
 __all__ = [
     "assert_unbiased", "assert_variance", "sample_variance_se", "z_for",
     "NonreparameterizedNormal", "NonreparameterizedLaplace", "NonreparameterizedExponential",
-    "SelfInclusiveMean",
+    "SelfInclusiveMean", "surrogate",
 ]

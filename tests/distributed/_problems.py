@@ -150,3 +150,58 @@ def saga_batches() -> list[Tensor]:
     even, odd = torch.arange(0, N_EXAMPLES, 2), torch.arange(1, N_EXAMPLES, 2)
     return [torch.cat([even[torch.randperm(len(even), generator=g)[:2]],
                        odd[torch.randperm(len(odd), generator=g)[:2]]]) for _ in range(STEPS)]
+
+
+def saga_core() -> tuple[list[Tensor], list[Tensor], list[Tensor], Tensor]:
+    """Arguments of one ``saga_step`` on a global batch of 4: parameters, deltas ``[4, *p.shape]``,
+    table means, and the first-occurrence mask (position 3 repeats position 1, on the other rank)."""
+    g = torch.Generator().manual_seed(900)
+    params = [torch.randn(3, generator=g, dtype=torch.float64), torch.randn((), generator=g, dtype=torch.float64)]
+    deltas = [torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)]
+    means = [torch.randn(3, generator=g, dtype=torch.float64), torch.randn((), generator=g, dtype=torch.float64)]
+    return params, deltas, means, torch.tensor([True, True, True, False])
+
+
+# ------------------------------------------------------------------------------------------------
+# Sequence losses: 3 prompts x 4 samples; rank r holds sequences 6r..6r+5, so group 1 spans both ranks
+# ------------------------------------------------------------------------------------------------
+
+SEQ_PROMPTS, SEQ_GROUP, SEQ_LEN, SEQ_VOCAB = 3, 4, 5, 4
+
+SEQUENCE_CONFIGS = {
+    "rloo, k1-reward": dict(kl_coef=0.1),
+    "grpo, k3-loss, sequence norm": dict(advantage="grpo", kl="k3-loss", kl_coef=0.1, length_norm="sequence"),
+    "mean, token norm": dict(advantage="mean", kl="k2-loss", kl_coef=0.1, length_norm="token"),
+    "GSPO, token norm, truncated IS": dict(ratio="sequence", length_norm="token", old_logp=True, clip=0.05,
+                                           behaviour_logp=True, tis_cap=1.5, kl_coef=0.1, kl="k3-reward"),
+}
+
+
+def sequence_problem() -> dict:
+    """The global batch: a logit table (the parameters), tokens, mask, rewards and the other log-probs."""
+    g = torch.Generator().manual_seed(1000)
+    N = SEQ_PROMPTS * SEQ_GROUP
+    tokens = torch.randint(SEQ_VOCAB, (N, SEQ_LEN), generator=g)
+    lengths = torch.randint(1, SEQ_LEN + 1, (N,), generator=g)
+
+    def logp_of(table: Tensor) -> Tensor:
+        return table.log_softmax(-1).gather(-1, tokens[..., None])[..., 0]
+
+    ref = logp_of(torch.randn(N, SEQ_LEN, SEQ_VOCAB, generator=g, dtype=torch.float64))
+    return dict(theta=torch.randn(N, SEQ_LEN, SEQ_VOCAB, generator=g, dtype=torch.float64), tokens=tokens,
+                mask=torch.arange(SEQ_LEN)[None] < lengths[:, None], ref_logp=ref, old_logp=ref + 0.05,
+                behaviour_logp=ref + 0.1, rewards=torch.randint(3, (N,), generator=g).double())
+
+
+def sequence_gradient(problem: dict, config: dict, rows: slice, process_group: object = None) -> Tensor:
+    """The gradient, with respect to the whole table, of the loss on the sequences ``rows``."""
+    theta = problem["theta"].clone().requires_grad_(True)
+    logp = theta.log_softmax(-1).gather(-1, problem["tokens"][..., None])[..., 0][rows]
+    extra = {k: (problem[k][rows] if v is True else v) for k, v in config.items()}
+    from gradest.rl import sequence_policy_loss
+
+    loss = sequence_policy_loss(logp=logp, rewards=problem["rewards"][rows], group_size=SEQ_GROUP,
+                                mask=problem["mask"][rows], ref_logp=problem["ref_logp"][rows],
+                                process_group=process_group, **extra)
+    (grad,) = torch.autograd.grad(loss, theta)
+    return grad

@@ -77,6 +77,17 @@ def run_optim(rank: int) -> dict:
     out["saga_w"] = w.detach().clone()
     out["saga_state"] = {k: v.clone() for k, v in saga.state[w].items() if isinstance(v, torch.Tensor)}
 
+    # the functional core with a process group: this rank's half of a global batch
+    from gradest.optim import saga_direction, saga_step
+
+    params, deltas, means, first = P.saga_core()
+    deltas = [P.shard(d, rank) for d in deltas]
+    out["saga_core_direction"] = saga_direction(params, deltas, means, weight_decay=[0.1, 0.0],
+                                                process_group="world")
+    saga_step(params, deltas, means, lr=0.5, weight_decay=[0.1, 0.0], num_examples=P.N_EXAMPLES,
+              first=P.shard(first, rank), process_group="world")
+    out["saga_core"] = {"params": params, "means": means}
+
     rewards = P.shard(P.group_rewards(), rank)
     out["group_loo"] = group_advantages(rewards=rewards, process_group="world")
     out["group_normalized"] = group_advantages(rewards=rewards, normalize=True, process_group="world")
@@ -94,7 +105,38 @@ def run_optim(rank: int) -> dict:
     return out
 
 
-CHECKS = {"baselines": run_baselines, "ddp": run_ddp, "optim": run_optim}
+def run_sequence(rank: int) -> dict:
+    from gradest.rl import sequence_policy_loss
+
+    problem = P.sequence_problem()
+    half = problem["rewards"].shape[0] // P.WORLD
+    rows = slice(rank * half, (rank + 1) * half)
+    out: dict = {"sequence_grads": {name: P.sequence_gradient(problem, config, rows, process_group="world")
+                                    for name, config in P.SEQUENCE_CONFIGS.items()}}
+    # errors, raised alike on every rank so that no rank is left waiting in a collective
+    errors = {}
+    logp, rewards = problem["ref_logp"].clone().requires_grad_(True), problem["rewards"]
+    short = slice(rows.start, rows.stop - 2 * rank)  # rank 1 passes 4 sequences, rank 0 passes 6
+    try:
+        sequence_policy_loss(logp=logp[short], rewards=rewards[short], group_size=2, process_group="world")
+    except ValueError as e:
+        errors["different_n"] = str(e)
+    bad = rewards[rows].clone()
+    if rank == 1:
+        bad[0] = float("nan")
+    try:
+        sequence_policy_loss(logp=logp[rows], rewards=bad, group_size=P.SEQ_GROUP, process_group="world")
+    except ValueError as e:
+        errors["nan_on_rank_1"] = str(e)
+    try:
+        sequence_policy_loss(logp=logp[rows], rewards=rewards[rows], group_size=5, process_group="world")
+    except ValueError as e:
+        errors["group_size"] = str(e)
+    out["sequence_errors"] = errors
+    return out
+
+
+CHECKS = {"baselines": run_baselines, "ddp": run_ddp, "optim": run_optim, "sequence": run_sequence}
 
 
 def main(rank: int, directory: str, checks: list[str]) -> None:

@@ -120,6 +120,18 @@ def test_saga_sharded_table_equals_single_process(ranks: list[dict]) -> None:
         assert_close_tree(state["table"], table[rank::P.WORLD], f"rank {rank} table")
 
 
+def test_saga_functional_core_with_a_process_group_equals_one_process(ranks: list[dict]) -> None:
+    from gradest.optim import saga_direction, saga_step
+
+    params, deltas, means, first = P.saga_core()
+    direction = saga_direction(params, deltas, means, weight_decay=[0.1, 0.0])
+    saga_step(params, deltas, means, lr=0.5, weight_decay=[0.1, 0.0], num_examples=P.N_EXAMPLES, first=first)
+    for key in ("saga_core_direction", "saga_core"):
+        assert_same_on_ranks(ranks, key)
+    assert_close_tree(ranks[0]["saga_core_direction"], direction, "direction")
+    assert_close_tree(ranks[0]["saga_core"], {"params": params, "means": means}, "step")
+
+
 @pytest.mark.parametrize("normalize", [False, True])
 def test_group_advantages_split_over_ranks(ranks: list[dict], normalize: bool) -> None:
     from gradest.rl import group_advantages
@@ -128,6 +140,26 @@ def test_group_advantages_split_over_ranks(ranks: list[dict], normalize: bool) -
     key = "group_normalized" if normalize else "group_loo"
     got = torch.cat([ranks[r][key] for r in range(P.WORLD)])
     assert_close_tree(got, expected, key)
+
+
+@pytest.mark.parametrize("name", list(P.SEQUENCE_CONFIGS))
+def test_sequence_loss_with_groups_split_over_ranks_equals_one_process(ranks: list[dict], name: str) -> None:
+    """Each rank holds 6 of the 12 sequences (group 1 spans both): with the group statistics and the token
+    count all-reduced, the mean of the ranks' gradients (what DDP applies) is one process's gradient."""
+    problem = P.sequence_problem()
+    config = P.SEQUENCE_CONFIGS[name]
+    want = P.sequence_gradient(problem, config, slice(None))
+    got = (ranks[0]["sequence_grads"][name] + ranks[1]["sequence_grads"][name]) / P.WORLD
+    assert_close_tree(got, want, name)
+
+
+def test_sequence_loss_errors_are_raised_on_every_rank(ranks: list[dict]) -> None:
+    for rank in range(P.WORLD):
+        errors = ranks[rank]["sequence_errors"]
+        assert "the ranks hold different numbers of sequences" in errors["different_n"]
+        assert "group_size=5 does not divide 2 ranks x N=6 = 12 sequences" in errors["group_size"]
+    assert "rewards contains NaN (1 of 6 elements)" in ranks[1]["sequence_errors"]["nan_on_rank_1"]
+    assert "another rank's input failed validation" in ranks[0]["sequence_errors"]["nan_on_rank_1"]
 
 
 # ------------------------------------------------------------------------------------------------

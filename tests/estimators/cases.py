@@ -402,6 +402,6 @@ def _continuous_family_cases() -> list[Case]:
 CASES: list[Case] = _gaussian_cases() + _discrete_cases() + _continuous_family_cases()
 
 # Further estimator families keep their cases in files of their own (imported at the end: they use Case).
-from tests.estimators import cases_multisample, cases_rebar_relax, cases_relaxed, cases_unordered  # noqa: E402
+from tests.estimators import cases_bounds, cases_rebar_relax, cases_relaxed, cases_unordered  # noqa: E402
 
-CASES += cases_relaxed.CASES + cases_rebar_relax.CASES + cases_multisample.CASES + cases_unordered.CASES
+CASES += cases_relaxed.CASES + cases_rebar_relax.CASES + cases_bounds.CASES + cases_unordered.CASES

@@ -1,30 +1,33 @@
 """The surrogate contract, checked deterministically for every estimator.
 
-For each estimator (on a family it supports) the surrogate returned by ``gradest.expectation``:
+For every rule of the registry (``rules.py``; every public estimator and baseline) on every family it
+supports, the surrogate returned by ``gradest.expectation``:
 
 - has the *value* of the Monte Carlo estimate recomputed by hand from the very points f was called at
-  (``cost.mean(0)``; ``Σ exp(log_prob)·cost`` for ``Enumerate``), read off a spy around f;
+  and the rule's draw (the mean at the values; over every point for ARM and DisARM; ``Σ p·cost`` for
+  ``Enumerate``; ``Σ p(s)R(S, s)·cost`` for the unordered set), read off spies around f and ``draw``;
 - has shape ``dist.batch_shape`` for B = (), (3,), (2, 3);
 - keeps the dtype (float32, float64) in its value and in every gradient, and keeps the device;
-- calls f on exactly ``n`` samples (the whole support for ``Enumerate``);
-- has the gradient of the hand-written estimator on the same draw (score-function rules with each
-  baseline, pathwise and implicit rules, enumeration against brute force).
+- calls f on exactly the rule's points, whose first n are its values;
+
+and, for the score-function rules with each baseline, the pathwise and implicit rules and enumeration,
+has the gradient of the hand-written estimator on the same draw (the other rules' hand-written
+gradients are in ``test_relaxed.py`` and ``test_rebar_relax.py``).
 
 No statistics here: unbiasedness against exact gradients is ``test_unbiased.py``'s job.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import Tensor, nn
 from torch.distributions import (
     Bernoulli,
-    Categorical,
     Distribution,
     Independent,
     Normal,
@@ -33,6 +36,7 @@ from torch.distributions import (
 
 import gradest
 from gradest.testing.fakes import NonreparameterizedNormal
+from tests.estimators.rules import FAMILIES, PAIRS, RULES, Family, K, Rule
 
 BATCH_SHAPES = [(), (3,), (2, 3)]
 DTYPES = [torch.float32, torch.float64]
@@ -43,7 +47,7 @@ DEVICES = [
 
 
 # ---------------------------------------------------------------------------------------------------
-# The spy, and how each family is built
+# The spies: what f saw and returned, and the rule's draw
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -62,117 +66,43 @@ class Spy:
         return y
 
 
-@dataclass(frozen=True)
-class Family:
-    """Leaf parameters ``[*B, ...]`` -> distribution, and a cost f of the right dtype for it."""
+def _recording(est: gradest.Estimator) -> list[gradest.Draw]:
+    """Record every draw ``est`` makes (an instance attribute shadowing the method)."""
+    draws: list[gradest.Draw] = []
+    method = est.draw
 
-    params: Callable[[tuple[int, ...], torch.dtype, str], tuple[Tensor, ...]]
-    dist: Callable[..., Distribution]
-    f: Callable[[torch.dtype], Callable[[Tensor], Tensor]]
-    event: tuple[int, ...] = ()
-    support: int = 0  # points per batch element, for the enumerable families
+    def draw(dist: Distribution, n: int) -> gradest.Draw:
+        draws.append(method(dist, n))
+        return draws[-1]
 
-
-def _leaves(*tensors: Tensor) -> tuple[Tensor, ...]:
-    return tuple(t.clone().requires_grad_() for t in tensors)
+    est.draw = draw  # type: ignore[method-assign]
+    return draws
 
 
-def _randn(shape: tuple[int, ...], dtype: torch.dtype, device: str, seed: int) -> Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
-
-
-NORMAL = Family(
-    params=lambda B, dtype, dev: _leaves(_randn(B, dtype, dev, 1), _randn(B, dtype, dev, 2).exp()),
-    dist=lambda loc, scale: Normal(loc, scale),
-    f=lambda dtype: lambda x: (x - 0.3).square(),
-)
-NONREP_NORMAL = Family(
-    params=NORMAL.params,
-    dist=lambda loc, scale: NonreparameterizedNormal(loc, scale),
-    f=NORMAL.f,
-)
-BERNOULLI = Family(
-    params=lambda B, dtype, dev: _leaves(_randn(B, dtype, dev, 3)),
-    dist=lambda logits: Bernoulli(logits=logits),
-    f=lambda dtype: lambda x: (x - 0.45).square(),
-    support=2,
-)
-CATEGORICAL = Family(
-    params=lambda B, dtype, dev: _leaves(_randn((*B, 4), dtype, dev, 4)),
-    dist=lambda logits: Categorical(logits=logits),
-    f=lambda dtype: lambda k: torch.cos(k.to(dtype)),
-    support=4,
-)
-ONE_HOT = Family(
-    params=lambda B, dtype, dev: _leaves(_randn((*B, 4), dtype, dev, 5)),
-    dist=lambda logits: OneHotCategorical(logits=logits),
-    f=lambda dtype: lambda x: (x * torch.arange(4, dtype=dtype, device=x.device).square()).sum(-1),
-    event=(4,),
-    support=4,
-)
-INDEPENDENT_BERNOULLI = Family(
-    params=lambda B, dtype, dev: _leaves(_randn((*B, 3), dtype, dev, 6)),
-    dist=lambda logits: Independent(Bernoulli(logits=logits), 1),
-    f=lambda dtype: lambda x: (x * torch.tensor([1, -2, 3], dtype=dtype, device=x.device)).sum(-1).cos(),
-    event=(3,),
-    support=8,
-)
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One estimator on one family it supports."""
-
-    id: str
-    estimator: Callable[[], gradest.Estimator]
-    family: Family
-    mc: bool = True      # Monte Carlo (value = mean cost) or Enumerate (value = Σ p·cost)
-    min_n: int = 1
-
-
-SF = gradest.ScoreFunction
-SPECS = [
-    Spec("Pathwise-Normal", gradest.Pathwise, NORMAL),
-    Spec("ImplicitReparam-NonreparameterizedNormal", gradest.ImplicitReparam, NONREP_NORMAL),
-    Spec("ScoreFunction-Bernoulli", gradest.ScoreFunction, BERNOULLI),
-    Spec("ScoreFunction-NonreparameterizedNormal", gradest.ScoreFunction, NONREP_NORMAL),
-    Spec("ScoreFunction-Categorical", gradest.ScoreFunction, CATEGORICAL),
-    Spec("ScoreFunction(Constant)", lambda: SF(gradest.Constant(0.3)), BERNOULLI),
-    Spec("ScoreFunction(MovingAverage)", lambda: SF(gradest.MovingAverage(0.8)), BERNOULLI),
-    Spec("ScoreFunction(LeaveOneOut)", lambda: SF(gradest.LeaveOneOut()), BERNOULLI, min_n=2),
-    Spec("ScoreFunction(OptimalConstant)", lambda: SF(gradest.OptimalConstant()), BERNOULLI, min_n=2),
-    Spec("ScoreFunction(OptimalConstant)-Normal", lambda: SF(gradest.OptimalConstant()), NONREP_NORMAL,
-         min_n=2),
-    Spec("ScoreFunction(Critic)", lambda: SF(gradest.Critic(nn.Linear(1, 1))), BERNOULLI),
-    Spec("ScoreFunction(ControlVariate)",
-         lambda: SF(gradest.ControlVariate(lambda x: x, lambda d: d.mean, coefficient=0.5)), BERNOULLI),
-    Spec("Enumerate-Bernoulli", gradest.Enumerate, BERNOULLI, mc=False),
-    Spec("Enumerate-Categorical", gradest.Enumerate, CATEGORICAL, mc=False),
-    Spec("Enumerate-OneHotCategorical", gradest.Enumerate, ONE_HOT, mc=False),
-    Spec("Enumerate-Independent(Bernoulli)", gradest.Enumerate, INDEPENDENT_BERNOULLI, mc=False),
-]
-SPEC_PARAMS = [pytest.param(s, id=s.id) for s in SPECS]
-
-
-def _run(spec: Spec, B: tuple[int, ...], dtype: torch.dtype = torch.float64, device: str = "cpu", *,
+def _run(rule: Rule, family: Family, B: tuple[int, ...], dtype: torch.dtype = torch.float64, device: str = "cpu", *,
          n: int | None = None, calls: int = 1, seed: int = 0):
-    """Build everything, call ``expectation`` ``calls`` times; return (estimator, params, spy, surrogates)."""
-    est = spec.estimator().to(device=device, dtype=dtype)
-    params = spec.family.params(B, dtype, device)
-    spy = Spy(spec.family.f(dtype))
-    n = max(3, spec.min_n) if n is None else n
-    torch.manual_seed(seed)
-    out = [gradest.expectation(spy, spec.family.dist(*params), est, n=n) for _ in range(calls)]
-    return est, params, spy, out
+    """Build everything, call ``expectation`` ``calls`` times; return (estimator, params, spy, draws, surrogates)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        est = rule.factory(family).to(device=device, dtype=dtype)
+        draws = _recording(est)
+        params = family.params(B, dtype, device)
+        w = torch.tensor(1.3, dtype=dtype, device=device)
+        spy = Spy(lambda x: family.f(x, w))
+        n = max(3, rule.min_n) if n is None else n
+        out = [gradest.expectation(spy, family.make(*params), est, n=n) for _ in range(calls)]
+    return est, params, spy, draws, out
 
 
-def _assert_ulps(actual: Tensor, expected: Tensor, ulps: int = 4) -> None:
+def _assert_ulps(actual: Tensor, expected: Tensor, ulps: int = 8) -> None:
     """Equal up to a few units in the last place (of the larger magnitude, or of 1 near zero)."""
     eps = torch.finfo(actual.dtype).eps
     scale = torch.maximum(actual.abs(), expected.abs()).clamp_min(1.0)
     assert actual.dtype == expected.dtype and actual.shape == expected.shape
     assert bool(((actual - expected).abs() <= ulps * eps * scale).all()), (actual, expected)
+
+
+PAIR_PARAMS = [pytest.param(rule, fam, id=f"{rule.name}/{fam.name}") for rule, fam in PAIRS]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -182,28 +112,28 @@ def _assert_ulps(actual: Tensor, expected: Tensor, ulps: int = 4) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("B", BATCH_SHAPES, ids=str)
-@pytest.mark.parametrize("spec", SPEC_PARAMS)
-def test_value_is_the_estimate_from_the_same_draw(spec: Spec, B: tuple[int, ...], dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(("rule", "family"), PAIR_PARAMS)
+def test_value_is_the_estimate_from_the_same_draw(rule: Rule, family: Family, B: tuple[int, ...],
+                                                 dtype: torch.dtype) -> None:
     # Two calls: stateful baselines (a moving average) are non-zero on the second one.
-    _, params, spy, out = _run(spec, B, dtype, calls=2)
-    dist = spec.family.dist(*params)
-    for x, cost, s in zip(spy.inputs, spy.outputs, out, strict=True):
-        if spec.mc:
-            assert torch.equal(s, cost.mean(0)), (s, cost.mean(0))
-        else:
-            expected = (dist.log_prob(x).exp() * cost).sum(0)
-            _assert_ulps(s, expected)
+    _, _, spy, draws, out = _run(rule, family, B, dtype, calls=2)
+    for x, cost, draw, s in zip(spy.inputs, spy.outputs, draws, out, strict=True):
+        assert x is draw.points  # f saw exactly the rule's points
+        _assert_ulps(s.detach(), rule.value(draw, cost.detach()))
 
 
-@pytest.mark.parametrize("spec", [p for p in SPEC_PARAMS if p.values[0].mc])
-def test_mc_points_are_samples_of_dist(spec: Spec) -> None:
-    """f sees points in the support, of the batch's shape, and different ones on each call."""
-    _, params, spy, _ = _run(spec, (2, 3), calls=2)
-    dist = spec.family.dist(*params)
-    x0, x1 = spy.inputs
-    assert x0.shape == (3, 2, 3, *spec.family.event)
-    assert bool(dist.support.check(x0).all())
-    assert not torch.equal(x0, x1)
+@pytest.mark.parametrize(("rule", "family"), PAIR_PARAMS)
+def test_values_are_samples_of_dist(rule: Rule, family: Family) -> None:
+    """The values f sees first are in the support (exact samples, the support, or set members; relaxed
+    points for GumbelSoftmax) and differ from call to call (for the sampling rules)."""
+    _, params, _, draws, _ = _run(rule, family, (2, 3), calls=2)
+    dist = family.make(*params)
+    v0, v1 = (d.values for d in draws)
+    own = dist.sample((v0.shape[0],)).shape == v0.shape  # the family's own sample type (not one-hot for Categorical)
+    if own and rule.name != "gumbel-softmax":
+        assert bool(dist.support.check(v0).all())
+    if rule.name != "enumerate":
+        assert not torch.equal(v0, v1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,40 +144,61 @@ def test_mc_points_are_samples_of_dist(spec: Spec) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("B", BATCH_SHAPES, ids=str)
-@pytest.mark.parametrize("spec", SPEC_PARAMS)
-def test_shape_dtype_device(spec: Spec, B: tuple[int, ...], dtype: torch.dtype, device: str) -> None:
-    est, params, spy, (s,) = _run(spec, B, dtype, device)
-    dist = spec.family.dist(*params)
+@pytest.mark.parametrize(("rule", "family"), PAIR_PARAMS)
+def test_shape_dtype_device(rule: Rule, family: Family, B: tuple[int, ...], dtype: torch.dtype, device: str) -> None:
+    est, params, spy, _, (s,) = _run(rule, family, B, dtype, device)
+    dist = family.make(*params)
     assert s.shape == dist.batch_shape == torch.Size(B)
     assert s.dtype == dtype
     assert s.device.type == device
     assert spy.inputs[0].device.type == device
     s.sum().backward()
-    for p in (*params, *est.parameters()):
-        assert p.grad is not None
+    for p in (*params, *(q for q in est.parameters() if q.requires_grad)):
+        assert p.grad is not None, rule.name
         assert p.grad.dtype == dtype and p.grad.device.type == device
         assert bool(p.grad.isfinite().all())
 
 
-@pytest.mark.parametrize("spec", SPEC_PARAMS)
-def test_f_sees_n_samples(spec: Spec) -> None:
+@pytest.mark.parametrize(("rule", "family"), PAIR_PARAMS)
+def test_f_sees_the_rules_points_and_n_values(rule: Rule, family: Family) -> None:
     B = (2,)
-    for n in sorted({spec.min_n, spec.min_n + 1, 5}):
-        (x,) = _run(spec, B, n=n)[2].inputs
-        m = n if spec.mc else spec.family.support
-        assert x.shape == (m, *B, *spec.family.event)
+    for n in sorted({rule.min_n, rule.min_n + 1, 5}):
+        _, _, spy, (draw,), _ = _run(rule, family, B, n=n)
+        (x,) = spy.inputs
+        assert x.shape[1:2] == B and x.shape[0] == draw.points.shape[0]
+        expected = family.support if rule.name == "enumerate" else 2 * n if rule.name == "unordered-set" else n
+        assert draw.n == expected
 
 
 def test_enumerate_ignores_n() -> None:
-    spec = next(s for s in SPECS if s.id == "Enumerate-Categorical")
-    values = [_run(spec, (3,), n=n)[3][0] for n in (1, 7)]
+    rule, family = RULES["enumerate"], FAMILIES["categorical"]
+    values = [_run(rule, family, (3,), n=n)[4][0] for n in (1, 7)]
     assert torch.equal(values[0], values[1])
-    assert _run(spec, (3,), n=7)[2].inputs[0].shape == (4, 3)
+    assert _run(rule, family, (3,), n=7)[2].inputs[0].shape == (K, 3)
+
+
+def _public_classes(base: type) -> set[type]:
+    return {
+        obj for name in gradest.__all__
+        if inspect.isclass(obj := getattr(gradest, name)) and issubclass(obj, base) and obj is not base
+    }
+
+
+def test_the_rule_registry_covers_every_public_estimator_and_baseline() -> None:
+    """A new estimator or baseline in ``gradest.__all__`` must add a rule (and cases: test_unbiased.py)."""
+    used = {type(m) for rule, family in PAIRS for m in rule.factory(family).modules()}
+    missing = (_public_classes(gradest.Estimator) | _public_classes(gradest.Baseline)) - used
+    assert not missing, f"no rule uses {sorted(c.__name__ for c in missing)}; add rules to tests/estimators/rules.py"
 
 
 # ---------------------------------------------------------------------------------------------------
 # Gradient: the hand-written estimator on the same draw
 # ---------------------------------------------------------------------------------------------------
+
+
+def _randn(shape: tuple[int, ...], dtype: torch.dtype, device: str, seed: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
 
 
 def _bernoulli_grads(est: gradest.Estimator, *, n: int = 5, calls: int = 1):
@@ -338,14 +289,14 @@ def test_grad_score_function_control_variate() -> None:
 @pytest.mark.parametrize("estimator", [gradest.Pathwise, gradest.ImplicitReparam])
 def test_grad_reparameterised(estimator: Callable[[], gradest.Estimator]) -> None:
     """For a Normal both are x = loc + scale·ε: recompute ε from the points f saw and differentiate."""
-    loc, scale = NORMAL.params((2, 3), torch.float64, "cpu")
-    family = NORMAL if estimator is gradest.Pathwise else NONREP_NORMAL
+    loc, scale = (_randn((2, 3), torch.float64, "cpu", seed).requires_grad_() for seed in (1, 2))
+    family = Normal if estimator is gradest.Pathwise else NonreparameterizedNormal
     spy = Spy(lambda x: torch.sin(3 * x) + x.square())
     torch.manual_seed(0)
-    s = gradest.expectation(spy, family.dist(loc, scale), estimator(), n=5)
+    s = gradest.expectation(spy, family(loc, scale.exp()), estimator(), n=5)
     grads = torch.autograd.grad(s.sum(), (loc, scale))
-    eps = ((spy.inputs[0] - loc) / scale).detach()
-    expected = torch.autograd.grad(spy.f(loc + scale * eps).mean(0).sum(), (loc, scale))
+    eps = ((spy.inputs[0] - loc) / scale.exp()).detach()
+    expected = torch.autograd.grad(spy.f(loc + scale.exp() * eps).mean(0).sum(), (loc, scale))
     for a, e in zip(grads, expected, strict=True):
         torch.testing.assert_close(a, e)
 

@@ -22,7 +22,7 @@ Every statistical comparison is at z·SE with z from a false-alarm rate, never a
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import io
 import itertools
 import math
@@ -39,7 +39,7 @@ from gradest.estimators.base import Draw, Estimator
 from gradest.estimators.rebar_relax import REBAR, RELAX
 from gradest.estimators.unordered import UnorderedSet
 from gradest.problems import BernoulliTable, BernoulliToy, CategoricalTable, Problem, gradient_draws
-from gradest.testing import assert_unbiased, z_for
+from gradest.testing import assert_unbiased, surrogate, z_for
 from tests.estimators.cases import seeded
 from tests.estimators.cases_rebar_relax import EventMLP, MultilinearBernoulliTable
 
@@ -89,15 +89,15 @@ def test_rebar_gradient_by_hand(temperature: float, eta: float) -> None:
     n = 5
     with seeded(1):
         draw = est.draw(Bernoulli(logits=logits), n)
-    cost = w * (draw.value - T).square()
-    s = est.surrogate(draw, cost)
-    b, y, y_tilde = draw.value.detach().split(n)
+    cost = w * (draw.points - T).square()
+    s = surrogate(est, draw, cost)
+    b, y, y_tilde = draw.points.detach().split(n)
     _close(s, (w * (b - T).square()).mean(0))  # value: the mean of f at the exact samples
     g_logits, g_w = torch.autograd.grad(s.sum(), (logits, w))
 
     ell = logits.detach()
     p = torch.sigmoid(ell)
-    z_tilde = draw.extra["z_tilde"].detach()
+    z_tilde = draw.z_tilde.detach()
     wd = w.detach()
     f_b, f_tilde = wd * (b - T).square(), wd * (y_tilde - T).square()
     dy = y * (1 - y) / temperature  # dσ(z/τ)/dz
@@ -125,9 +125,9 @@ def _relax_by_hand(control: nn.Module, logits: Tensor, draw: Draw, f_b: Tensor) 
     """ĝ of RELAX ``[*B]`` as a differentiable function of the control's parameters."""
     ell = logits.detach()
     p = torch.sigmoid(ell)
-    b = draw.value.detach()
-    z = draw.extra["z"].detach().requires_grad_()
-    z_tilde = draw.extra["z_tilde"].detach().requires_grad_()
+    b = draw.points.detach()
+    z = draw.z.detach().requires_grad_()
+    z_tilde = draw.z_tilde.detach().requires_grad_()
     c_z, c_tilde = control(z), control(z_tilde)
     (dc_z,) = torch.autograd.grad(c_z.sum(), z, create_graph=True)
     (dc_tilde,) = torch.autograd.grad(c_tilde.sum(), z_tilde, create_graph=True)
@@ -142,15 +142,15 @@ def test_relax_gradients_by_hand_and_value_unchanged() -> None:
     n = 6
     with seeded(2):
         draw = est.draw(Bernoulli(logits=logits), n)
-    cost = w * (draw.value - T).square()
-    s = est.surrogate(draw, cost)
+    cost = w * (draw.points - T).square()
+    s = surrogate(est, draw, cost)
     # The value is exactly the mean of f at the exact samples: the control's training term adds 0.
     assert torch.equal(s, cost.mean(0))
     grads = torch.autograd.grad(s.sum(), (logits, w, control.a, control.beta))
 
-    g = _relax_by_hand(control, logits, draw, (w * (draw.value - T).square()).detach())
+    g = _relax_by_hand(control, logits, draw, (w * (draw.points - T).square()).detach())
     _close(grads[0], g.detach())
-    _close(grads[1], (draw.value - T).square().mean(0).sum())  # f's parameter: ∇ψ f(b) only
+    _close(grads[1], (draw.points - T).square().mean(0).sum())  # f's parameter: ∇ψ f(b) only
     expected_phi = torch.autograd.grad(g.square().sum(), (control.a, control.beta))
     _close(grads[2], expected_phi[0])
     _close(grads[3], expected_phi[1])
@@ -173,10 +173,10 @@ def test_relax_variance_loss_never_reaches_fs_parameters() -> None:
     est = RELAX(control)
     with seeded(3):
         draw = est.draw(Bernoulli(logits=logits), 4)
-    cost = w * (draw.value - T).square()
-    s = est.surrogate(draw, cost)
+    cost = w * (draw.points - T).square()
+    s = surrogate(est, draw, cost)
     g_logits, g_w, g_eta = torch.autograd.grad(s.sum(), (logits, w, control.eta))
-    _close(g_w, (draw.value - T).square().mean(0).sum())
+    _close(g_w, (draw.points - T).square().mean(0).sum())
     g = _relax_by_hand(control, logits, draw, cost.detach())
     _close(g_logits, g.detach())
     _close(g_eta, torch.autograd.grad(g.square().sum(), control.eta)[0])
@@ -289,10 +289,10 @@ def test_rebar_learn_leaves_fs_parameters_the_exact_sample_gradient() -> None:
     est = REBAR(temperature=0.5, learn=True).double()
     with seeded(14):
         draw = est.draw(Bernoulli(logits=logits), 5)
-    cost = w * (draw.value - T).square()
-    s = est.surrogate(draw, cost)
+    cost = w * (draw.points - T).square()
+    s = surrogate(est, draw, cost)
     (g_w,) = torch.autograd.grad(s.sum(), w)
-    _close(g_w, (draw.value[:5] - T).square().mean(0).sum())
+    _close(g_w, (draw.points[:5] - T).square().mean(0).sum())
 
 
 class MultilinearShiftedTable(MultilinearBernoulliTable):
@@ -377,11 +377,11 @@ def test_unordered_set_by_brute_force(family: type, k: int) -> None:
     n = 2
     with seeded(5):
         draw = est.draw(family(logits=logits), n)
-    cost = f(draw.value)
-    s = est.surrogate(draw, cost)
+    cost = f(draw.points)
+    s = surrogate(est, draw, cost)
     g_logits, g_w = torch.autograd.grad(s, (logits, w))
 
-    index = draw.value.argmax(-1) if family is OneHotCategorical else draw.value
+    index = draw.points.argmax(-1) if family is OneHotCategorical else draw.points
     sets = index.reshape(k, n).T.tolist()  # [n, k]: row j·n + i is element j of set i
     p = torch.softmax(logits.detach(), -1)
     domain = set(range(size))
@@ -415,7 +415,7 @@ def test_unordered_set_weights_sum_to_one_and_full_support_is_exact() -> None:
     logits = problem.params(3)[0]
     with seeded(6):
         draw = UnorderedSet(4).draw(Categorical(logits=logits), 5)
-    weights = draw.extra["log_weight"].exp().reshape(4, 5, 3).sum(0)
+    weights = (draw.log_weight.exp() * 5).reshape(4, 5, 3).sum(0)  # log_weight holds p(s)R(S, s)/n
     _close(weights, torch.ones_like(weights))
     with seeded(7):
         s = expectation(problem.f, problem.dist(logits), UnorderedSet(10), n=2)
@@ -480,8 +480,10 @@ def test_relax_training_lowers_the_variance() -> None:
 class REBARWithoutPathwise(REBAR):
     """REBAR with the pathwise difference dropped: the baseline η f(σ(z̃)) depends on b, so biased."""
 
-    def reduce(self, draw: Draw, x: Tensor) -> Tensor:
-        return x[: draw.extra["hard"].shape[0]].mean(0)
+    def correction(self, draw: Draw, cost: Tensor) -> Tensor:
+        n = draw.n
+        c = cost.detach()
+        return (c[:n] - self.eta * c[2 * n :]) * draw.score
 
 
 class UnorderedSetWithoutOwnTerm(UnorderedSet):
@@ -490,9 +492,8 @@ class UnorderedSetWithoutOwnTerm(UnorderedSet):
     def draw(self, dist: Distribution, n: int) -> Draw:
         draw = super().draw(dist, n)
         k = self.k
-        eye = torch.eye(k, dtype=torch.bool).reshape(k, k, *[1] * (draw.extra["log_pair"].dim() - 2))
-        draw.extra["log_pair"] = draw.extra["log_pair"].masked_fill(eye, -math.inf)
-        return draw
+        eye = torch.eye(k, dtype=torch.bool).reshape(k, k, *[1] * (draw.log_pair.dim() - 2))
+        return dataclasses.replace(draw, log_pair=draw.log_pair.masked_fill(eye, -math.inf))
 
 
 @pytest.mark.parametrize(
@@ -547,16 +548,14 @@ def test_rebar_learn_must_be_a_bool(learn: object) -> None:
 
 
 def test_rebar_learn_refuses_costs_without_gradient() -> None:
-    """f not differentiable at the relaxed points, or a Graph of several nodes (stopped costs)."""
+    """f not differentiable at the relaxed points: learning η and τ from it would train on zero pathwise
+    terms, and the estimate would be biased; refused while validating, in expectation and in a graph."""
     logits = torch.zeros(3, dtype=F64, requires_grad=True)
-    with pytest.raises(NotImplementedError, match=r"REBAR\(learn=True\): f's output \(shape \(6, 3\)\) carries no"):
+    with pytest.raises(ValueError, match=r"expectation: f reaches the points of REBAR's node .* relaxed points"):
         expectation(lambda b: (b > 0.5).to(F64), Bernoulli(logits=logits), REBAR(learn=True), n=2)
-    with Graph() as g:  # two nodes: the graph hands each estimator stopped costs
+    with Graph() as g, pytest.raises(ValueError, match=r"Graph.cost: cost 'cost0' reaches the points of REBAR"):
         x = g.sample("x", Bernoulli(logits=logits), REBAR(learn=True), n=2)
-        y = g.sample("y", Normal(2 * x, 1.0))
-        g.cost((y - T).square())
-    with pytest.raises(NotImplementedError, match=r"in such a Graph use REBAR\(learn=False\) or RELAX\(control\)"):
-        g.loss()
+        g.cost((x > 0.5).to(F64) * logits)
 
 
 UNSUPPORTED = [
@@ -604,12 +603,13 @@ def test_relax_control_errors() -> None:
 
 
 def test_rebar_low_precision_warns() -> None:
-    dist = Bernoulli(logits=torch.zeros(3, dtype=torch.float32))
+    dist = Bernoulli(logits=torch.zeros(3, dtype=torch.float32, requires_grad=True))
     with pytest.warns(UserWarning, match="REBAR: temperature=0.01 with torch.float32"):
         expectation(lambda b: b, dist, REBAR(temperature=0.01))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        expectation(lambda b: b, Bernoulli(logits=torch.zeros(3, dtype=F64)), REBAR(temperature=0.01))
+        logits = torch.zeros(3, dtype=F64, requires_grad=True)
+        expectation(lambda b: b, Bernoulli(logits=logits), REBAR(temperature=0.01))
 
 
 def test_rebar_learn_state_round_trips() -> None:
@@ -622,9 +622,19 @@ def test_rebar_learn_state_round_trips() -> None:
     buffer.seek(0)
     other = REBAR(learn=True)
     other.load_state_dict(torch.load(buffer, weights_only=True))
-    assert set(est.state_dict()) == {"eta", "log_temperature"}
+    assert set(est.state_dict()) == {"eta", "log_temperature", "_extra_state"}
     assert torch.equal(other.eta, est.eta) and torch.equal(other.log_temperature, est.log_temperature)
-    assert REBAR().state_dict() == {}  # fixed τ and η are configuration, not state
+    fixed = REBAR(temperature=0.3, eta=0.7)
+    fixed.temperature = 0.2  # annealed
+    buffer = io.BytesIO()
+    torch.save(fixed.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    loaded = REBAR()
+    loaded.load_state_dict(state)
+    assert (loaded.temperature, loaded.eta) == (0.2, 0.7)  # an annealed temperature survives a checkpoint
+    with pytest.raises(ValueError, match=r"REBAR.load_state_dict: the state is of REBAR\(learn=False\) but this"):
+        REBAR(learn=True).load_state_dict(state, strict=False)
 
 
 def test_relax_state_round_trips() -> None:
@@ -642,68 +652,6 @@ def test_relax_state_round_trips() -> None:
 # ---------------------------------------------------------------------------------------------------
 # Graphs
 # ---------------------------------------------------------------------------------------------------
-
-_TABLE3 = torch.tensor([0.3, -1.2, 2.0], dtype=F64)
-_WEIGHTS3 = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
-
-
-def _categorical_cost(x: Tensor, w: Tensor) -> Tensor:
-    v = (x * _TABLE3).sum(-1) if x.is_floating_point() else _TABLE3[x]
-    return torch.sin(v * w)
-
-
-GRAPH_FAMILIES: dict[str, tuple[Callable[[Tensor], Distribution], Callable[[Tensor, Tensor], Tensor], int, int]] = {
-    # name: (dist from a [*B, 3] parameter, cost f(x, w) -> [n, *B], control features, event dims)
-    "bernoulli": (lambda a: Bernoulli(logits=a[..., 0]), lambda x, w: (x - 0.3).square() * w, 1, 0),
-    "bernoulli-probs": (lambda a: Bernoulli(probs=torch.sigmoid(a[..., 0])), lambda x, w: (x - 0.3).square() * w, 1, 0),
-    "independent-bernoulli": (lambda a: Independent(Bernoulli(logits=a), 1),
-                              lambda x, w: torch.cos((x * _WEIGHTS3).sum(-1) * w), 3, 1),
-    "one-hot": (lambda a: OneHotCategorical(logits=a), lambda x, w: ((x * _TABLE3).sum(-1) * w).square(), 3, 1),
-    "categorical": (lambda a: Categorical(logits=a), _categorical_cost, 3, 1),
-    "categorical-probs": (lambda a: Categorical(probs=torch.softmax(a, -1)), _categorical_cost, 3, 1),
-}
-
-GRAPH_CASES: list[tuple[str, Callable[[int, int], Estimator], list[str]]] = [
-    ("rebar", lambda features, event: REBAR(temperature=0.5, eta=0.8), list(GRAPH_FAMILIES)),
-    ("relax", lambda features, event: RELAX(EventMLP(features, event)), list(GRAPH_FAMILIES)),
-    ("unordered-set", lambda features, event: UnorderedSet(2),
-     ["one-hot", "categorical", "categorical-probs"]),
-]
-
-
-def _swap(cost: Callable[[Tensor, Tensor], Tensor], w: Tensor, x: Tensor) -> Tensor:
-    return cost(x, w)
-
-
-@pytest.mark.parametrize("batch", [(), (2, 3)], ids=str)
-@pytest.mark.parametrize(
-    ("factory", "family"),
-    [pytest.param(f, fam, id=f"{label}/{fam}") for label, f, fams in GRAPH_CASES for fam in fams],
-)
-def test_one_node_graph_equals_expectation(factory: Callable[[int, int], Estimator], family: str,
-                                           batch: tuple[int, ...]) -> None:
-    make, cost, features, event = GRAPH_FAMILIES[family]
-    results = []
-    for graph in (True, False):
-        with seeded(10):
-            a = torch.randn(*batch, 3, dtype=F64, requires_grad=True)
-            w = torch.tensor(1.3, dtype=F64, requires_grad=True)
-            est = factory(features, event)
-            if graph:
-                with Graph() as g:
-                    x = g.sample("x", make(a), est, n=3)
-                    g.cost(cost(x, w))
-                s = g.loss()
-            else:
-                s = expectation(functools.partial(_swap, cost, w), make(a), est, n=3).sum()
-        inputs = (a, w, *est.parameters())
-        grads = torch.autograd.grad(s, inputs)
-        results.append((s.detach(), torch.cat([t.reshape(-1) for t in grads])))
-    (v_g, g_g), (v_e, g_e) = results
-    torch.testing.assert_close(v_g, v_e, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(g_g, g_e, rtol=1e-12, atol=1e-12)
-    assert g_g[: a.numel()].abs().sum() > 0
-
 
 _UP_TABLE = torch.tensor([-0.5, 0.4, 1.2], dtype=F64)
 
@@ -753,6 +701,8 @@ def _upstream_exact(kind: str) -> Tensor:
     [
         pytest.param(lambda: REBAR(temperature=0.5), "bernoulli", id="rebar/bernoulli"),
         pytest.param(lambda: REBAR(temperature=0.5), "categorical", id="rebar/categorical"),
+        pytest.param(lambda: REBAR(temperature=0.5, learn=True).double(), "bernoulli", id="rebar-learn/bernoulli"),
+        pytest.param(lambda: REBAR(temperature=0.5, learn=True).double(), "categorical", id="rebar-learn/categorical"),
         pytest.param(lambda: RELAX(EventMLP(1, 0)), "bernoulli", id="relax/bernoulli"),
         pytest.param(lambda: RELAX(EventMLP(3, 1)), "categorical", id="relax/categorical"),
         pytest.param(lambda: UnorderedSet(2), "categorical", id="unordered-set/categorical"),

@@ -57,7 +57,7 @@ def test_beam_search_draws_sets_with_the_law_of_sampling_without_replacement(
         states = list(itertools.product(range(3), repeat=2))
         prob = {s: float(p[0, s[0]] * p[1, s[1]]) for s in states}
     with seeded(3):
-        value = UnorderedSet(k).draw(dist, draws).value  # [k·n, d]
+        value = UnorderedSet(k).draw(dist, draws).values  # [k·n, d]
     members = value.reshape(k, draws, -1).long()
     counts: dict[frozenset, int] = {}
     for i in range(draws):
@@ -78,7 +78,7 @@ def test_beam_search_draws_sets_with_the_law_of_sampling_without_replacement(
 ], ids=["Independent(Bernoulli, 2)", "Independent(OneHotCategorical, 2)"])
 def test_sets_over_several_event_dims_have_the_event_shape_and_are_exact_at_full_support(make) -> None:
     """Event shape [2, 2]: values ``[k·n, *B, *E]``; k = the joint support size gives the exact value."""
-    logits = torch.randn(3, 2, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    logits = torch.randn(3, 2, 2, generator=torch.Generator().manual_seed(1), dtype=F64).requires_grad_()
     dist = make(logits)
     support = 16
     table = torch.randn(support, generator=torch.Generator().manual_seed(2), dtype=F64)
@@ -89,7 +89,7 @@ def test_sets_over_several_event_dims_have_the_event_shape_and_are_exact_at_full
 
     with seeded(4):
         draw = UnorderedSet(3).draw(dist, 2)
-    assert draw.value.shape == (6, 3, *dist.event_shape)
+    assert draw.points.shape == (6, 3, *dist.event_shape)
     with seeded(5):
         s = expectation(f, dist, UnorderedSet(support))
     states = torch.tensor(list(itertools.product((0, 1), repeat=4)), dtype=F64).reshape(support, 1, 2, 2)
@@ -105,10 +105,10 @@ def test_large_factorised_support_runs_and_weights_sum_to_one() -> None:
     logits = torch.randn(5, 200, generator=torch.Generator().manual_seed(6), dtype=F64)
     with seeded(7):
         draw = UnorderedSet(4).draw(Independent(Bernoulli(logits=logits), 1), 3)
-    assert draw.value.shape == (12, 5, 200)
-    weights = draw.extra["log_weight"].exp().reshape(4, 3, 5).sum(0)
+    assert draw.points.shape == (12, 5, 200)
+    weights = (draw.log_weight.exp() * 3).reshape(4, 3, 5).sum(0)  # log_weight holds p(s)R(S, s)/n
     torch.testing.assert_close(weights, torch.ones_like(weights))
-    v = draw.value.reshape(4, 3, 5, 200)
+    v = draw.points.reshape(4, 3, 5, 200)
     assert all(len({tuple(v[j, i, b].tolist()) for j in range(4)}) == 4 for i in range(3) for b in range(5))
 
 

@@ -235,7 +235,7 @@ def test_thresholded_continuous_sample_keeps_its_dependencies() -> None:
 
 def test_samples_written_into_a_plain_tensor_in_place_keep_their_dependencies() -> None:
     """``buf[t] = z`` and ``h.add_(y)`` make the buffers carry the nodes while the graph is open; once it
-    has closed they are the user's plain tensors again (usable, unlike the samples themselves)."""
+    has closed they are the user's plain tensors again, as are the samples."""
     logits = torch.zeros(2, 3, requires_grad=True)
     actions = torch.zeros(2, 4, dtype=torch.long)
     running = torch.zeros(4)
@@ -250,5 +250,4 @@ def test_samples_written_into_a_plain_tensor_in_place_keep_their_dependencies() 
     g.loss().backward()
     assert (logits.grad.abs().sum(-1) > 0).all()
     assert type(running + 1) is torch.Tensor and type(running) is torch.Tensor  # plain again
-    with pytest.raises(RuntimeError, match="node 'x' was used after its graph was closed"):
-        x + 1
+    assert type(x + 1) is torch.Tensor  # and so are the samples

@@ -12,7 +12,6 @@ from torch import Tensor
 from torch.distributions import Categorical, Normal
 
 from gradest import Graph, LeaveOneOut, Pathwise, ScoreFunction
-from gradest.graph import compose
 from gradest.testing import assert_unbiased
 from tests.graph.common import DTYPE, flat_grads, leaves, replicate, seeded
 
@@ -72,18 +71,6 @@ def test_undeclared_cost_is_credited_to_every_node_and_stays_unbiased() -> None:
     exact = flat_grads(value, [exact_logits, exact_loc])
     assert_unbiased(estimates, exact)
     assert estimates[:, -1].abs().sum() > 0  # x did receive (zero-mean) credit
-
-
-def test_one_node_shortcut_is_taken() -> None:
-    (logits,) = leaves(torch.zeros(2, K))
-    with Graph() as g:
-        k = g.sample("k", Categorical(logits=logits), n=2)
-        g.cost(TABLE[k])
-    assert compose.one_node(g.nodes, g.costs) is not None
-    with Graph() as h:
-        k = h.sample("k", Categorical(logits=logits), n=2)
-        h.cost(TABLE[k].sum(-1))  # not in the node's own layout
-    assert compose.one_node(h.nodes, h.costs) is None
 
 
 def test_declaration_errors() -> None:

@@ -44,7 +44,8 @@ def _three_build(g: Graph, params, r, estimators, ns) -> list[Tensor]:
     a = g.sample("a", Categorical(logits=la), Enumerate())
     b = g.sample("b", Categorical(logits=w[torch.arange(r), a]), Enumerate())
     c = g.sample("c", Independent(Bernoulli(logits=lc), 1), Enumerate())
-    assert a.shape == (2, r) and b.shape == (3, 2, r) and c.shape == (4, 1, 1, r, 2)
+    # an enumerated node's values are not copied along its enumerated parents' dims (b: size 1 at a's)
+    assert a.shape == (2, r) and b.shape == (3, 1, r) and c.shape == (4, 1, 1, r, 2)
     index = (c.long() * POWERS).sum(-1)
     return [T_BC[b, index] * scale, U_A[a]]
 

@@ -147,3 +147,23 @@ def test_svrg_direction_before_any_snapshot() -> None:
     opt = SVRG(problem.params, lr=0.1, num_examples=10)
     with pytest.raises(RuntimeError, match=r"SVRG.direction: no snapshot yet; call step\(\) once first"):
         opt.direction(torch.tensor([1]), problem.losses)
+
+
+@pytest.mark.parametrize("name", ["lr", "weight_decay"])
+def test_functional_core_needs_one_rate_per_parameter(name: str) -> None:
+    from gradest.optim import saga_direction, saga_step
+
+    params = [torch.zeros(3), torch.zeros(())]
+    deltas, means = [torch.ones(2, 3), torch.ones(2)], [torch.zeros(3), torch.zeros(())]
+    kwargs = {"lr": 0.1, "weight_decay": 0.0, name: [0.1]}
+    with pytest.raises(ValueError, match=rf"saga_step: {name}=\[0.1\] has 1 value\(s\) for 2 parameters"):
+        saga_step(params, deltas, means, num_examples=4, **kwargs)
+    if name == "weight_decay":
+        with pytest.raises(ValueError, match=r"saga_direction: weight_decay=\[0.1\] has 1 value\(s\) for 2"):
+            saga_direction(params, deltas, means, weight_decay=[0.1])
+    # a number, or one per parameter, give the same step
+    one, each = [p.clone() for p in params], [p.clone() for p in params]
+    saga_step(one, deltas, [m.clone() for m in means], lr=0.1, weight_decay=0.5, num_examples=4)
+    saga_step(each, deltas, [m.clone() for m in means], lr=[0.1, 0.1], weight_decay=[0.5, 0.5], num_examples=4)
+    for a, b in zip(one, each, strict=True):
+        assert torch.equal(a, b)

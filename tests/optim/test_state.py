@@ -105,20 +105,111 @@ def test_old_checkpoint_without_an_option_gets_its_default() -> None:
         fresh.step(torch.tensor([2]), problem.losses)
 
 
-def test_loading_a_glm_state_into_a_dense_optimiser_raises() -> None:
+def _stepped(opt: torch.optim.Optimizer, problem: Problem) -> dict:
+    opt.step(torch.tensor([1, 2]), problem.losses)
+    return _round_trip(opt.state_dict())
+
+
+def _rank_shard(state_dict: dict) -> dict:
+    """The checkpoint rank 0 of 2 would save: rows 0, 2, 4, ... of the table."""
+    for state in state_dict["state"].values():
+        if "table" in state:
+            state["table"] = state["table"][0::2].clone()
+    return state_dict
+
+
+def _mismatches() -> list:
+    small, wide = logistic(N=10, D=3), logistic(N=10, D=4)
+    other_n, frozen = logistic(N=12, D=3), logistic(N=10, D=3)
+    frozen.params[1].requires_grad_(False)
+    return [
+        ("SAGA, another num_examples",
+         lambda: _stepped(SAGA(small.params, lr=0.1, num_examples=10), small),
+         lambda: SAGA(other_n.params, lr=0.1, num_examples=12),
+         r"SAGA.load_state_dict: the checkpoint has num_examples=10, this optimiser num_examples=12; .*"
+         r"build the optimiser with num_examples=10"),
+        ("SVRG, another num_examples",
+         lambda: _stepped(SVRG(small.params, lr=0.1, num_examples=10), small),
+         lambda: SVRG(other_n.params, lr=0.1, num_examples=12),
+         r"SVRG.load_state_dict: the checkpoint has num_examples=10, this optimiser num_examples=12"),
+        ("SAGA, GLM table into the dense one",
+         lambda: _stepped(SAGA(small.params, lr=0.1, num_examples=10, features=small.X), small),
+         lambda: SAGA(small.params, lr=0.1, num_examples=10),
+         r"parameter 0 \(shape \(3,\)\) is \{'table': \(10,\), 'table_mean': \(3,\)\}, expected .* for the "
+         r"dense table; it holds the GLM table: build SAGA with features="),
+        ("SAGA, dense table into the GLM one",
+         lambda: _stepped(SAGA(small.params, lr=0.1, num_examples=10), small),
+         lambda: SAGA(small.params, lr=0.1, num_examples=10, features=small.X),
+         r"\{'table': \(10, 3\), 'table_mean': \(3,\)\}, expected .* for the GLM table \(features=...\); it "
+         r"holds the dense table: build SAGA without features=..."),
+        ("SAGA, another parameter shape",
+         lambda: _stepped(SAGA(small.params, lr=0.1, num_examples=10), small),
+         lambda: SAGA(wide.params, lr=0.1, num_examples=10),
+         r"parameter 0 \(shape \(4,\)\) .* another shape there: the checkpoint is for another model"),
+        ("SVRG, another parameter shape",
+         lambda: _stepped(SVRG(small.params, lr=0.1, num_examples=10), small),
+         lambda: SVRG(wide.params, lr=0.1, num_examples=10),
+         r"parameter 0 \(shape \(4,\)\) .* another shape there: the checkpoint is for another model"),
+        ("SAGA, another rank's shard",
+         lambda: _rank_shard(_stepped(SAGA(small.params, lr=0.1, num_examples=10), small)),
+         lambda: SAGA(small.params, lr=0.1, num_examples=10),
+         r"it holds 5 rows and this rank 10 \(rank 0 of 1 .*\): it was saved on another rank or with another "
+         r"number of ranks"),
+        ("SVRG state into SAGA",
+         lambda: _stepped(SVRG(small.params, lr=0.1, num_examples=10), small),
+         lambda: SAGA(small.params, lr=0.1, num_examples=10),
+         r"SAGA.load_state_dict: .* it was saved by SVRG: load a SAGA checkpoint"),
+        ("SAGA state into SVRG",
+         lambda: _stepped(SAGA(small.params, lr=0.1, num_examples=10), small),
+         lambda: SVRG(small.params, lr=0.1, num_examples=10),
+         r"SVRG.load_state_dict: .* it was saved by SAGA: load an SVRG checkpoint"),
+        ("SAGA, a parameter frozen here",
+         lambda: _stepped(SAGA(small.params, lr=0.1, num_examples=10), small),
+         lambda: SAGA(frozen.params, lr=0.1, num_examples=10),
+         r"parameter 1 \(shape \(\)\) .* the parameter has requires_grad=False here"),
+        ("SVRG, a parameter frozen here",
+         lambda: _stepped(SVRG(small.params, lr=0.1, num_examples=10), small),
+         lambda: SVRG(frozen.params, lr=0.1, num_examples=10),
+         r"parameter 1 \(shape \(\)\) .* the parameter has requires_grad=False here"),
+        ("SAGA, other param groups",
+         lambda: _stepped(SAGA(small.groups(weight_decay=0.1), lr=0.1, num_examples=10), small),
+         lambda: SAGA(small.params, lr=0.1, num_examples=10),
+         r"SAGA.load_state_dict: the checkpoint has 2 param group\(s\), this optimiser 1; build the optimiser "
+         r"with the param groups"),
+        ("SVRG, another group size",
+         lambda: _stepped(SVRG([small.params[0]], lr=0.1, num_examples=10), small),
+         lambda: SVRG([small.params[1]] + [torch.zeros(2, requires_grad=True)], lr=0.1, num_examples=10),
+         r"SVRG.load_state_dict: param group 0 holds 1 parameter\(s\) in the checkpoint and 2 here"),
+    ]
+
+
+@pytest.mark.parametrize("case", _mismatches(), ids=lambda c: c[0])
+def test_a_checkpoint_of_another_configuration_is_refused_and_nothing_loads(case) -> None:  # noqa: ANN001
+    _, save, make, match = case
+    state_dict = save()
+    opt = make()
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(state_dict)
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    assert after["state"].keys() == before["state"].keys()
+
+
+def test_a_checkpoint_of_another_configuration_is_refused_before_the_first_step() -> None:
     problem = logistic(N=10, D=3)
-    glm = SAGA(problem.params, lr=0.1, num_examples=10, features=problem.X)
-    glm.step(torch.tensor([1]), problem.losses)
-    dense = SAGA(problem.params, lr=0.1, num_examples=10)
-    dense.load_state_dict(glm.state_dict())
-    with pytest.raises(ValueError, match=r"SAGA: the state's table has shape \(10,\), expected"):
-        dense.step(torch.tensor([1]), problem.losses)
-    glm2 = SAGA(problem.params, lr=0.1, num_examples=10, features=problem.X)
-    dense = SAGA(problem.params, lr=0.1, num_examples=10)
-    dense.step(torch.tensor([1]), problem.losses)
-    glm2.load_state_dict(dense.state_dict())
-    with pytest.raises(ValueError, match=r"SAGA: the state's table has shape \(10, 3\), expected \(10,\)"):
-        glm2.step(torch.tensor([1]), problem.losses)
+    fresh = SAGA(problem.params, lr=0.1, num_examples=10).state_dict()  # no state yet: num_examples decides
+    SAGA(problem.params, lr=0.1, num_examples=10).load_state_dict(fresh)
+    with pytest.raises(ValueError, match="the checkpoint has num_examples=10, this optimiser num_examples=11"):
+        SAGA(problem.params, lr=0.1, num_examples=11).load_state_dict(fresh)
+
+
+@pytest.mark.parametrize("bad", [None, [1, 2], {"state": {}}])
+def test_a_checkpoint_that_is_not_a_state_dict_is_refused(bad) -> None:  # noqa: ANN001
+    problem = logistic(N=10, D=3)
+    for opt in (SAGA(problem.params, lr=0.1, num_examples=10), SVRG(problem.params, lr=0.1, num_examples=10)):
+        with pytest.raises(TypeError, match=r"load_state_dict: state_dict=\w+ is not an optimiser state_dict"):
+            opt.load_state_dict(bad)
 
 
 def test_deepcopy_keeps_the_glm_features() -> None:

@@ -95,6 +95,40 @@ def test_benchmark_reference_is_the_float64_loop():
     torch.testing.assert_close(bench.reference(d), want, rtol=1e-12, atol=1e-12)
 
 
+def test_sequence_rl_example_runs(tmp_path, capsys):
+    plot = _plot_args(tmp_path, "sequence_rl.png")
+    out = _run("sequence_rl.py", ["--steps", "3", "--pretrain-steps", "5", "--eval-every", "1", "--prompts", "2",
+                                  "--group", "2", "--kls", "none,k1-reward,k3-loss", "--advantages", "rloo,grpo"]
+               + plot, capsys)
+    assert "optimum of J_β" in out
+    for kl in ("none", "k1-reward", "k3-loss"):
+        assert f"grpo      {kl}" in out
+    if plot[0] == "--plot":
+        assert (tmp_path / "sequence_rl.png").stat().st_size > 0
+
+
+def _sequence_benchmark():
+    spec = importlib.util.spec_from_file_location("sequence_loss", ROOT / "benchmarks" / "sequence_loss.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sequence_benchmark_hand_written_losses_equal_gradest_and_it_runs():
+    bench = _sequence_benchmark()
+    d = bench.Data(prompts=4, group=4, length=16, min_length=2)
+    for name in bench.CONFIGS:  # every documented configuration: the same loss value and gradient
+        loss_diff, grad_diff = bench.check(d, name)
+        assert loss_diff < 1e-5 and grad_diff < 1e-6, (name, loss_diff, grad_diff)
+    threads = torch.get_num_threads()
+    try:
+        result = bench.run(d, list(bench.CONFIGS)[:2], rounds=2, log=lambda s: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert set(result) == set(list(bench.CONFIGS)[:2])
+    assert "hand-written" in bench.table(result)
+
+
 # --- off-policy and offline examples (issue 14) -----------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-r"""Estimators of the gradient of a multi-sample (importance-weighted, IWAE) bound.
+r"""``iwae_bound`` and the estimators of its gradient: multi-sample (importance-weighted, IWAE) bounds.
 
 The objective is not an expectation of a per-sample cost, so these rules do not follow the
 ``Estimator`` contract of ``base.py``. With :math:`w_i = p_\theta(x, z_i) / q_\phi(z_i)` and
@@ -9,13 +9,13 @@ The objective is not an expectation of a per-sample cost, so these rules do not 
     \Bigl[\log \frac{1}{K} \sum_{i=1}^{K} w_i\Bigr] \;\le\; \log p_\theta(x)
 
 couples its K samples inside the logarithm: the "cost" of one sample depends on all the others.
-``gradest.iwae_bound(log_joint, dist, estimator, n=K)`` is the one entry point; it makes the same
-three calls an expectation makes (``check``, ``draw``, ``surrogate``), with the values of
-``log_joint`` at the drawn points in place of costs. Why these rules refuse ``expectation`` and
+``gradest.iwae_bound(log_joint, dist, estimator, n=K)`` is the one entry point; it makes the calls an
+expectation makes (``check``, ``draw``), then the rule's ``surrogate`` with the values of ``log_joint``
+at the drawn points in place of costs. Why these rules refuse ``expectation`` and
 ``Graph``: both combine per-sample costs linearly (``reduce(cost·weight + correction)``), and a
 graph credits each cost to the nodes it depends on; the bound is a log-mean-exp over the samples, so
 neither the value nor the learning signals (VIMCO's leave-one-out bounds, DReG's squared weights) can
-be written as a per-sample cost. :func:`refuse_in_expectation` gives the error that says so.
+be written as a per-sample cost. The rules declare ``entry_point``, which both name in their error.
 
 Rules (:class:`MultisampleEstimator` subclasses):
 
@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -46,12 +48,24 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from torch.distributions.transforms import Transform
 
-from gradest._validation import describe
-from gradest.estimators.base import Draw
+from gradest._validation import check_distribution, check_finite, check_n, describe, is_validation_enabled
+from gradest.estimators._families import check_parameters
+from gradest.estimators.base import Draw, Estimator
 from gradest.estimators.score_function import _sample_with_log_prob
 from gradest.surrogate import magic_box, stop_gradient
 
-__all__ = ["MultisampleEstimator", "IWAE", "VIMCO", "DReG", "default_bound_estimator", "refuse_in_expectation"]
+
+@dataclass(frozen=True, eq=False)
+class BoundDraw(Draw):
+    """A multi-sample rule's record: the n samples (``points``, all values), ``log_prob`` = log q(z_i)
+    ``[n, *B]`` *with the gradient the rule needs inside the weights*, DiCE's box of each log q
+    (``box``, or None) and of their sum (``joint_box``, or None)."""
+
+    log_prob: Tensor
+    box: Tensor | None = None
+    joint_box: Tensor | None = None
+
+__all__ = ["iwae_bound", "MultisampleEstimator", "IWAE", "VIMCO", "DReG", "BoundDraw"]
 
 
 class MultisampleEstimator(nn.Module):
@@ -71,19 +85,24 @@ class MultisampleEstimator(nn.Module):
     unbiased: ClassVar[bool] = True
     """Unbiased for the gradient of the bound :math:`\\mathcal{L}_K` (not of log p(x))."""
 
+    entry_point: ClassVar[str] = "gradest.iwae_bound(log_joint, dist, estimator, n=n)"
+    """The function to use these rules through; ``expectation`` and ``Graph.sample`` name it in their error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
     def check(self, dist: Distribution, n: int) -> None:
         """Raise ``NotImplementedError``/``ValueError`` if this rule cannot handle ``dist`` with ``n``."""
 
-    def draw(self, dist: Distribution, n: int) -> Draw:
+    def draw(self, dist: Distribution, n: int) -> BoundDraw:
         raise NotImplementedError(f"{type(self).__name__} does not implement draw()")
 
-    def surrogate(self, draw: Draw, log_joint: Tensor) -> Tensor:
+    def surrogate(self, draw: BoundDraw, log_joint: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement surrogate()")
 
 
-def _log_weights(draw: Draw, log_joint: Tensor) -> Tensor:
-    """``log w_i = log p(x, z_i) − log q(z_i)`` ``[n, *B]`` (every rule here fills ``draw.log_prob``)."""
-    assert draw.log_prob is not None, "multi-sample draws always carry log q"
+def _log_weights(draw: BoundDraw, log_joint: Tensor) -> Tensor:
+    """``log w_i = log p(x, z_i) − log q(z_i)`` ``[n, *B]``."""
     return log_joint - draw.log_prob
 
 
@@ -114,13 +133,11 @@ class IWAE(MultisampleEstimator):
 
     Example:
         >>> import torch, gradest
-        >>> from gradest.estimators.multisample import IWAE
-        >>> from gradest.multisample import iwae_bound
         >>> _ = torch.manual_seed(0)
         >>> loc = torch.zeros(3, requires_grad=True)
         >>> q = torch.distributions.Normal(loc, 1.0)
         >>> log_joint = lambda z: torch.distributions.Normal(1.0, 1.0).log_prob(z)
-        >>> bound = iwae_bound(log_joint, q, IWAE(), n=8)
+        >>> bound = gradest.iwae_bound(log_joint, q, gradest.IWAE(), n=8)
         >>> bound.shape
         torch.Size([3])
 
@@ -132,17 +149,16 @@ class IWAE(MultisampleEstimator):
         arXiv:1802.05098.
     """
 
-    def draw(self, dist: Distribution, n: int) -> Draw:
+    def draw(self, dist: Distribution, n: int) -> BoundDraw:
         if dist.has_rsample:
             z = dist.rsample((n,))
-            return Draw(z, dist.log_prob(z), dist, {})
+            return BoundDraw(z, n, dist, dist.log_prob(z))
         z, log_q = _sample_with_log_prob(dist, n)
-        return Draw(z, log_q, dist, {"box": magic_box(log_q.sum(0))})
+        return BoundDraw(z, n, dist, log_q, joint_box=magic_box(log_q.sum(0)))
 
-    def surrogate(self, draw: Draw, log_joint: Tensor) -> Tensor:
+    def surrogate(self, draw: BoundDraw, log_joint: Tensor) -> Tensor:
         bound = _log_mean_exp(_log_weights(draw, log_joint))
-        box = draw.extra.get("box")
-        return bound if box is None else bound * box
+        return bound if draw.joint_box is None else bound * draw.joint_box
 
 
 class VIMCO(MultisampleEstimator):
@@ -171,13 +187,11 @@ class VIMCO(MultisampleEstimator):
 
     Example:
         >>> import torch, gradest
-        >>> from gradest.estimators.multisample import VIMCO
-        >>> from gradest.multisample import iwae_bound
         >>> _ = torch.manual_seed(0)
         >>> logits = torch.zeros(4, requires_grad=True)
         >>> table = torch.tensor([0.0, -1.0, -2.0, -3.0])
         >>> q = torch.distributions.Categorical(logits=logits)
-        >>> bound = iwae_bound(lambda z: table[z], q, VIMCO(), n=5)
+        >>> bound = gradest.iwae_bound(lambda z: table[z], q, gradest.VIMCO(), n=5)
         >>> bound.backward(); logits.grad.shape
         torch.Size([4])
 
@@ -192,15 +206,16 @@ class VIMCO(MultisampleEstimator):
                 "(5 to 50 is typical), or IWAE() for a single sample."
             )
 
-    def draw(self, dist: Distribution, n: int) -> Draw:
+    def draw(self, dist: Distribution, n: int) -> BoundDraw:
         z, log_q = _sample_with_log_prob(dist, n)
-        return Draw(z, log_q, dist, {"box": magic_box(log_q), "joint_box": magic_box(log_q.sum(0))})
+        return BoundDraw(z, n, dist, log_q, magic_box(log_q), magic_box(log_q.sum(0)))
 
-    def surrogate(self, draw: Draw, log_joint: Tensor) -> Tensor:
+    def surrogate(self, draw: BoundDraw, log_joint: Tensor) -> Tensor:
+        assert draw.box is not None and draw.joint_box is not None
         log_w = _log_weights(draw, log_joint)
         bound = _log_mean_exp(log_w)
         baselines = leave_one_out_bounds(stop_gradient(log_w))
-        return bound * draw.extra["joint_box"] + ((1 - draw.extra["box"]) * baselines).sum(0)
+        return bound * draw.joint_box + ((1 - draw.box) * baselines).sum(0)
 
 
 def leave_one_out_bounds(log_weights: Tensor) -> Tensor:
@@ -239,7 +254,7 @@ class DReG(MultisampleEstimator):
     the Monte Carlo bound.
 
     With n = 1 the weights are 1 and this is sticking-the-landing (Roeder et al. 2017) for the ELBO:
-    ``iwae_bound(log_joint, q, DReG(), n=1)``. When q is the exact posterior, the gradient for φ is
+    ``gradest.iwae_bound(log_joint, q, gradest.DReG(), n=1)``. When q is the exact posterior, the gradient for φ is
     exactly zero for every sample.
 
     Requires: ``dist.has_rsample`` (explicit or implicit reparameterisation); ``log_joint`` and
@@ -253,13 +268,11 @@ class DReG(MultisampleEstimator):
 
     Example:
         >>> import torch, gradest
-        >>> from gradest.estimators.multisample import DReG
-        >>> from gradest.multisample import iwae_bound
         >>> _ = torch.manual_seed(0)
         >>> loc = torch.zeros(3, requires_grad=True)
         >>> q = torch.distributions.Normal(loc, 1.0)
         >>> log_joint = lambda z: torch.distributions.Normal(1.0, 1.0).log_prob(z)
-        >>> iwae_bound(log_joint, q, DReG(), n=16).sum().backward()
+        >>> gradest.iwae_bound(log_joint, q, gradest.DReG(), n=16).sum().backward()
         >>> loc.grad.shape
         torch.Size([3])
 
@@ -277,13 +290,13 @@ class DReG(MultisampleEstimator):
                 "use VIMCO() (n >= 2) or IWAE() (score function) for discrete q."
             )
 
-    def draw(self, dist: Distribution, n: int) -> Draw:
+    def draw(self, dist: Distribution, n: int) -> BoundDraw:
         z = dist.rsample((n,))
-        return Draw(z, with_stopped_parameters(dist).log_prob(z), dist, {})
+        return BoundDraw(z, n, dist, with_stopped_parameters(dist).log_prob(z))
 
-    def surrogate(self, draw: Draw, log_joint: Tensor) -> Tensor:
+    def surrogate(self, draw: BoundDraw, log_joint: Tensor) -> Tensor:
         log_w = _log_weights(draw, log_joint)
-        z = draw.value
+        z = draw.points
         n = log_w.shape[0]
         if n > 1 and z.requires_grad:
             weights = torch.softmax(stop_gradient(log_w), 0)
@@ -329,12 +342,113 @@ def default_bound_estimator(dist: Distribution, n: int) -> MultisampleEstimator:
     return IWAE()
 
 
-def refuse_in_expectation(where: str, estimator: object) -> None:
-    """Raise the ``TypeError`` that points a multi-sample estimator given to ``expectation`` or
-    ``Graph.sample`` to ``iwae_bound``; do nothing for any other object."""
-    if isinstance(estimator, MultisampleEstimator):
+def iwae_bound(
+    log_joint: Callable[[Tensor], Tensor],
+    dist: Distribution,
+    estimator: MultisampleEstimator | None = None,
+    n: int = 1,
+) -> Tensor:
+    r"""The surrogate of the importance-weighted bound :math:`\mathcal{L}_n` on :math:`\log p_\theta(x)`.
+
+    .. math::
+        \mathcal{L}_n(\theta, \phi) = \mathbb{E}_{z_{1:n} \sim q_\phi}
+        \Bigl[\log \frac1n \sum_{i=1}^n \frac{p_\theta(x, z_i)}{q_\phi(z_i)}\Bigr]
+        \;\le\; \log p_\theta(x)
+
+    Its value is the Monte Carlo bound :math:`\log\frac1n\sum_i w_i` at n fresh samples of ``dist``
+    (the IWAE bound; with n = 1, the ELBO's one-sample estimate), and its autograd gradient is the
+    estimator's: with respect to q's parameters φ (those of ``dist``, and whatever produced them,
+    e.g. an encoder) and to p's parameters θ (whatever ``log_joint`` closes over). Maximise it:
+    ``(-iwae_bound(...)).mean().backward()``.
+
+    This is a separate entry point from :func:`gradest.expectation` because the bound is not an
+    expectation of a per-sample cost: its n samples meet inside one logarithm.
+
+    Args:
+        log_joint: maps samples ``[n, *B, *E]`` to :math:`\log p_\theta(x, z_i)` ``[n, *B]`` (the
+            prior plus the likelihood of the batch element's data). It may close over parameters θ.
+        dist: the proposal :math:`q_\phi(z)` with batch shape B (one bound per batch element, e.g. per
+            data point) and event shape E; put a latent vector's dims in the event shape
+            (``Independent(..., 1)``) so ``log_prob`` sums over them.
+        estimator: a :class:`~gradest.bounds.MultisampleEstimator`: ``IWAE()``
+            (plain: reparameterised with ``rsample``, else score function), ``VIMCO()`` (discrete q,
+            n ≥ 2) or ``DReG()`` (reparameterisable q; n = 1 gives sticking-the-landing). By default
+            ``IWAE()`` when ``dist.has_rsample``, else ``VIMCO()`` for n ≥ 2, else ``IWAE()``.
+        n: samples per bound, K in the papers.
+
+    Returns:
+        ``[*B]`` surrogate of the bound, one per batch element.
+
+    Raises:
+        TypeError: log_joint is not callable or returns a non-tensor; dist is not a Distribution;
+            estimator is an ``expectation`` estimator or not an estimator at all.
+        ValueError: n < 1 (n < 2 for VIMCO); log_joint's output has the wrong shape, or holds NaN
+            (while validation is on).
+        NotImplementedError: the estimator does not support the family (DReG without ``rsample``).
+
+    Example:
+        >>> import torch, gradest
+        >>> _ = torch.manual_seed(0)
+        >>> loc = torch.zeros(2, requires_grad=True)
+        >>> q = torch.distributions.Normal(loc, 1.0)
+        >>> log_joint = lambda z: torch.distributions.Normal(0.5, 1.0).log_prob(z)
+        >>> bound = gradest.iwae_bound(log_joint, q, n=10)
+        >>> (-bound.sum()).backward(); loc.grad.shape
+        torch.Size([2])
+
+    References:
+        Burda et al. (2016). Importance Weighted Autoencoders. ICLR. arXiv:1509.00519.
+        Mnih & Rezende (2016). Variational Inference for Monte Carlo Objectives. ICML. arXiv:1602.06725.
+        Tucker et al. (2019). Doubly Reparameterized Gradient Estimators for Monte Carlo Objectives.
+        ICLR. arXiv:1810.04152.
+    """
+    where = "iwae_bound"
+    if not callable(log_joint):
         raise TypeError(
-            f"{where}: estimator={type(estimator).__name__}() estimates the gradient of a multi-sample "
-            "(IWAE) bound log (1/n) Σ_i p(x, z_i)/q(z_i), which is not an expectation of a per-sample "
-            "cost; use gradest.iwae_bound(log_joint, dist, estimator, n=n) instead."
+            f"{where}: log_joint={log_joint!r} is not callable; pass a function mapping samples "
+            "[n, *B, *E] to log p(x, z) [n, *B]."
         )
+    dist = check_distribution(where, dist)
+    n = check_n(where, n)
+    if estimator is None:
+        estimator = default_bound_estimator(dist, n)
+    elif isinstance(estimator, Estimator):
+        raise TypeError(
+            f"{where}: estimator={type(estimator).__name__}() estimates the gradient of an expectation "
+            "E[f], not of a multi-sample bound; use IWAE() (plain; reparameterised when dist has "
+            "rsample), DReG() (reparameterisable q) or VIMCO() (discrete q, n >= 2), or gradest.expectation for E[f]."
+        )
+    elif not isinstance(estimator, MultisampleEstimator):
+        raise TypeError(
+            f"{where}: estimator={estimator!r} is not a multi-sample estimator; pass IWAE(), DReG() or "
+            "VIMCO()."
+        )
+    check_parameters(where, dist)
+    estimator.check(dist, n)
+    draw = estimator.draw(dist, n)
+    value = log_joint(draw.points)
+    expected = draw.points.shape[: 1 + len(dist.batch_shape)]
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"{where}: log_joint returned {type(value).__name__}, expected a tensor of shape {tuple(expected)}."
+        )
+    if value.shape != expected:
+        raise ValueError(
+            f"{where}: log_joint returned shape {tuple(value.shape)}, expected (n, *dist.batch_shape) = "
+            f"{tuple(expected)}; sum log p(x, z) over the event (latent and data) dimensions inside "
+            "log_joint and keep the sample dimension."
+        )
+    if not value.is_floating_point():
+        raise TypeError(f"{where}: log_joint returned dtype={value.dtype}; log-densities must be floating point.")
+    # -inf is a legal log-density (a sample of zero joint probability) as long as one sample per batch
+    # element has a finite weight; NaN, +inf and a batch element with every weight zero are not.
+    check_finite(where, "log_joint's output", value.masked_fill(value == -torch.inf, 0.0),
+                 "check log_joint for 0/0, inf - inf or log of an overflow at the sampled points.")
+    if is_validation_enabled() and bool((value == -torch.inf).all(0).any()):
+        dead = int((value == -torch.inf).all(0).sum())
+        raise ValueError(
+            f"{where}: log_joint's output is -inf for all n={value.shape[0]} samples of {dead} batch "
+            "element(s), so the bound is -inf and its gradient undefined; raise n, or make q cover the "
+            "support of p(x, z) (a proposal that puts its mass where p is zero)."
+        )
+    return estimator.surrogate(draw, value)

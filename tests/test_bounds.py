@@ -30,16 +30,16 @@ from torch.distributions import (
 )
 
 import gradest
-from gradest.estimators.multisample import (
+from gradest.bounds import (
     IWAE,
     VIMCO,
     DReG,
     MultisampleEstimator,
     default_bound_estimator,
+    iwae_bound,
     leave_one_out_bounds,
     with_stopped_parameters,
 )
-from gradest.multisample import iwae_bound
 from gradest.surrogate import magic_box, stop_gradient
 from gradest.testing import assert_unbiased, sample_variance_se, z_for
 from tests.estimators.cases import POWER, seeded
@@ -185,7 +185,7 @@ def test_the_harness_catches_a_baseline_that_sees_its_own_sample():
             log_w = log_joint - draw.log_prob
             bound = torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
             own = stop_gradient(bound).expand_as(log_w)
-            return bound * draw.extra["joint_box"] + ((1 - draw.extra["box"]) * own).sum(0)
+            return bound * draw.joint_box + ((1 - draw.box) * own).sum(0)
 
     with seeded(2):
         draws = categorical_draws(SelfBaselined(), 3, 40_000)
