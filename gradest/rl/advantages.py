@@ -60,7 +60,8 @@ def gae(
         lambda_: λ in [0, 1].
         time_dim: the dim that is time in every tensor: 0 for time-major ``[T, *B]`` (the default),
             1 for batch-major ``[B, T, ...]`` (TorchRL's and Stable-Baselines3's layout). The inputs are
-            read through ``movedim`` views (no copy) and the results come back in the same layout.
+            read through ``movedim`` views (no copy) and the results come back in the same layout. Not
+            an int naming a dim of the tensors: a TypeError or ValueError.
 
     Returns:
         ``[T, *B]`` advantages, without autograd history; ``gae(...) + values`` are the λ-returns.
@@ -171,7 +172,8 @@ def vtrace(
         c_bar: clip :math:`\bar c > 0` of the traces.
         time_dim: the dim that is time in every tensor: 0 for time-major ``[T, *B]`` (the default),
             1 for batch-major ``[B, T, ...]`` (TorchRL's and Stable-Baselines3's layout). The inputs are
-            read through ``movedim`` views (no copy) and the results come back in the same layout.
+            read through ``movedim`` views (no copy) and the results come back in the same layout. Not
+            an int naming a dim of the tensors: a TypeError or ValueError.
 
     Returns:
         ``(vs, pg_advantages)``, both ``[T, *B]`` and without autograd history.

@@ -97,7 +97,8 @@ def per_decision_importance_weights(
         clip: per-step truncation level :math:`\bar\rho > 0`, or None.
         time_dim: the dim that is time in every tensor: 0 for time-major ``[T, *B]`` (the default),
             1 for batch-major ``[B, T, ...]`` (TorchRL's and Stable-Baselines3's layout). The inputs are
-            read through ``movedim`` views (no copy) and the results come back in the same layout.
+            read through ``movedim`` views (no copy) and the results come back in the same layout. Not
+            an int naming a dim of the tensors: a TypeError or ValueError.
 
     Returns:
         ``[T, *B]`` weights, without autograd history.

@@ -203,7 +203,7 @@ def off_policy_value(
         q_values: ``[T, *B]`` :math:`\hat q(s_t, a_t)`, for ``dr`` and ``wdr`` only.
         v_values: ``[T, *B]`` :math:`\sum_a \pi(a|s_t) \hat q(s_t, a)`, for ``dr`` and ``wdr`` only.
         time_dim: the dim that is time in every tensor: 0 for ``[T, *B]``, 1 for ``[B, T, ...]``
-            (read through views, no copy).
+            (read through views, no copy); not an int naming a dim: a TypeError or ValueError.
 
     Returns:
         An :class:`OffPolicyEstimate`: ``.value``, ``.per_episode``, ``.stderr`` and
@@ -340,7 +340,8 @@ def off_policy_policy_loss(
         q_values: ``[T, *B]`` :math:`\hat q(s_t, a_t)` for ``"dr"`` (detached here).
         v_values: ``[T, *B]`` :math:`\hat v_t(\theta)` for ``"dr"``, with its gradient.
         clip: the per-step truncation :math:`\bar\rho > 0` of the weights, or None (unbiased).
-        time_dim: the dim that is time: 0 for ``[T, *B]``, 1 for ``[B, T, ...]`` (views, no copy).
+        time_dim: the dim that is time: 0 for ``[T, *B]``, 1 for ``[B, T, ...]`` (views, no copy); not
+            an int naming a dim: a TypeError or ValueError.
 
     Returns:
         Scalar loss, the mean over episodes; call ``.backward()``.
@@ -456,7 +457,8 @@ def retrace(
         truncated: ``[T, *B]`` bool, the episode was cut after step t (bootstrap), or None.
         gamma: discount γ in [0, 1].
         lambda_: λ in [0, 1]; 1 by default.
-        time_dim: the dim that is time: 0 for ``[T, *B]``, 1 for ``[B, T, ...]`` (views, no copy).
+        time_dim: the dim that is time: 0 for ``[T, *B]``, 1 for ``[B, T, ...]`` (views, no copy); not
+            an int naming a dim: a TypeError or ValueError.
 
     Returns:
         ``[T, *B]`` targets :math:`Q^{\text{ret}}_t`, without autograd history.
@@ -537,7 +539,8 @@ def n_step_returns(
         truncated: ``[T, *B]`` bool, the episode was cut after step t (bootstrap), or None.
         gamma: discount γ in [0, 1].
         n: the number of rewards before bootstrapping, an int >= 1.
-        time_dim: the dim that is time: 0 for ``[T, *B]``, 1 for ``[B, T, ...]`` (views, no copy).
+        time_dim: the dim that is time: 0 for ``[T, *B]``, 1 for ``[B, T, ...]`` (views, no copy); not
+            an int naming a dim: a TypeError or ValueError.
 
     Returns:
         ``[T, *B]`` n-step returns, without autograd history.

@@ -54,7 +54,8 @@ def discounted_returns(
         next_values: ``[T, *B]`` value of the observation after step t, or None for no bootstrap.
         time_dim: the dim that is time in every tensor: 0 for time-major ``[T, *B]`` (the default),
             1 for batch-major ``[B, T, ...]`` (TorchRL's and Stable-Baselines3's layout). The inputs are
-            read through ``movedim`` views (no copy) and the results come back in the same layout.
+            read through ``movedim`` views (no copy) and the results come back in the same layout. Not
+            an int naming a dim of the tensors: a TypeError or ValueError.
 
     Returns:
         ``[T, *B]`` returns, without autograd history.
@@ -140,7 +141,8 @@ def td_lambda(
         lambda_: λ in [0, 1].
         time_dim: the dim that is time in every tensor: 0 for time-major ``[T, *B]`` (the default),
             1 for batch-major ``[B, T, ...]`` (TorchRL's and Stable-Baselines3's layout). The inputs are
-            read through ``movedim`` views (no copy) and the results come back in the same layout.
+            read through ``movedim`` views (no copy) and the results come back in the same layout. Not
+            an int naming a dim of the tensors: a TypeError or ValueError.
 
     Returns:
         ``[T, *B]`` λ-returns, without autograd history.

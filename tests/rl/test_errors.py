@@ -260,7 +260,7 @@ def test_group_advantages_and_policy_gradient_loss_refuse_nonfinite_values():
             rl.policy_gradient_loss(**kw)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)  # the same examples in every run
 @given(data=st.data())
 def test_property_every_nonfinite_value_is_named_or_the_result_is_finite(data):
     """Random function, shape, argument and position: a NaN or ±inf gives the error naming that argument

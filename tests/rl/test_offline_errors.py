@@ -267,7 +267,7 @@ def test_checks_that_sync_are_validation_checks():
         gradest.set_validation(before)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)  # the same examples in every run
 @given(data=st.data())
 def test_property_padding_never_changes_an_estimate(data):
     """Random episode lengths and ends; anything written after each episode's end (any float, any flags
