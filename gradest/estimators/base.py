@@ -181,6 +181,15 @@ def default_for(dist: Distribution, n: int) -> Estimator:
     ``ScoreFunction(LeaveOneOut())`` when ``n > 1``, else ``ScoreFunction()``.
     """
     for applies, factory in _DEFAULTS:
-        if applies(dist):
+        try:
+            found = applies(dist)
+        except Exception as err:
+            raise TypeError(
+                f"register_default: the predicate {getattr(applies, '__qualname__', applies)!r} raised "
+                f"{type(err).__name__}({err}) for dist={type(dist).__name__}; a predicate is asked about every "
+                "distribution that has no estimator given, so it must return False for families it does not "
+                "handle (check isinstance(dist, YourFamily) first)."
+            ) from err
+        if found:
             return factory(dist, n)
     raise LookupError(f"no default estimator is registered for dist={type(dist).__name__}")
