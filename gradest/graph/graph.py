@@ -63,6 +63,30 @@ class Graph:
       nodes — which is the Rao-Blackwellisation of Schulman et al. (2015). Score terms use DiCE's
       magic box, and baselines enter "loaded" (Farquhar et al. 2019), so higher derivatives are right.
 
+    **Enumerated nodes are summed out exactly.** A node drawn with ``Enumerate()`` is never sampled:
+    ``loss()`` sums it out by variable elimination. Along a ``Graph.markov`` chain this is a forward
+    pass (O(T·K²) work for T steps of K states, never the K^T joint states); elsewhere the enumerated
+    nodes are eliminated in a min-fill order read from the dependencies the graph found, and
+    ``enumerate_budget`` bounds the largest factor that order creates (a node whose own factor would
+    exceed it is an error, or is drawn by ``Enumerate(fallback=...)``, never approximated silently).
+    The loss holds two kinds of terms, both exact in the enumerated nodes:
+
+    - *expected costs* (``cost``): Σ_c E[c], each cost averaged over its Monte Carlo nodes and summed
+      with the probabilities of the enumerated nodes it depends on (outside any log: an exact ELBO of
+      a chain-structured posterior, the exact expected return of a tabular policy);
+    - *observations* (``observe``): −log Σ_z p(z) Π_o p(o | z), the enumerated nodes the observations
+      depend on summed out *inside* the log (Pyro's enumeration semantics: fitting an HMM by its
+      marginal likelihood), averaged over the Monte Carlo nodes above them, whose gradient is then a
+      score term with −log p(observations | their samples) as the cost (and pathwise where the
+      estimator is pathwise).
+
+    So with both, ``loss() = E_mc[ Σ_c E_enum[c] − log Σ_z p(z) Π_o p(o | z) ]``. A graph is refused
+    (at ``loss()``) where that meaning is unclear: a cost and an observation that depend on the same
+    enumerated nodes (an expectation outside the log and a marginal inside it over one variable), or
+    a Monte Carlo node drawn below an enumerated node that observations depend on (its samples would
+    have to be drawn inside the log). Monte Carlo nodes below enumerated nodes feeding *costs* are
+    fine (a Rao-Blackwellised switching model): each is weighted by the enumerated states above it.
+
     The graph holds no global state: several can be open at once. Once a graph is closed (its ``with``
     block ended), its samples and costs are ordinary tensors: log them, print them, keep computing
     with them (in another graph they are data, depending on no node).
@@ -89,9 +113,25 @@ class Graph:
     ``torch.compile`` (with ``fullgraph=True``): torch's compiler cannot trace the subclass.
 
     Args:
-        enumerate_budget: the largest joint support (product of the sizes of all enumerated
-            dimensions) a cost may span.
+        enumerate_budget: the largest number of joint values of enumerated nodes one factor may hold:
+            a node's own factor (its support times that of the enumerated nodes its distribution
+            depends on), a cost's span, and each intermediate factor of the elimination.
         track: find each node's and cost's dependencies (True), or take them from ``depends_on=``.
+
+    Example:
+        >>> import torch, gradest
+        >>> from torch.distributions import Bernoulli, Categorical
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.zeros(3, requires_grad=True)
+        >>> table = torch.tensor([1.0, 2.0, 4.0])
+        >>> with gradest.Graph() as g:
+        ...     k = g.sample("k", Categorical(logits=logits), gradest.Enumerate())       # summed out
+        ...     b = g.sample("b", Bernoulli(probs=table[k] / 5), gradest.ScoreFunction(gradest.LeaveOneOut()), n=8)
+        ...     g.cost(b * table[k], name="reward")
+        >>> loss = g.loss()
+        >>> loss.backward()
+        >>> logits.grad.shape
+        torch.Size([3])
 
     References:
         Schulman et al. (2015). Gradient Estimation Using Stochastic Computation Graphs. NeurIPS.
