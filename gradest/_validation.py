@@ -16,7 +16,16 @@ _VALIDATE = __debug__
 
 
 def set_validation(enabled: bool) -> None:
-    """Turn the checks that force a device sync (NaN costs, ...) on or off for the whole process."""
+    """Turn the checks that force a device sync (NaN costs, ...) on or off for the whole process.
+
+    Example:
+        >>> import gradest
+        >>> was = gradest.is_validation_enabled()
+        >>> gradest.set_validation(False)          # the fast path, e.g. for a tuned training loop
+        >>> gradest.is_validation_enabled()
+        False
+        >>> gradest.set_validation(was)
+    """
     global _VALIDATE
     if not isinstance(enabled, bool):
         raise TypeError(f"set_validation: enabled={enabled!r} must be a bool (True or False).")
@@ -24,7 +33,13 @@ def set_validation(enabled: bool) -> None:
 
 
 def is_validation_enabled() -> bool:
-    """Whether the sync-forcing checks run (never while ``torch.compile`` traces)."""
+    """Whether the sync-forcing checks run (never while ``torch.compile`` traces).
+
+    Example:
+        >>> import gradest
+        >>> gradest.is_validation_enabled()        # on by default (it follows ``__debug__``)
+        True
+    """
     return _VALIDATE and not torch.compiler.is_compiling()
 
 

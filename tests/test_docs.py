@@ -70,28 +70,7 @@ def _public() -> list[tuple[str, object]]:
             for module, names in conf.public_names() for name in names]
 
 
-MISSING_EXAMPLES = {  # name: file (owned elsewhere) and what is missing
-    **{f"gradest.{n}": "gradest/estimators/baselines.py has no Example for this baseline" for n in (
-        "Baseline", "Constant", "MovingAverage", "LeaveOneOut", "OptimalConstant", "Critic")},
-    "gradest.register_default": "gradest/estimators/base.py: no Example",
-    "gradest.testing.surrogate": "gradest/expect.py: no Example",
-    "gradest.magic_box": "gradest/surrogate.py: no Example",
-    "gradest.straight_through": "gradest/surrogate.py: no Example",
-    "gradest.set_validation": "gradest/_validation.py: no Example",
-    "gradest.is_validation_enabled": "gradest/_validation.py: no Example",
-    "gradest.Estimator": "gradest/estimators/base.py: no Example (the base class is being rebuilt in Core v2)",
-    "gradest.Draw": "gradest/estimators/base.py: no Example (the base class is being rebuilt in Core v2)",
-    "gradest.ImplicitReparam": "gradest/estimators/pathwise.py: no Example",
-    "gradest.optim.saga_direction": "gradest/optim/saga.py: no Example",
-    "gradest.optim.saga_step": "gradest/optim/saga.py: no Example",
-    "gradest.optim.svrg_direction": "gradest/optim/svrg.py: no Example",
-    "gradest.optim.svrg_step": "gradest/optim/svrg.py: no Example",
-    "gradest.testing.assert_unbiased": "gradest/testing/stats.py: no Example",
-    "gradest.testing.assert_variance": "gradest/testing/stats.py: no Example",
-    "gradest.testing.sample_variance_se": "gradest/testing/stats.py: no Example",
-    "gradest.testing.z_for": "gradest/testing/stats.py: no Example",
-    "gradest.testing.SelfInclusiveMean": "gradest/testing/fakes.py: no Example",
-}
+MISSING_EXAMPLES: dict[str, str] = {}  # name: file (owned elsewhere) and what is missing
 PUBLIC = _public()
 
 
@@ -120,10 +99,7 @@ def _blocks(path: Path) -> list[tuple[str, str]]:
 
 
 BLOCKS = _blocks(ROOT / "README.md") + _blocks(ROOT / "docs" / "guide.md")
-FRAGMENTS = {  # blocks in sections owned elsewhere that are not runnable on their own: the first line of each
-    "loss = gradest.rl.sequence_policy_loss(logp=logp, mask=mask, rewards=rewards, group_size=8,":
-        "docs/guide.md, section 'Language-model RL' (issue 15): a fragment; logp, mask, rewards, ref_logp undefined",
-}
+FRAGMENTS: dict[str, str] = {}  # blocks not runnable on their own (first line: why), owned elsewhere
 
 
 @pytest.mark.parametrize("where, code", [

@@ -1,6 +1,7 @@
 """Normal quantiles for a family-wise false-alarm rate, and the standard error of a sample variance.
 
-(``gradest.testing`` has the same two formulas for tests; product code does not import ``testing``.)
+``gradest.testing`` re-exports ``z_for`` and ``sample_variance_se`` from here (product code does not
+import ``testing``, so the one definition lives on this side).
 """
 
 from __future__ import annotations
@@ -9,15 +10,33 @@ import torch
 from torch import Tensor
 
 
-def z_for(false_alarm: float, tests: int) -> float:
-    """Two-sided normal quantile that keeps the family-wise false-alarm rate over ``tests`` at ``false_alarm``
-    (Bonferroni: each test at ``false_alarm / tests``)."""
-    return float(torch.special.ndtri(torch.tensor(1 - false_alarm / (2 * max(1, tests)), dtype=torch.float64)))
+def z_for(false_alarm: float, tests: int, dtype: torch.dtype = torch.float64) -> float:
+    """Two-sided normal quantile that keeps the family-wise false-alarm rate over ``tests`` comparisons at
+    ``false_alarm`` (Bonferroni: each test at ``false_alarm / tests``; fewer than one test counts as one).
+
+    Example:
+        >>> from gradest.testing import z_for
+        >>> round(z_for(1e-6, 1), 2), round(z_for(1e-6, 10), 2)     # more tests, a higher bar for each
+        (4.89, 5.33)
+    """
+    if not 0 < false_alarm < 1:
+        raise ValueError(f"z_for: false_alarm={false_alarm} must lie in (0, 1); 1e-6 is typical.")
+    return float(torch.special.ndtri(torch.tensor(1 - false_alarm / (2 * max(1, tests)), dtype=dtype)))
 
 
-def variance_se(draws: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-coordinate sample variance of ``draws`` ``[R, D]`` and its standard error,
-    Var(s²) ≈ (μ₄ − σ⁴ (R−3)/(R−1)) / R with μ₄ the fourth central moment."""
+def sample_variance_se(draws: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-coordinate sample variance of ``draws`` ``[R, D]`` and its standard error.
+
+    Var(s²) ≈ (μ₄ − σ⁴ (R−3)/(R−1)) / R, with μ₄ the fourth central moment.
+
+    Example:
+        >>> import torch
+        >>> from gradest.testing import sample_variance_se
+        >>> _ = torch.manual_seed(0)
+        >>> var, se = sample_variance_se(2 * torch.randn(2000, 3))     # exact variance 4
+        >>> bool(((var - 4).abs() < 5 * se).all()), round(se.mean().item(), 2)
+        (True, 0.13)
+    """
     draws = draws.reshape(draws.shape[0], -1).to(torch.float64)
     r = draws.shape[0]
     c = draws - draws.mean(0)

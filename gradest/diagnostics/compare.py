@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from gradest.diagnostics._stats import bias_z, mean_and_moments, variance_se
+from gradest.diagnostics._stats import bias_z, mean_and_moments, sample_variance_se
 from gradest.diagnostics.estimators import ESTIMATORS, Recipe, recipe_for
 from gradest.diagnostics.report import FALSE_ALARM, Report, Row
 from gradest.estimators import Estimator, GumbelSoftmax
@@ -251,7 +251,7 @@ def _measure(problem: Problem, label: str, recipe: Recipe, n: int, trials: int, 
         row.status, row.error, row.reason = "n/a", type(e).__name__, str(e)
         return row
     mean, mean_variance, third = mean_and_moments(draws)
-    per_coordinate, per_coordinate_se = variance_se(draws)
+    per_coordinate, per_coordinate_se = sample_variance_se(draws)
     eps = torch.finfo(problem.dtype).eps
     scale = max(1.0, float((mean if isinstance(reference, str) else reference[0]).abs().max()))
     rounding = 64 * eps * scale
@@ -510,7 +510,7 @@ def sweep_gae_lambda(
             seconds = (time.perf_counter() - t0) / start.numel()  # per rollout, in one vectorised call
             target = (adv[0] + v[start]).view(states, per_state)  # [states, per_state]
             mean, mean_variance, third = mean_and_moments(target.T)
-            var, var_se = variance_se(target.T)
+            var, var_se = sample_variance_se(target.T)
             se = mean_variance.sqrt()
             row = Row(problem=label, estimator="gae", n=1, trials=start.numel(), setting={"lambda": lam},
                       reference="exact: (I - γP)⁻¹ r")

@@ -128,7 +128,7 @@ class Provenance(Tensor):
                             out.__class__ = Provenance
                             out._gradest_tags = found  # type: ignore[attr-defined]
                             return out
-                    return _carry(out, found, None, args, None)
+                    return _carry(out, found or (), None, args, None)
         if kwargs is None:
             kwargs = {}
         if kind is _DISPLAY_KIND:  # printing (a log line, a traceback) shows a plain tensor, at any time

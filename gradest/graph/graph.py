@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, OneHotCategorical
 
-from gradest._validation import check_distribution, check_finite, check_n, describe, is_validation_enabled
+from gradest._validation import check_distribution, check_n, describe, is_validation_enabled
 from gradest.estimators._families import tensors as dist_tensors
 from gradest.estimators.base import Draw, Estimator
 from gradest.estimators.enumerate import support_size
@@ -479,8 +479,8 @@ class Graph:
             )
         tensors = dist_tensors(dist)
         direct = self._dependencies(tensors, depends_on, where)
-        if not shadows_of(tensors):  # replayed computations need the tracked distribution; others a plain one
-            dist = _plain_dist(dist)
+        if not shadows_of(tensors) and any(isinstance(t, Provenance) for t in tensors):
+            dist = _plain_dist(dist)  # replayed computations need the tracked distribution; others a plain one
         log_prob = dist.log_prob(plain(value))
         replayed = shadows_of([log_prob])
         deps = set(direct)
@@ -494,10 +494,7 @@ class Graph:
                 f"{self._names_of(deps)} whose samples occupy {depth} leading dims; build dist from the samples "
                 "without reducing over their sample dims."
             )
-        if is_validation_enabled():
-            check_finite("Graph.observe", f"log-probability of {name!r}",
-                         log_prob.masked_fill(log_prob == -torch.inf, 0.0),
-                         "check the distribution's parameters and the data (NaN, inf) for this observation.")
+        # NaN and +inf log-probabilities are found by loss() from its value, in one sync for all of them
         auxiliary = self._auxiliary("Graph.observe", f"log-probability of {name!r}", deps, replayed,
                                     tuple(log_prob.shape))
         self.observes.append(Cost(log_prob, name, frozenset(deps), depth, auxiliary, direct=frozenset(direct)))
@@ -639,7 +636,27 @@ class Graph:
         total = parts[0].sum()
         for t in parts[1:]:
             total = total + t.sum()
+        if self.observes and is_validation_enabled() and not math.isfinite(float(total.detach())):
+            self._non_finite_observations()
         return check_gradient("Graph.loss", total)
+
+    def _non_finite_observations(self) -> None:
+        """Raise the reason the loss of a graph with observations is not finite (the costs and the
+        distributions' parameters were checked when they were added; a log-probability of -inf is an
+        observation impossible under some states, which is fine unless it is under all)."""
+        for o in self.observes:
+            if bool((o.value.isnan() | (o.value == torch.inf)).any()):
+                raise ValueError(
+                    f"Graph.loss: the log-probability of observation {o.name!r} is NaN or +inf; check the "
+                    "distribution's parameters and the data (NaN, inf) for this observation."
+                )
+        names = [o.name for o in self.observes]
+        raise ValueError(
+            "Graph.loss: the observations have probability zero under every joint state of the enumerated "
+            "nodes they depend on (or at the samples of the sampled ones), so -log p(observations) = +inf and "
+            f"its gradient is undefined; check the data and the distributions of observations {names[:5]}"
+            f"{' …' if len(names) > 5 else ''} (a value outside its distribution's support has log-probability -inf)."
+        )
 
 
 class _Chain:

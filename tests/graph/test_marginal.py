@@ -141,6 +141,100 @@ def test_marginal_likelihood_equals_the_forward_algorithm(k: int, length: int) -
         torch.testing.assert_close(_grads(loss, params), exact_grads, **TIGHT)
 
 
+
+def _discrete_hmm(init: Tensor, trans: Tensor, emit: Tensor, y: Tensor) -> Tensor:
+    """−log p(y) of an HMM with categorical emissions ``emit[z]`` (probabilities, zeros allowed)."""
+    with Graph() as g:
+        z = g.sample("z_0", Categorical(logits=init), Enumerate())
+        g.observe("y_0", Categorical(logits=emit[z].log()), y[0])
+        for t in g.markov(range(1, y.shape[0])):
+            z = g.sample(f"z_{t}", Categorical(logits=trans[z]), Enumerate())
+            g.observe(f"y_{t}", Categorical(logits=emit[z].log()), y[t])
+    return g.loss()
+
+
+def test_observations_impossible_under_some_states_are_exact() -> None:
+    """A symbol that some states cannot emit (log-probability −inf there) leaves a finite loss and
+    gradient, equal to the forward algorithm's."""
+    init, trans, _ = _params(3, 4)
+    emit = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.3, 0.7], [0.2, 0.0, 0.8]], dtype=F64)
+    y = torch.tensor([0, 2, 2, 1, 0, 2])
+    log_emit = emit.log()[:, y].T  # [T, K]
+    alpha = torch.log_softmax(init, -1) + log_emit[0]
+    for t in range(1, len(y)):
+        alpha = torch.logsumexp(alpha.unsqueeze(-1) + torch.log_softmax(trans, -1), -2) + log_emit[t]
+    exact = -torch.logsumexp(alpha, -1)
+    loss = _discrete_hmm(init, trans, emit, y)
+    torch.testing.assert_close(loss, exact, **TIGHT)
+    torch.testing.assert_close(_grads(loss, (init, trans)), _grads(exact, (init, trans)), **TIGHT)
+
+
+
+def test_forbidden_transitions_are_exact_in_both_worlds() -> None:
+    """A left-to-right chain (transition logits −inf below the diagonal: states never reached again
+    have probability zero): expected costs and −log p(y) equal references computed with
+    probabilities (no logs), gradients included, and nothing is NaN."""
+    k, length = 3, 6
+    init, trans, locs = _params(k, 9)
+    forbidden = torch.full((k, k), -math.inf, dtype=F64).tril(-1)  # 0 on and above the diagonal
+    costs = torch.randn(length, k, generator=torch.Generator().manual_seed(2), dtype=F64)
+    y = torch.randn(length, generator=torch.Generator().manual_seed(3), dtype=F64)
+    P = torch.softmax(trans + forbidden, -1)
+
+    def graph(observed: bool) -> Tensor:
+        with Graph() as g:
+            z = g.sample("z_0", Categorical(logits=init), Enumerate())
+            g.observe("y_0", Normal(locs[z], 1.0), y[0]) if observed else g.cost(costs[0][z])
+            for t in g.markov(range(1, length)):
+                z = g.sample(f"z_{t}", Categorical(logits=(trans + forbidden)[z]), Enumerate())
+                g.observe(f"y_{t}", Normal(locs[z], 1.0), y[t]) if observed else g.cost(costs[t][z])
+        return g.loss()
+
+    p, expected = torch.softmax(init, -1), torch.zeros((), dtype=F64)
+    for t in range(length):
+        p = p if t == 0 else p @ P
+        expected = expected + (p * costs[t]).sum()
+    emit = Normal(locs, 1.0).log_prob(y.unsqueeze(-1)).exp()  # [T, K]
+    alpha = torch.softmax(init, -1) * emit[0]
+    for t in range(1, length):
+        alpha = (alpha @ P) * emit[t]
+    exact = {False: expected, True: -alpha.sum().log()}
+    params = (init, trans, locs)
+    for observed in (False, True):
+        loss = graph(observed)
+        torch.testing.assert_close(loss, exact[observed], **TIGHT)
+        got, want = (torch.autograd.grad(v, params, allow_unused=True, retain_graph=True)
+                     for v in (loss, exact[observed]))
+        for a, b, x in zip(got, want, params):
+            torch.testing.assert_close(a if a is not None else torch.zeros_like(x),
+                                       b if b is not None else torch.zeros_like(x), **TIGHT)
+
+def test_observations_impossible_under_every_state_are_an_error() -> None:
+    init, trans, _ = _params(3, 4)
+    emit = torch.tensor([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.2, 0.8, 0.0]], dtype=F64)  # nobody emits 2
+    with pytest.raises(ValueError, match=r"probability zero under every joint state.*'y_0'"):
+        _discrete_hmm(init, trans, emit, torch.tensor([0, 2, 1]))
+
+
+def test_a_nan_observation_is_named_and_an_infinite_one_is_impossible() -> None:
+    """NaN data (past torch's own check) gives a NaN log-probability: named at loss(); data at +inf has
+    probability zero under every state."""
+    init, trans, locs = _params(3, 4)
+
+    def loss(y: Tensor) -> Tensor:
+        with Graph() as g:
+            z = g.sample("z_0", Categorical(logits=init), Enumerate())
+            g.observe("y_0", Normal(locs[z], 1.0, validate_args=False), y[0])
+            for t in g.markov(range(1, y.shape[0])):
+                z = g.sample(f"z_{t}", Categorical(logits=trans[z]), Enumerate())
+                g.observe(f"y_{t}", Normal(locs[z], 1.0, validate_args=False), y[t])
+        return g.loss()
+
+    with pytest.raises(ValueError, match=r"observation 'y_2' is NaN or \+inf"):
+        loss(torch.tensor([0.3, -1.0, math.nan, 0.5], dtype=F64))
+    with pytest.raises(ValueError, match=r"probability zero under every joint state"):
+        loss(torch.tensor([0.3, -1.0, math.inf, 0.5], dtype=F64))
+
 def test_many_chains_at_once() -> None:
     """Batch dims of the distributions are independent chains: the loss is the sum of their −log p(y)."""
     init, trans, locs = _params(3, 11, batch=(4,))
