@@ -494,6 +494,7 @@ class Graph:
                 f"{self._names_of(deps)} whose samples occupy {depth} leading dims; build dist from the samples "
                 "without reducing over their sample dims."
             )
+        self._check_batch("Graph.observe", f"log-probability of {name!r}", log_prob.shape, depth, deps)
         # NaN and +inf log-probabilities are found by loss() from its value, in one sync for all of them
         auxiliary = self._auxiliary("Graph.observe", f"log-probability of {name!r}", deps, replayed,
                                     tuple(log_prob.shape))
@@ -567,24 +568,7 @@ class Graph:
                     f"{size}, which does not line up with sample position {q} (nodes "
                     f"{self._names_of(slot.nodes)}, {slot.size} samples) of the nodes it depends on."
                 )
-        batch = value.shape[depth:]
-        for i in sorted(deps):
-            node = self.nodes[i]
-            if node.estimator.elementwise and len(batch) < len(node.batch):
-                raise ValueError(
-                    f"Graph.cost: cost {name!r} has batch shape {tuple(batch)} but depends on node "
-                    f"{node.name!r} (batch shape {tuple(node.batch)}), whose {type(node.estimator).__name__} "
-                    "varies all batch elements at once; keep the node's batch dims in the cost, or make "
-                    "the coupled coordinates one event with Independent(...)."
-                )
-            for d, (size, own) in enumerate(zip(batch, node.batch)):
-                if size != own and own != 1:  # a size-1 dim would count the cost once per node element
-                    raise ValueError(
-                        f"Graph.cost: cost {name!r} has batch shape {tuple(batch)} but depends on node "
-                        f"{node.name!r} with batch shape {tuple(node.batch)}: batch dim {d} has size {size}, "
-                        f"not {own} (batch dims are matched from the left); keep the node's batch dims in "
-                        "the cost, or reduce them away entirely (sum without keepdim=True)."
-                    )
+        self._check_batch("Graph.cost", f"cost {name!r}", value.shape, depth, deps)
         joint = 1
         for q in range(1, depth + 1):
             if not self.slots[q - 1].shared and value.shape[depth - q] > 1:
@@ -601,6 +585,29 @@ class Graph:
             if self.nodes[i].estimator.differentiable_f is not None:
                 check_differentiable("Graph.cost", self.nodes[i], record, self.nodes, f"cost {name!r}")
         self.costs.append(record)
+
+    def _check_batch(self, where: str, what: str, shape: torch.Size, depth: int, deps: Iterable[int]) -> None:
+        """The batch dims of a cost or an observation's log-probability (after its ``depth`` sample dims)
+        against those of the nodes it depends on."""
+        batch = shape[depth:]
+        for i in sorted(deps):
+            node = self.nodes[i]
+            if node.estimator.elementwise and len(batch) < len(node.batch):
+                raise ValueError(
+                    f"{where}: {what} has batch shape {tuple(batch)} but depends on node {node.name!r} (batch "
+                    f"shape {tuple(node.batch)}), whose {type(node.estimator).__name__} varies all batch elements "
+                    "at once (its i-th row holds every element's i-th value, not their joint values), so a value "
+                    "that combines elements would see only that diagonal; keep the node's batch dims, or make "
+                    "the coupled coordinates one event with Independent(...)."
+                )
+            for d, (size, own) in enumerate(zip(batch, node.batch)):
+                if size != own and own != 1:  # a size-1 dim would count the cost once per node element
+                    raise ValueError(
+                        f"{where}: {what} has batch shape {tuple(batch)} but depends on node {node.name!r} with "
+                        f"batch shape {tuple(node.batch)}: batch dim {d} has size {size}, not {own} (batch dims "
+                        "are matched from the left); keep the node's batch dims, or reduce them away entirely "
+                        "(sum without keepdim=True)."
+                    )
 
     def _auxiliary(self, where: str, what: str, deps: Iterable[int], replayed: dict[int, tuple[Tensor, ...]],
                    shape: tuple[int, ...]) -> dict[int, tuple[Tensor, ...]]:

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Categorical, Normal
+from torch.distributions import Bernoulli, Categorical, Independent, Normal
 
 import gradest
 from gradest import Enumerate, Graph, LeaveOneOut, Pathwise, ScoreFunction
@@ -530,3 +530,24 @@ def test_observe_is_minus_log_p_without_enumerated_nodes() -> None:
         x_ref = Normal(loc, 1.0).rsample((3,))
     torch.testing.assert_close(g.loss(), -Normal(x_ref, 0.5).log_prob(torch.tensor(1.2, dtype=F64)).mean(), **TIGHT)
     assert gradest.Graph.observe.__doc__ is not None
+
+
+def test_an_observation_coupling_an_enumerated_nodes_batch_elements_is_an_error() -> None:
+    """Pyro's "no downstream coupling" restriction: a site that depends on all members of an
+    enumerated plate. The enumerated rows hold every element at its i-th value (the diagonal of the
+    joint), so summing over the batch would give a wrong marginal likelihood (2.84 instead of 1.23
+    here, before the check); it is an error naming the remedy."""
+    logits = torch.tensor([0.2, 0.8], dtype=F64).log().requires_grad_()
+    with Graph() as g:
+        a = g.sample("a", Categorical(logits=logits.expand(2, 2)), Enumerate())
+        with pytest.raises(ValueError, match=r"Graph.observe: log-probability of 'b' has batch shape \(\) but "
+                                             r"depends on node 'a' \(batch shape \(2,\)\).*Independent"):
+            g.observe("b", Normal(a.sum(-1).to(F64), 1.0), torch.tensor(1.0, dtype=F64))
+    # the remedy: the two coordinates as one enumerated event (their joint support)
+    with Graph() as g:
+        a = g.sample("a", Independent(Categorical(logits=logits.expand(2, 2)), 1), Enumerate())
+        g.observe("b", Normal(a.sum(-1).to(F64), 1.0), torch.tensor(1.0, dtype=F64))
+    p = torch.softmax(logits, -1)
+    exact = -sum(p[i] * p[j] * Normal(float(i + j), 1.0).log_prob(torch.tensor(1.0, dtype=F64)).exp()
+                 for i in range(2) for j in range(2)).log()
+    torch.testing.assert_close(g.loss(), exact, **TIGHT)
