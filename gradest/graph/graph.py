@@ -488,13 +488,8 @@ class Graph:
             deps |= self.nodes[i].ancestors
         depth = max([0] + [self.nodes[i].dims for i in deps])
         log_prob = plain(log_prob)
-        if log_prob.dim() < depth:
-            raise ValueError(
-                f"Graph.observe: log-probability of {name!r} has shape {tuple(log_prob.shape)} but depends on nodes "
-                f"{self._names_of(deps)} whose samples occupy {depth} leading dims; build dist from the samples "
-                "without reducing over their sample dims."
-            )
-        self._check_batch("Graph.observe", f"log-probability of {name!r}", log_prob.shape, depth, deps)
+        self._check_layout("Graph.observe", f"log-probability of {name!r}", log_prob.shape, depth, deps,
+                           self._scope_of(direct), "build dist from the samples without reducing their sample dims")
         # NaN and +inf log-probabilities are found by loss() from its value, in one sync for all of them
         auxiliary = self._auxiliary("Graph.observe", f"log-probability of {name!r}", deps, replayed,
                                     tuple(log_prob.shape))
@@ -541,44 +536,8 @@ class Graph:
                     "has lost the nodes it depends on, and their gradient would miss it. Keep the computation "
                     "in torch ops, or pass depends_on=() if this cost truly depends on no node."
                 )
-        if value.dim() < depth:
-            raise ValueError(
-                f"Graph.cost: cost {name!r} has shape {tuple(value.shape)} but depends on nodes "
-                f"{self._names_of(deps)} whose samples occupy {depth} leading dims; keep the sample dims "
-                "in the cost (the graph averages over them)."
-            )
-        at: dict[int, list[int]] = {}  # position -> the nodes the cost depends on there
-        for i in deps | scope:
-            at.setdefault(self.nodes[i].position, []).append(i)
-        for q in range(1, depth + 1):
-            size, slot = value.shape[depth - q], self.slots[q - 1]
-            owners = at.get(q, [])
-            # an enumerated ancestor that the cost does not span directly leaves a size-1 dim (its
-            # children's values are not copied along it); every other owner must keep its dim
-            spanned = [i for i in owners if not self.nodes[i].estimator.eliminable or i in scope]
-            if size == 1 and spanned and slot.size > 1:
-                raise ValueError(
-                    f"Graph.cost: cost {name!r} has shape {tuple(value.shape)}: dim {depth - q} has size 1 "
-                    f"but it depends on node(s) {self._names_of(spanned)} with {slot.size} samples there; "
-                    "keep the sample dims in the cost (the graph averages over them)."
-                )
-            if size not in (1, slot.size) or (size > 1 and not owners):
-                raise ValueError(
-                    f"Graph.cost: cost {name!r} has shape {tuple(value.shape)}: dim {depth - q} has size "
-                    f"{size}, which does not line up with sample position {q} (nodes "
-                    f"{self._names_of(slot.nodes)}, {slot.size} samples) of the nodes it depends on."
-                )
-        self._check_batch("Graph.cost", f"cost {name!r}", value.shape, depth, deps)
-        joint = 1
-        for q in range(1, depth + 1):
-            if not self.slots[q - 1].shared and value.shape[depth - q] > 1:
-                joint *= self.slots[q - 1].size
-        if joint > self.enumerate_budget:
-            raise ValueError(
-                f"Graph.cost: cost {name!r} spans a joint enumerated support of {joint} points, over "
-                f"enumerate_budget={self.enumerate_budget}; raise Graph(enumerate_budget=...) or use "
-                "ScoreFunction for some nodes."
-            )
+        self._check_layout("Graph.cost", f"cost {name!r}", value.shape, depth, deps, scope,
+                           "keep the sample dims in the cost (the graph averages over them)")
         auxiliary = self._auxiliary("Graph.cost", f"cost {name!r}", deps, replayed, tuple(value.shape))
         record = Cost(value, name, frozenset(deps), depth, auxiliary, direct=frozenset(direct))
         for i in sorted(deps):
@@ -586,9 +545,37 @@ class Graph:
                 check_differentiable("Graph.cost", self.nodes[i], record, self.nodes, f"cost {name!r}")
         self.costs.append(record)
 
-    def _check_batch(self, where: str, what: str, shape: torch.Size, depth: int, deps: Iterable[int]) -> None:
-        """The batch dims of a cost or an observation's log-probability (after its ``depth`` sample dims)
-        against those of the nodes it depends on."""
+    def _check_layout(self, where: str, what: str, shape: torch.Size, depth: int, deps: set[int], scope: set[int],
+                      fix: str) -> None:
+        """A cost's or an observation's log-probability's shape ``[*sample dims, *batch]`` against the
+        nodes ``deps`` it depends on (``scope``: the enumerated nodes it spans directly): each sample dim
+        lines up with its position, batch dims with the nodes' batch dims, and the enumerated support it
+        spans is within the budget."""
+        if len(shape) < depth:
+            raise ValueError(
+                f"{where}: {what} has shape {tuple(shape)} but depends on nodes {self._names_of(deps)} whose "
+                f"samples occupy {depth} leading dims; {fix}."
+            )
+        at: dict[int, list[int]] = {}  # position -> the nodes it depends on there
+        for i in deps | scope:
+            at.setdefault(self.nodes[i].position, []).append(i)
+        for q in range(1, depth + 1):
+            size, slot = shape[depth - q], self.slots[q - 1]
+            owners = at.get(q, [])
+            # an enumerated ancestor that is not spanned directly leaves a size-1 dim (its children's
+            # values are not copied along it); every other owner must keep its dim
+            spanned = [i for i in owners if not self.nodes[i].estimator.eliminable or i in scope]
+            if size == 1 and spanned and slot.size > 1:
+                raise ValueError(
+                    f"{where}: {what} has shape {tuple(shape)}: dim {depth - q} has size 1 but it depends on "
+                    f"node(s) {self._names_of(spanned)} with {slot.size} samples there; {fix}."
+                )
+            if size not in (1, slot.size) or (size > 1 and not owners):
+                raise ValueError(
+                    f"{where}: {what} has shape {tuple(shape)}: dim {depth - q} has size {size}, which does not "
+                    f"line up with sample position {q} (nodes {self._names_of(slot.nodes)}, {slot.size} samples) "
+                    "of the nodes it depends on."
+                )
         batch = shape[depth:]
         for i in sorted(deps):
             node = self.nodes[i]
@@ -608,6 +595,16 @@ class Graph:
                         "are matched from the left); keep the node's batch dims, or reduce them away entirely "
                         "(sum without keepdim=True)."
                     )
+        joint = 1
+        for q in range(1, depth + 1):
+            if not self.slots[q - 1].shared and shape[depth - q] > 1:
+                joint *= self.slots[q - 1].size
+        if joint > self.enumerate_budget:
+            raise ValueError(
+                f"{where}: {what} spans a joint enumerated support of {joint} points, over "
+                f"enumerate_budget={self.enumerate_budget}; raise Graph(enumerate_budget=...) or use "
+                "ScoreFunction for some nodes."
+            )
 
     def _auxiliary(self, where: str, what: str, deps: Iterable[int], replayed: dict[int, tuple[Tensor, ...]],
                    shape: tuple[int, ...]) -> dict[int, tuple[Tensor, ...]]:
