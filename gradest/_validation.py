@@ -220,3 +220,17 @@ def check_positive(where: str, name: str, value: object, typical: str) -> float:
     if not (0 < value < float("inf")):
         raise ValueError(f"{where}: {name}={value} must be a finite float > 0; {typical}.")
     return float(value)
+
+
+def broadcast_shapes(a: tuple[int, ...] | torch.Size, b: tuple[int, ...] | torch.Size) -> torch.Size:
+    """The broadcast of two shapes, or a ValueError naming both (``torch.broadcast_shapes`` imports sympy
+    on first use: ~1 s)."""
+    a, b = tuple(a), tuple(b)
+    width = max(len(a), len(b))
+    a, b = (1,) * (width - len(a)) + a, (1,) * (width - len(b)) + b
+    out = []
+    for x, y in zip(a, b):
+        if x != y and 1 not in (x, y):
+            raise ValueError(f"shapes {a} and {b} do not broadcast")
+        out.append(y if x == 1 else x)
+    return torch.Size(out)

@@ -226,10 +226,13 @@ def leave_one_out_bounds(log_weights: Tensor) -> Tensor:
     stable however unequal the weights are.
     """
     n = log_weights.shape[0]
-    others = (log_weights.sum(0, keepdim=True) - log_weights) / (n - 1)  # [n, *B]
     eye = torch.eye(n, dtype=torch.bool, device=log_weights.device)
     eye = eye.reshape((n, n) + (1,) * (log_weights.dim() - 1))
-    table = torch.where(eye, others.unsqueeze(1), log_weights.unsqueeze(0))  # [j, i, *B]
+    rows = log_weights.unsqueeze(0).expand(n, *log_weights.shape)  # [j, i, *B]
+    # the sum of the others, not the total minus log w_j: a log-weight of -inf (an impossible sample)
+    # would make that -inf - (-inf)
+    others = rows.masked_fill(eye, 0.0).sum(1) / (n - 1)  # [n, *B]
+    table = torch.where(eye, others.unsqueeze(1), rows)  # [j, i, *B]
     return torch.logsumexp(table, 1) - math.log(n)
 
 

@@ -29,8 +29,7 @@ __all__ = [
     "parameters",
     "rebuild",
     "tensors",
-    "check_parameters",
-]
+    "check_parameters", "support_size",]
 
 DISCRETE = (Bernoulli, Categorical, OneHotCategorical)
 """The families that relaxations, REBAR/RELAX and the unordered-set estimator take (and Independent of these)."""
@@ -181,3 +180,28 @@ def check_parameters(where: str, dist: Distribution, *, boundary: bool = False, 
                 "estimate it. Keep probs inside (0, 1) (e.g. clamp to [1e-6, 1 - 1e-6]), build the "
                 "distribution from logits (-inf logits mask categories exactly), or use Enumerate()."
             )
+
+
+def support_size(dist: Distribution) -> int:
+    """The number of support points per batch element (K^m jointly for ``Independent``), read off the
+    parameters' shapes for Bernoulli and categorical families (no tensor op)."""
+    inner = leaf(dist)
+    if isinstance(inner, Bernoulli):
+        k = 2
+    elif isinstance(inner, (Categorical, OneHotCategorical)):
+        k = categorical(inner).param_shape[-1]
+    else:
+        return _support_size(dist)
+    r = event_dims(dist, inner)
+    return k ** math.prod(inner.batch_shape[len(inner.batch_shape) - r :]) if r else k
+
+
+def _support_size(dist: Distribution) -> int:
+    """Number of joint configurations of one batch element (K^m for m independent K-way events)."""
+    if isinstance(dist, Independent):
+        base = dist.base_dist
+        k = base.enumerate_support(expand=False).shape[0]
+        r = dist.reinterpreted_batch_ndims
+        m = math.prod(base.batch_shape[len(base.batch_shape) - r :])
+        return k**m
+    return dist.enumerate_support(expand=False).shape[0]

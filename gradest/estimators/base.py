@@ -155,9 +155,9 @@ class Estimator(nn.Module):
     def check(self, dist: Distribution, n: int) -> None:
         """Raise ``NotImplementedError``/``ValueError`` if this rule cannot handle ``dist`` with ``n``."""
 
-    def delegate(self, dist: Distribution, n: int, *, limit: int | None = None) -> Estimator:
+    def delegate(self, dist: Distribution, n: int, *, too_large: bool = False) -> Estimator:
         """The estimator that handles ``dist``: this one (``Enumerate`` hands a support too large for its
-        budget, or a factor of ``limit`` joint values in a graph, to its ``fallback``)."""
+        budget, or a node whose factor is ``too_large`` for its graph's budget, to its ``fallback``)."""
         return self
 
     def draw(self, dist: Distribution, n: int) -> Draw:

@@ -49,8 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Factor", "eliminate", "chain_total", "chain_forward", "chain_expectation", "order", "BudgetError",
-           "broadcast"]
+__all__ = ["Factor", "eliminate", "chain_total", "chain_forward", "chain_expectation", "order", "BudgetError"]
 
 
 class BudgetError(ValueError):
@@ -65,13 +64,6 @@ class Factor:
     labels: tuple[int, ...]
     log: Tensor | None
     r: Tensor | None
-
-
-def broadcast(a: Sequence[int], b: Sequence[int]) -> torch.Size:
-    """The broadcast of two shapes (``torch.broadcast_shapes`` imports sympy on first use: ~1 s)."""
-    width = max(len(a), len(b))
-    a, b = (1,) * (width - len(a)) + tuple(a), (1,) * (width - len(b)) + tuple(b)
-    return torch.Size(y if x == 1 else x for x, y in zip(a, b))
 
 
 def _plate(f: Factor) -> torch.Size:

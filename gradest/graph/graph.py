@@ -14,9 +14,9 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, OneHotCategorical
 
 from gradest._validation import check_distribution, check_n, describe, is_validation_enabled
+from gradest.estimators._families import support_size
 from gradest.estimators._families import tensors as dist_tensors
 from gradest.estimators.base import Draw, Estimator
-from gradest.estimators.enumerate import support_size
 from gradest.graph.checks import check_cost, check_differentiable, check_gradient, resolve_estimator
 from gradest.graph.compose import Cost, Node, Slot, terms
 from gradest.graph.dependencies import Provenance, Scope, Tag, plain, shadows_of
@@ -64,9 +64,11 @@ class Graph:
       magic box, and baselines enter "loaded" (Farquhar et al. 2019), so higher derivatives are right.
 
     **Enumerated nodes are summed out exactly.** A node drawn with ``Enumerate()`` is never sampled:
-    ``loss()`` sums it out by variable elimination. Along a ``Graph.markov`` chain this is a forward
-    pass (O(T·K²) work for T steps of K states, never the K^T joint states); elsewhere the enumerated
-    nodes are eliminated in a min-fill order read from the dependencies the graph found, and
+    ``loss()`` sums it out by variable elimination. Along a ``Graph.markov`` chain this is a balanced
+    tree of K×K log-semiring products (O(T·K³) work in O(log T) depth for T steps of K states; the
+    forward messages of expected costs by a doubling scan, O(T log T·K³)), never the K^T joint states;
+    elsewhere the enumerated nodes are eliminated in a min-fill order read from the dependencies the
+    graph found, and
     ``enumerate_budget`` bounds the largest factor that order creates (a node whose own factor would
     exceed it is an error, or is drawn by ``Enumerate(fallback=...)``, never approximated silently).
     The loss holds two kinds of terms, both exact in the enumerated nodes:
@@ -162,6 +164,7 @@ class Graph:
         self._names: dict[str, int] = {}
         self._chains: list[_Chain] = []  # the open markov contexts, innermost last
         self._chain_count = 0
+        self._loss: tuple[tuple[int, int, int], Tensor] | None = None  # (sizes when built, the loss)
 
     @property
     def closed(self) -> bool:
@@ -250,28 +253,12 @@ class Graph:
         dist = check_distribution("Graph.sample", dist)
         n = check_n("Graph.sample", n)
         estimator = resolve_estimator("Graph.sample", estimator, dist, n)
-        rule = type(estimator).__name__
-        if estimator.auxiliary_points and not self.track:
-            raise ValueError(
-                f"Graph.sample: node {name!r} uses {rule}, which evaluates the costs at auxiliary points "
-                "of its samples by replaying each operation on them; that needs a tracked graph "
-                "(Graph(track=True), the default), or gradest.expectation with f."
-            )
         tensors = dist_tensors(dist)
         replayed = shadows_of(tensors)
         # The rule works on a plain copy of the distribution (its parameters as ordinary tensors, autograd
         # kept): the tracking is only needed to find the parents, which the tensors above already tell.
         tracked = dist
         dist = _plain_dist(dist) if any(isinstance(t, Provenance) for t in tensors) else dist
-        estimator.check(dist, n)
-        if replayed and estimator.auxiliary_points:
-            above = self.nodes[next(iter(replayed))]
-            raise NotImplementedError(
-                f"Graph.sample: node {name!r} ({rule}) is drawn from a distribution computed from node "
-                f"{above.name!r} ({type(above.estimator).__name__}); both evaluate the costs at auxiliary "
-                "points of their samples, and such nodes cannot be nested. Use ScoreFunction(LeaveOneOut()) "
-                f"or RELAX(control) for one of them."
-            )
         parents = self._dependencies(tensors, depends_on, where)
         # ancestors: the sampled (not eliminated) ones; enumerated ancestors are reached through the
         # enumerated parents' scopes when the graph sums them out (so a chain's sets do not grow with it)
@@ -309,18 +296,32 @@ class Graph:
                         f"{step[1]}, more than history={chain.history} steps back; raise history."
                     )
             limit = support_size(dist) * math.prod(self.nodes[a].size for a in scope)
-            delegated = estimator.delegate(dist, n, limit=limit) if limit > self.enumerate_budget else estimator
-            if delegated is estimator and limit > self.enumerate_budget:
+            estimator = estimator.delegate(dist, n, too_large=limit > self.enumerate_budget)
+            if estimator.eliminable and limit > self.enumerate_budget:
                 raise ValueError(
                     f"Graph.sample: node {name!r} would add a factor over {limit} joint values (its support times "
                     f"the enumerated nodes {self._names_of(scope)} its distribution depends on), over "
                     f"enumerate_budget={self.enumerate_budget}; raise Graph(enumerate_budget=...), or name a "
                     "sampling estimator for such nodes: Enumerate(fallback=ScoreFunction(LeaveOneOut()))."
                 )
-            if delegated is not estimator:
-                estimator = delegated
-                rule = type(estimator).__name__
-                estimator.check(dist, n)
+        else:
+            estimator = estimator.delegate(dist, n)
+        rule = type(estimator).__name__
+        estimator.check(dist, n)
+        if estimator.auxiliary_points and not self.track:
+            raise ValueError(
+                f"Graph.sample: node {name!r} uses {rule}, which evaluates the costs at auxiliary points "
+                "of its samples by replaying each operation on them; that needs a tracked graph "
+                "(Graph(track=True), the default), or gradest.expectation with f."
+            )
+        if replayed and estimator.auxiliary_points:
+            above = self.nodes[next(iter(replayed))]
+            raise NotImplementedError(
+                f"Graph.sample: node {name!r} ({rule}) is drawn from a distribution computed from node "
+                f"{above.name!r} ({type(above.estimator).__name__}); both evaluate the costs at auxiliary "
+                "points of their samples, and such nodes cannot be nested. Use ScoreFunction(LeaveOneOut()) "
+                f"or RELAX(control) for one of them."
+            )
         draw = estimator.draw(dist, n)
         shadow_draws = {a: self._replay(name, tracked, estimator, n, a, len(copies), state)
                         for a, copies in replayed.items()}
@@ -399,9 +400,10 @@ class Graph:
         nodes of at most the last ``history`` steps (and on nodes drawn outside the chain).
 
         Enumerated nodes of the chain then reuse ``history + 1`` sample positions, so their tensors
-        never grow with the chain's length, and ``loss()`` sums them out by a forward pass along the
-        chain — O(T·K²) work for T steps of K states, done as a balanced tree of K×K products (depth
-        O(log T)) — never over the K^T joint states. Like ``pyro.markov``.
+        never grow with the chain's length, and ``loss()`` sums them out along the chain by a balanced
+        tree of K×K log-semiring products — O(T·K³) work in O(log T) depth for T steps of K states (the
+        forward messages of expected costs by a doubling scan, O(T log T·K³)) — never over the K^T joint
+        states. Like ``pyro.markov``.
 
         Raises:
             ValueError: history < 1 (``TypeError`` if not an int), or, at ``sample``, a node of the
@@ -493,7 +495,9 @@ class Graph:
         # NaN and +inf log-probabilities are found by loss() from its value, in one sync for all of them
         auxiliary = self._auxiliary("Graph.observe", f"log-probability of {name!r}", deps, replayed,
                                     tuple(log_prob.shape))
-        self.observes.append(Cost(log_prob, name, frozenset(deps), depth, auxiliary, direct=frozenset(direct)))
+        self.observes.append(self._differentiable("Graph.observe", f"log-probability of {name!r}",
+                                                  Cost(log_prob, name, frozenset(deps), depth, auxiliary,
+                                                       direct=frozenset(direct))))
 
     # -- costs -----------------------------------------------------------------------------------
 
@@ -540,10 +544,15 @@ class Graph:
                            "keep the sample dims in the cost (the graph averages over them)")
         auxiliary = self._auxiliary("Graph.cost", f"cost {name!r}", deps, replayed, tuple(value.shape))
         record = Cost(value, name, frozenset(deps), depth, auxiliary, direct=frozenset(direct))
-        for i in sorted(deps):
+        self.costs.append(self._differentiable("Graph.cost", f"cost {name!r}", record))
+
+    def _differentiable(self, where: str, what: str, record: Cost) -> Cost:
+        """``record``, refused (while validation is on) where it reaches a pathwise or relaxed node's
+        samples only through operations without a derivative."""
+        for i in sorted(record.deps):
             if self.nodes[i].estimator.differentiable_f is not None:
-                check_differentiable("Graph.cost", self.nodes[i], record, self.nodes, f"cost {name!r}")
-        self.costs.append(record)
+                check_differentiable(where, self.nodes[i], record, self.nodes, what)
+        return record
 
     def _check_layout(self, where: str, what: str, shape: torch.Size, depth: int, deps: set[int], scope: set[int],
                       fix: str) -> None:
@@ -626,7 +635,20 @@ class Graph:
         return out
 
     def loss(self) -> Tensor:
-        """The scalar surrogate: value = the estimate of Σ E[cost], gradient = the estimator."""
+        """The scalar surrogate: value = the estimate (see the class docstring for what it is with
+        enumerated nodes and observations), gradient = the estimator.
+
+        Built once: a second call returns the same tensor while no node, cost or observation was added
+        (stateful baselines such as ``MovingAverage`` update when it is built, and a second update would
+        put this batch's own costs into its baseline).
+
+        Raises:
+            ValueError: no costs or observations; nothing to differentiate; non-finite observations
+                (while validation is on); a graph whose meaning is unclear (see the class docstring).
+        """
+        size = (len(self.nodes), len(self.costs), len(self.observes))
+        if self._loss is not None and self._loss[0] == size:
+            return self._loss[1]
         if not self.costs and not self.observes:
             raise ValueError("Graph.loss: no costs were added; call g.cost(value) or g.observe(...) first.")
         if self.observes or any(node.estimator.eliminable for node in self.nodes):
@@ -642,7 +664,8 @@ class Graph:
             total = total + t.sum()
         if self.observes and is_validation_enabled() and not math.isfinite(float(total.detach())):
             self._non_finite_observations()
-        return check_gradient("Graph.loss", total)
+        self._loss = (size, check_gradient("Graph.loss", total))
+        return total
 
     def _non_finite_observations(self) -> None:
         """Raise the reason the loss of a graph with observations is not finite (the costs and the

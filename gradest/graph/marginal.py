@@ -33,11 +33,11 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from gradest._validation import broadcast_shapes
 from gradest.graph.compose import Cost, Node, Slot, _align, _downstream
 from gradest.graph.eliminate import (
     BudgetError,
     Factor,
-    broadcast,
     chain_expectation,
     chain_total,
     combine,
@@ -185,7 +185,10 @@ def _component(nodes: list[Node], slots: list[Slot], comp: list[int], comp_inner
         relevant = [c for c in costed if i in c.deps]
         if not relevant:
             continue
-        corr = w.estimator.correction(w.draw, _downstream(nodes, slots, relevant, w, weights))
+        # the baseline regresses on the costs given the enumerated states (their probabilities enter
+        # through the elimination below, not into the costs it sees)
+        given = {j: None if j in members else weights[j] for c in relevant for j in c.deps}
+        corr = w.estimator.correction(w.draw, _downstream(nodes, slots, relevant, w, given))
         if corr is None:
             continue
         x = w.view(corr)
@@ -358,7 +361,7 @@ def _chain(nodes: list[Node], comp: list[int], factors: list[Factor]
     for e in comp:
         lanes[keys[e]].append(e)
     shapes = [tuple(nodes[e].size for e in lanes[k]) for k in order]
-    if any(s != shapes[1] for s in shapes[2:]):
+    if any(s != shapes[0] for s in shapes[1:]):  # (a first state of another size: the general order)
         return None
     per_step: list[list[Factor]] = [[] for _ in order]
     for f in factors:
@@ -433,7 +436,7 @@ def _stack(parts: list[Tensor | None], plate_dims: int, union: tuple[int, ...]) 
         full.append(p)
     shape = full[0].shape
     for p in full[1:]:
-        shape = broadcast(shape, p.shape)
+        shape = broadcast_shapes(shape, p.shape)
     return torch.stack([p.expand(shape) for p in full], 0)
 
 

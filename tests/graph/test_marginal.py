@@ -478,6 +478,30 @@ def test_a_factor_over_the_budget_is_an_error_or_the_named_fallback() -> None:
     assert bool(torch.isfinite(trans.grad).all())
 
 
+
+def test_the_fallback_follows_the_graphs_budget_and_its_own() -> None:
+    """The fallback is chosen against the graph's budget (a small graph budget, Enumerate's default
+    budget), and against Enumerate's own budget (a large graph budget): in both, a sampled node, and
+    the loss an unbiased estimate of the exact expectation."""
+    logits = torch.randn(10, generator=torch.Generator().manual_seed(3), dtype=F64).requires_grad_()
+    table = torch.randn(10, generator=torch.Generator().manual_seed(4), dtype=F64)
+    fallback = ScoreFunction(LeaveOneOut())
+    for graph_budget, own_budget in ((5, 2**16), (2**16, 4)):
+        with Graph(enumerate_budget=graph_budget) as g:
+            k = g.sample("k", Categorical(logits=logits), Enumerate(budget=own_budget, fallback=fallback), n=4)
+            assert type(g.nodes[0].estimator) is ScoreFunction and k.shape == (4,)
+            g.cost(table[k])
+
+    def estimate() -> Tensor:
+        with Graph(enumerate_budget=5) as g:
+            k = g.sample("k", Categorical(logits=logits), Enumerate(fallback=fallback), n=4)
+            g.cost(table[k])
+        return torch.autograd.grad(g.loss(), logits)[0]
+
+    exact = torch.autograd.grad((torch.softmax(logits, -1) * table).sum(), logits)[0]
+    with seeded(31):
+        assert_unbiased(torch.stack([estimate() for _ in range(400)]), exact)
+
 # ---- the engine itself ------------------------------------------------------------------------------------
 
 
@@ -551,3 +575,82 @@ def test_an_observation_coupling_an_enumerated_nodes_batch_elements_is_an_error(
     exact = -sum(p[i] * p[j] * Normal(float(i + j), 1.0).log_prob(torch.tensor(1.0, dtype=F64)).exp()
                  for i in range(2) for j in range(2)).log()
     torch.testing.assert_close(g.loss(), exact, **TIGHT)
+
+
+def test_an_observation_reaching_a_pathwise_node_without_a_derivative_is_refused() -> None:
+    """As for costs: Pathwise through ``round`` would give exactly zero (it did, before the check)."""
+    mu = torch.zeros(3, requires_grad=True)
+    with Graph() as g:
+        y = g.sample("y", Normal(mu, 1.0), n=4)
+        with pytest.raises(ValueError, match=r"Graph.observe: log-probability of 'o' reaches the points of "
+                                             r"Pathwise's node 'y' .* only through operations without a derivative"):
+            g.observe("o", Normal(y.round(), 1.0), torch.tensor(1.0))
+
+
+def test_loss_is_built_once() -> None:
+    """A second loss() (logging, then backward) returns the same tensor: a MovingAverage baseline
+    updates once (a second update would put this batch's costs into its own baseline)."""
+    from gradest import MovingAverage
+
+    baseline = MovingAverage(0.5)
+    logits = torch.zeros(3, requires_grad=True)
+    with Graph() as g:
+        k = g.sample("k", Categorical(logits=logits), ScoreFunction(baseline), n=4)
+        g.cost(k.float())
+    first = g.loss()
+    state = {k: v.clone() for k, v in baseline.state_dict().items()}
+    assert g.loss() is first
+    assert all(torch.equal(v, baseline.state_dict()[k]) for k, v in state.items())
+
+
+def test_a_chain_whose_first_state_has_another_size_equals_brute_force() -> None:
+    """z_0 with 2 states, then a chain of 3-state nodes (a cryptic torch error before): expected costs
+    and −log p(y) against every joint state."""
+    gen = torch.Generator().manual_seed(41)
+    init, first, trans = (torch.randn(*s, generator=gen, dtype=F64).requires_grad_() for s in ((2,), (2, 3), (3, 3)))
+    y = torch.randn(5, generator=gen, dtype=F64)
+
+    def graph(observed: bool) -> Tensor:
+        with Graph() as g:
+            z = g.sample("z_0", Categorical(logits=init), Enumerate())
+            z = g.sample("z_1", Categorical(logits=first[z]), Enumerate())
+            g.observe("y_1", Normal(z.to(F64), 1.0), y[1]) if observed else g.cost((z.to(F64) - y[1]) ** 2)
+            for t in g.markov(range(2, 5)):
+                z = g.sample(f"z_{t}", Categorical(logits=trans[z]), Enumerate())
+                g.observe(f"y_{t}", Normal(z.to(F64), 1.0), y[t]) if observed else g.cost((z.to(F64) - y[t]) ** 2)
+        return g.loss()
+
+    def brute(observed: bool) -> Tensor:
+        terms = []
+        for zs in itertools.product(range(2), *[range(3)] * 4):
+            lp = torch.log_softmax(init, -1)[zs[0]] + torch.log_softmax(first, -1)[zs[0], zs[1]]
+            lp = lp + sum(torch.log_softmax(trans, -1)[zs[t - 1], zs[t]] for t in range(2, 5))
+            terms.append(lp + sum(Normal(float(zs[t]), 1.0).log_prob(y[t]) for t in range(1, 5)) if observed
+                         else lp.exp() * sum((zs[t] - y[t]) ** 2 for t in range(1, 5)))
+        return -torch.logsumexp(torch.stack(terms), 0) if observed else torch.stack(terms).sum()
+
+    params = (init, first, trans)
+    for observed in (False, True):
+        loss, exact = graph(observed), brute(observed)
+        torch.testing.assert_close(loss, exact, **TIGHT)
+        torch.testing.assert_close(_grads(loss, params), _grads(exact, params), **TIGHT)
+
+
+def test_a_baseline_below_an_enumerated_node_sees_the_costs_given_its_states(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The costs a sampled node's baseline regresses on are those given each enumerated state (before:
+    multiplied by the state's probability, which added variance)."""
+    seen = []
+    forward = LeaveOneOut.forward
+
+    def spy(self, draw, cost):  # noqa: ANN001, ANN202
+        seen.append(cost.detach().clone())
+        return forward(self, draw, cost)
+
+    monkeypatch.setattr(LeaveOneOut, "forward", spy)
+    logits = torch.tensor([0.0, 2.0], requires_grad=True)
+    with seeded(0), Graph() as g:
+        z = g.sample("z", Categorical(logits=logits), Enumerate())
+        b = g.sample("b", Bernoulli(probs=torch.tensor([0.3, 0.6])[z]), ScoreFunction(LeaveOneOut()), n=4)
+        g.cost(b + z.float())
+    g.loss().backward()
+    torch.testing.assert_close(seen[0], (b + z.float()).detach().expand_as(seen[0]))
