@@ -149,7 +149,7 @@ class Estimator(nn.Module):
     """Whether ``correction`` returns a term (a rule whose correction depends on its configuration,
     such as ``ScoreFunction(baseline=None)``, answers with a property)."""
 
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # the real signature for help() and IDEs (nn.Module's is (*args, **kwargs))
         super().__init__()
 
     def check(self, dist: Distribution, n: int) -> None:
@@ -172,8 +172,6 @@ class Estimator(nn.Module):
         (None: nothing). The costs carry their gradient only when the rule declares ``live_costs``."""
         return None
 
-    def extra_repr(self) -> str:
-        return ""
 
 
 Factory = Callable[[Distribution, int], Estimator]

@@ -62,7 +62,7 @@ class Baseline(nn.Module):
         [0.25, 0.25, 0.25]
     """
 
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # the real signature for help() and IDEs (nn.Module's is (*args, **kwargs))
         super().__init__()
 
     def check(self, dist: Distribution, n: int) -> None:

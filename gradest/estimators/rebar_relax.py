@@ -536,5 +536,3 @@ class RELAX(Estimator):
         term = _learned_correction(leaf(draw.dist), draw.free, draw.hard, f, c_z, c_tilde, params)
         return term.to(cost.dtype).unsqueeze(0)
 
-    def extra_repr(self) -> str:
-        return ""

@@ -97,8 +97,6 @@ class ScoreFunction(Estimator):
             return None
         return self.baseline.term(draw, cost, draw.box)
 
-    def extra_repr(self) -> str:
-        return ""
 
 
 @register_default(lambda dist: not dist.has_rsample)

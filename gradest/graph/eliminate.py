@@ -49,7 +49,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Factor", "eliminate", "chain_total", "chain_forward", "chain_expectation", "order", "BudgetError"]
+__all__ = ["Factor", "eliminate", "chain_total", "chain_forward", "chain_expectation", "order", "BudgetError",
+           "plate"]
 
 
 class BudgetError(ValueError):
@@ -66,7 +67,8 @@ class Factor:
     r: Tensor | None
 
 
-def _plate(f: Factor) -> torch.Size:
+def plate(f: Factor) -> torch.Size:
+    """A factor's plate: the dims before its labels."""
     t = f.log if f.log is not None else f.r
     assert t is not None
     return t.shape[: t.dim() - len(f.labels)]
@@ -90,7 +92,7 @@ def _aligned(t: Tensor, labels: tuple[int, ...], union: tuple[int, ...], plate_d
 
 def combine(factors: Sequence[Factor], union: tuple[int, ...]) -> Factor:
     """The product of ``factors`` (log parts added, r parts added) over the labels ``union``."""
-    plate_dims = max(len(_plate(f)) for f in factors)
+    plate_dims = max(len(plate(f)) for f in factors)
     log: Tensor | None = None
     r: Tensor | None = None
     for f in factors:

@@ -326,13 +326,14 @@ class Graph:
         shadow_draws = {a: self._replay(name, tracked, estimator, n, a, len(copies), state)
                         for a, copies in replayed.items()}
         if estimator.eliminable and chain is not None:
-            position = chain.position(self, draw.n, depth)
+            position = chain.position(self, draw.n)
         else:
             position = self._place(depth, draw.n, estimator.shares_sample_dim)
         index = len(self.nodes)
         node = Node(name, index, dist if draw.dist is dist else draw.dist, estimator, draw, position=position,
                     parent_depth=depth, parents=frozenset(parents), ancestors=frozenset(ancestors),
-                    shadow_draws=shadow_draws, step=None if chain is None else (chain.index, chain.step))
+                    shadow_draws=shadow_draws, step=None if chain is None else (chain.index, chain.step),
+                    scope=frozenset({index}) if estimator.eliminable else frozenset(self._scope_of(parents)))
         self.nodes.append(node)
         self._names[name] = index
         self.slots[position - 1].nodes.append(index)
@@ -385,13 +386,8 @@ class Graph:
         return [self.nodes[i].name for i in sorted(ids)]
 
     def _scope_of(self, ids: Iterable[int]) -> set[int]:
-        """The enumerated nodes whose dims the tensors computed from nodes ``ids`` span: an enumerated
-        node itself; for a sampled node, those of its parents (its samples were drawn per value of them)."""
-        out: set[int] = set()
-        for i in ids:
-            node = self.nodes[i]
-            out |= {i} if node.estimator.eliminable else self._scope_of(node.parents)
-        return out
+        """The enumerated nodes whose dims the tensors computed from nodes ``ids`` span."""
+        return set().union(*(self.nodes[i].scope for i in ids))
 
     # -- markov chains and observations ---------------------------------------------------------
 
@@ -474,9 +470,10 @@ class Graph:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"Graph.observe: value={value!r} for {name!r} must be a tensor or a number (the data).")
             value = torch.as_tensor(value, dtype=torch.get_default_dtype())
-        if self.track and depends_on_nodes([value]):
+        found = depends_on_nodes([value]) if self.track else []
+        if found:
             raise ValueError(
-                f"Graph.observe: value of {name!r} depends on node(s) {[t.name for t in depends_on_nodes([value])]}; "
+                f"Graph.observe: value of {name!r} depends on node(s) {[t.name for t in found]}; "
                 "an observation is data: pass the observed tensor itself (a cost of the samples is g.cost)."
             )
         tensors = dist_tensors(dist)
@@ -524,7 +521,7 @@ class Graph:
         scope = self._scope_of(direct)
         replayed = shadows_of([value])
         value = plain(value)
-        check_cost("Graph.cost", value, tuple(value.shape), f"cost {name!r}")
+        check_cost("Graph.cost", value, None, f"cost {name!r}")
         if not deps and depends_on is None and self.track:
             if not value.requires_grad:
                 raise ValueError(
@@ -695,7 +692,7 @@ class _Chain:
         self.step, self.lane = 0, 0
         self.positions: dict[tuple[int, int, int], int] = {}  # (step mod (history+1), lane, size) -> position
 
-    def position(self, graph: Graph, size: int, depth: int) -> int:
+    def position(self, graph: Graph, size: int) -> int:
         """The position of the next enumerated node of this step (a fresh one the first time round)."""
         key = (self.step % (self.history + 1), self.lane, size)
         self.lane += 1
