@@ -239,8 +239,24 @@ class Graph:
         (``Enumerate``: the support along the leading dim; with singleton dims inserted when the node
         needs a fresh sample dimension).
 
-        ``depends_on`` names the nodes whose samples ``dist``'s parameters were computed from; by
-        default the graph finds them (``track=True``) or takes every earlier node (``track=False``).
+        Args:
+            name: the node's name, unique in the graph (errors and ``depends_on=`` use it).
+            dist: its distribution, built from parameters and earlier samples (their sample dims first).
+            estimator: its rule; None takes the registered default (``Pathwise()`` with ``rsample``, else
+                ``ScoreFunction(LeaveOneOut())`` for n > 1). ``Enumerate()`` nodes are summed out by
+                ``loss()``; an ``Enumerate(fallback=...)`` node whose factor exceeds the budget is drawn by
+                the fallback.
+            n: samples per batch element (ignored by ``Enumerate``, which takes the support).
+            depends_on: the nodes whose samples ``dist``'s parameters were computed from; by default the
+                graph finds them (``track=True``) or takes every earlier node (``track=False``).
+
+        Raises:
+            TypeError: name is not a str; dist is not a Distribution; n is not an int.
+            ValueError: a repeated name; dist's batch shape does not lead with its parents' sample dims;
+                an enumerated factor over ``enumerate_budget`` without a fallback; a chain node drawn
+                from a node more than ``history`` steps back; the rule's own checks (non-finite
+                parameters, unsupported families, ...).
+            NotImplementedError: nodes with auxiliary points nested, or one in a ``track=False`` graph.
         """
         where = "sample"
         self._open(where)
@@ -459,7 +475,23 @@ class Graph:
         Raises:
             TypeError: dist is not a Distribution, value is not a tensor or number.
             ValueError: value depends on a node; its log-probability has the wrong shape for the nodes
-                it depends on; NaN or +inf log-probabilities (while validation is on).
+                it depends on, or combines the batch elements of an enumerated node; a pathwise or
+                relaxed node reached only through operations without a derivative. NaN or +inf
+                log-probabilities are reported by ``loss()`` (while validation is on).
+
+        Example:
+            >>> import torch, gradest
+            >>> from torch.distributions import Categorical, Normal
+            >>> weights = torch.zeros(2, requires_grad=True)       # a two-component mixture
+            >>> locs = torch.tensor([-1.0, 1.0], requires_grad=True)
+            >>> y = torch.tensor([0.9, 1.2, -1.1])
+            >>> with gradest.Graph() as g:
+            ...     k = g.sample("k", Categorical(logits=weights.expand(3, 2)), gradest.Enumerate())
+            ...     g.observe("y", Normal(locs[k], 1.0), y)
+            >>> loss = g.loss()   # −Σ_i log Σ_k p(k) N(y_i; locs[k], 1)
+            >>> per_k = Normal(locs, 1.0).log_prob(y[:, None]) + torch.log_softmax(weights, -1)
+            >>> torch.allclose(loss, -torch.logsumexp(per_k, -1).sum())
+            True
         """
         where = "observe"
         self._open(where)
@@ -501,9 +533,20 @@ class Graph:
     def cost(self, value: Tensor, name: str | None = None, *, depends_on: str | Iterable[str] | None = None) -> None:
         """Add a cost: any tensor computed from samples and parameters (see the class docstring).
 
-        ``depends_on`` names the nodes whose samples ``value`` was computed from (their ancestors are
-        added; ``()`` for none); by default the graph finds them (``track=True``) or takes every node
-        (``track=False``).
+        Args:
+            value: ``[*sample dims of the nodes it depends on, *batch]``, floating point.
+            name: a name for errors (default ``"cost<i>"``).
+            depends_on: the nodes whose samples ``value`` was computed from (their ancestors are added;
+                ``()`` for none); by default the graph finds them (``track=True``) or takes every node
+                (``track=False``).
+
+        Raises:
+            TypeError: value is not a floating tensor.
+            ValueError: NaN or ±inf values (while validation is on); a shape whose sample or batch dims
+                do not line up with the nodes it depends on; a span of enumerated values over the
+                budget; a cost that depends on no node and carries no gradient, or may have been rebuilt
+                from Python values (unless ``depends_on=()``); a pathwise or relaxed node reached only
+                through operations without a derivative.
         """
         where = "cost"
         self._open(where)
