@@ -161,7 +161,8 @@ class Graph:
         self.costs: list[Cost] = []
         self.observes: list[Cost] = []  # log-probabilities of observations, with their dependencies
         self._scope = Scope()
-        self._names: dict[str, int] = {}
+        self._names: dict[str, int] = {}  # node name -> index
+        self._observed: set[str] = set()  # the observations' names
         self._chains: list[_Chain] = []  # the open markov contexts, innermost last
         self._chain_count = 0
         self._loss: tuple[tuple[int, int, int], Tensor] | None = None  # (sizes when built, the loss)
@@ -221,7 +222,17 @@ class Graph:
     def _dependencies(self, tensors: list[Tensor], depends_on: object, where: str) -> set[int]:
         """The nodes that ``tensors`` depend on: as declared, found (``track=True``), or all so far."""
         if depends_on is not None:
-            return self._declared(depends_on, where)
+            declared = self._declared(depends_on, where)
+            if self.track:  # the tracker knows better: a declaration that leaves out a node is refused
+                covered = declared.union(*(self.nodes[i].ancestors | self.nodes[i].scope for i in declared))
+                missed = self._node_ids(depends_on_nodes(tensors), where) - covered
+                if missed:
+                    raise ValueError(
+                        f"Graph.{where}: depends_on={depends_on!r} leaves out node(s) {self._names_of(missed)}, "
+                        "which the tensors were computed from; name them too, or leave depends_on out in a "
+                        "tracked graph (it finds the dependencies itself)."
+                    )
+            return declared
         if not self.track:
             return set(range(len(self.nodes)))
         return self._node_ids(depends_on_nodes(tensors), where)
@@ -262,9 +273,10 @@ class Graph:
         self._open(where)
         if not isinstance(name, str):
             raise TypeError(f"Graph.sample: name={name!r} must be a str.")
-        if name in self._names:
+        if name in self._names or name in self._observed:
             raise ValueError(
-                f"Graph.sample: name={name!r} is already a node of this graph; give each node its own name."
+                f"Graph.sample: name={name!r} is already a node or an observation of this graph; give each its "
+                "own name."
             )
         dist = check_distribution("Graph.sample", dist)
         n = check_n("Graph.sample", n)
@@ -302,15 +314,6 @@ class Graph:
         chain = self._chains[-1] if self._chains else None
         if estimator.eliminable:
             scope = self._scope_of(parents)
-            for a in scope:
-                step = self.nodes[a].step
-                if chain is not None and step is not None and step[0] == chain.index \
-                        and step[1] < chain.step - chain.history:
-                    raise ValueError(
-                        f"Graph.sample: node {name!r} (step {chain.step} of Graph.markov(history={chain.history})) "
-                        f"is drawn from a distribution computed from node {self.nodes[a].name!r} of step "
-                        f"{step[1]}, more than history={chain.history} steps back; raise history."
-                    )
             limit = support_size(dist) * math.prod(self.nodes[a].size for a in scope)
             estimator = estimator.delegate(dist, n, too_large=limit > self.enumerate_budget)
             if estimator.eliminable and limit > self.enumerate_budget:
@@ -320,6 +323,15 @@ class Graph:
                     f"enumerate_budget={self.enumerate_budget}; raise Graph(enumerate_budget=...), or name a "
                     "sampling estimator for such nodes: Enumerate(fallback=ScoreFunction(LeaveOneOut()))."
                 )
+            for a in scope if estimator.eliminable else ():  # (a sampled node takes no recycled position)
+                step = self.nodes[a].step
+                if chain is not None and step is not None and step[0] == chain.index \
+                        and step[1] < chain.step - chain.history:
+                    raise ValueError(
+                        f"Graph.sample: node {name!r} (step {chain.step} of Graph.markov(history={chain.history})) "
+                        f"is drawn from a distribution computed from node {self.nodes[a].name!r} of step "
+                        f"{step[1]}, more than history={chain.history} steps back; raise history."
+                    )
         else:
             estimator = estimator.delegate(dist, n)
         rule = type(estimator).__name__
@@ -497,27 +509,48 @@ class Graph:
         self._open(where)
         if not isinstance(name, str):
             raise TypeError(f"Graph.observe: name={name!r} must be a str.")
+        if name in self._names or name in self._observed:
+            raise ValueError(
+                f"Graph.observe: name={name!r} is already a node or an observation of this graph; give each its "
+                "own name."
+            )
         dist = check_distribution("Graph.observe", dist)
+        tensors = dist_tensors(dist)
         if not isinstance(value, Tensor):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"Graph.observe: value={value!r} for {name!r} must be a tensor or a number (the data).")
-            value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+            floating = [t.dtype for t in tensors if t.is_floating_point()]
+            value = torch.as_tensor(value, dtype=floating[0] if floating else torch.get_default_dtype())
         found = depends_on_nodes([value]) if self.track else []
         if found:
             raise ValueError(
                 f"Graph.observe: value of {name!r} depends on node(s) {[t.name for t in found]}; "
                 "an observation is data: pass the observed tensor itself (a cost of the samples is g.cost)."
             )
-        tensors = dist_tensors(dist)
         direct = self._dependencies(tensors, depends_on, where)
-        if not shadows_of(tensors) and any(isinstance(t, Provenance) for t in tensors):
-            dist = _plain_dist(dist)  # replayed computations need the tracked distribution; others a plain one
-        log_prob = dist.log_prob(plain(value))
-        replayed = shadows_of([log_prob])
         deps = set(direct)
         for i in direct:
             deps |= self.nodes[i].ancestors
         depth = max([0] + [self.nodes[i].dims for i in deps])
+        extra = value.dim() - len(dist.event_shape) - (len(dist.batch_shape) - depth)
+        if extra > 0 and any(size != 1 for size in value.shape[:extra]):
+            raise ValueError(
+                f"Graph.observe: value of {name!r} has shape {tuple(value.shape)}, whose leading dims would line "
+                f"up with the sample dims of nodes {self._names_of(deps)} (dist's batch_shape "
+                f"{tuple(dist.batch_shape)} has {depth} of them first): data cannot vary with a latent state. "
+                "Give dist the data's batch dims after the sample dims (e.g. Normal(locs[z].unsqueeze(-1), 1.0) "
+                "for data of shape [N]), or make the data one event with Independent(...)."
+            )
+        if not shadows_of(tensors) and any(isinstance(t, Provenance) for t in tensors):
+            dist = _plain_dist(dist)  # replayed computations need the tracked distribution; others a plain one
+        try:
+            log_prob = dist.log_prob(plain(value))
+        except ValueError as err:  # torch's validation: a value outside the support
+            raise ValueError(
+                f"Graph.observe: value of {name!r} is not in the support of dist={describe(dist)} ({err}); check "
+                "the data (its range and dtype) or the distribution."
+            ) from err
+        replayed = shadows_of([log_prob])
         log_prob = plain(log_prob)
         self._check_layout("Graph.observe", f"log-probability of {name!r}", log_prob.shape, depth, deps,
                            self._scope_of(direct), "build dist from the samples without reducing their sample dims")
@@ -527,6 +560,7 @@ class Graph:
         self.observes.append(self._differentiable("Graph.observe", f"log-probability of {name!r}",
                                                   Cost(log_prob, name, frozenset(deps), depth, auxiliary,
                                                        direct=frozenset(direct))))
+        self._observed.add(name)
 
     # -- costs -----------------------------------------------------------------------------------
 

@@ -72,6 +72,7 @@ def _quadrature(n: int = 60) -> tuple[Tensor, Tensor]:
 # =====================================================================================================
 
 
+@pytest.mark.xfail(strict=True, reason="PENDING: attack finding, fix in progress")
 def test_two_enumerated_nodes_per_step_one_without_a_transition_of_its_own() -> None:
     """FINDING. A markov step with two enumerated nodes, z_t | z_{t−1} and e_t | z_t (a per-step
     mixture component), and T >= 3: the chain engine flattens the previous step's lanes, but e_{t−1}
@@ -98,6 +99,7 @@ def test_two_enumerated_nodes_per_step_one_without_a_transition_of_its_own() -> 
     _same(loss, _brute_minus_log_p([k] * length + [2] * length, log_joint), (init, trans, locs, emit))
 
 
+@pytest.mark.xfail(strict=True, reason="PENDING: attack finding, fix in progress")
 def test_an_enumerated_node_shared_by_a_batch_of_observations() -> None:
     """FINDING (silent wrong value). One enumerated z (no batch dims) and a batch of i.i.d. observations
     y_b | z: the class docstring says a factor with more batch dims than a node is credited to all its
@@ -114,6 +116,7 @@ def test_an_enumerated_node_shared_by_a_batch_of_observations() -> None:
     _same(g.loss(), exact, (init, locs))
 
 
+@pytest.mark.xfail(strict=True, reason="PENDING: attack finding, fix in progress")
 def test_an_hmm_with_several_emissions_per_step_as_a_batch() -> None:
     """FINDING (silent wrong value). The same in a chain: y_t has M coordinates, observed as a batch
     [M] (the natural way to write a multivariate emission). Each coordinate is treated as its own copy
@@ -130,6 +133,7 @@ def test_an_hmm_with_several_emissions_per_step_as_a_batch() -> None:
     _same(g.loss(), exact, (init, trans, locs))
 
 
+@pytest.mark.xfail(strict=True, reason="PENDING: attack finding, fix in progress")
 def test_a_shared_first_state_feeding_a_batch_of_chains() -> None:
     """FINDING (silent wrong value). z_0 has no batch dims; B chains continue from it (transition
     tables [B, K, K]). Expected costs: the chain engine adds z_0's cost once per chain (B times:
@@ -157,6 +161,7 @@ def test_a_shared_first_state_feeding_a_batch_of_chains() -> None:
     _same(g.loss(), exact, (init, trans))
 
 
+@pytest.mark.xfail(strict=True, reason="PENDING: attack finding, fix in progress")
 @pytest.mark.parametrize("observed", [False, True])
 def test_probabilities_of_exactly_zero_have_the_exact_gradient_in_a_graph(observed: bool) -> None:
     """FINDING (silent wrong gradient). Enumerate's docstring: "Probabilities of exactly 0 or 1 are fine:
@@ -175,6 +180,7 @@ def test_probabilities_of_exactly_zero_have_the_exact_gradient_in_a_graph(observ
     _same(g.loss(), exact, (probs,))
 
 
+@pytest.mark.xfail(strict=True, reason="PENDING: attack finding, fix in progress")
 def test_many_enumerated_nodes_without_markov_are_an_error_naming_markov() -> None:
     """FINDING (unhelpful crash). A chain of 70 enumerated nodes written without Graph.markov: each node
     gets a fresh sample dim, and at ~64 torch raises "only tensors with up to 64 dims are supported"
@@ -188,6 +194,7 @@ def test_many_enumerated_nodes_without_markov_are_an_error_naming_markov() -> No
             g.cost(trans.detach()[0][z])
 
 
+@pytest.mark.xfail(strict=True, reason="PENDING: attack finding, fix in progress")
 def test_many_markov_loops_do_not_exhaust_the_sample_dims() -> None:
     """FINDING (unhelpful crash). 40 independent sequences, each its own inner Graph.markov inside an
     outer Graph.markov (pyro.markov nests like this): every inner chain takes two fresh sample
@@ -212,6 +219,7 @@ def test_many_markov_loops_do_not_exhaust_the_sample_dims() -> None:
     _same(loss, exact, (init, trans, locs))
 
 
+@pytest.mark.xfail(strict=True, reason="PENDING: attack finding, fix in progress")
 def test_a_history_2_chain_is_not_eliminated_as_a_general_factor_graph(monkeypatch: pytest.MonkeyPatch) -> None:
     """FINDING (time blow-up). A Graph.markov(history=2) chain is not a chain to `_chain` (a factor spans
     three steps), so loss() hands all T nodes to greedy min-fill, whose ordering is O(T²) in Python:
@@ -274,6 +282,7 @@ def test_enumerate_fallback_applies_when_the_factor_exceeds_the_graph_budget() -
     assert bool(torch.isfinite(flat_grads(g.loss(), (init, trans, locs))).all())
 
 
+@pytest.mark.xfail(strict=True, reason="PENDING: attack finding, fix in progress")
 def test_an_enumerated_node_below_a_sampled_node_below_an_enumerated_one() -> None:
     """FINDING (crash). z1 (enumerated) -> x | z1 (pathwise) -> z2 | x (enumerated, Bernoulli(logits=x)) ->
     cost(z2, z1): `compose.terms` raises KeyError: 1 (x's weight was excluded as 'inside' z1's component,

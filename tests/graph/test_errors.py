@@ -37,7 +37,7 @@ def test_enumerate_budget_must_be_an_int(budget) -> None:
 def test_node_name_used_twice() -> None:
     with Graph() as g:
         g.sample("z", Categorical(logits=_logits()))
-        with pytest.raises(ValueError, match="name='z' is already a node of this graph"):
+        with pytest.raises(ValueError, match="name='z' is already a node or an observation of this graph"):
             g.sample("z", Normal(0.0, 1.0))
 
 
