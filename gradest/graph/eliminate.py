@@ -42,15 +42,17 @@ References:
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 __all__ = ["Factor", "eliminate", "chain_total", "chain_forward", "chain_expectation", "order", "BudgetError",
-           "plate"]
+           "plate", "reduce_plates"]
 
 
 class BudgetError(ValueError):
@@ -125,43 +127,92 @@ def sum_out(f: Factor, v: int) -> Factor:
     return Factor(labels, log, (weights * r).sum(dim))
 
 
-def order(scopes: Sequence[tuple[int, ...]], sizes: dict[int, int], variables: Sequence[int]) -> list[int]:
+def reduce_plates(f: Factor, inside: Mapping[int, frozenset[int]], plates: Sequence[int]) -> Factor:
+    """``f`` with each of the batch ``plates`` along which it varies but none of its labels does (every
+    label is a variable shared by the plate's copies, outside it) replaced by the product of its copies
+    (log parts summed, r parts summed): what a variable outside a plate sees of the factors inside it.
+    A factor without labels keeps its plates (independent copies, reduced by the caller)."""
+    if not f.labels:
+        return f
+    t = f.log if f.log is not None else f.r
+    assert t is not None
+    dims = [d for d in plates if t.shape[d] > 1 and not any(d in inside.get(u, ()) for u in f.labels)]
+    if not dims:
+        return f
+    return Factor(f.labels, None if f.log is None else f.log.sum(dims, keepdim=True),
+                  None if f.r is None else f.r.sum(dims, keepdim=True))
+
+
+def order(scopes: Sequence[tuple[int, ...]], sizes: dict[int, int], variables: Sequence[int],
+          inside: Mapping[int, frozenset[int]] | None = None) -> list[int]:
     """A greedy min-fill elimination order: repeatedly the variable whose elimination creates the
-    smallest factor (ties: fewest new edges, then the given order)."""
+    smallest factor (ties: fewest new edges, then the given order); variables inside more plates first
+    (a variable shared by a plate's copies is summed out after the variables within them). A heap with
+    lazy updates: after each elimination only the neighbours' keys change, so a chain costs O(T log T)."""
+    inside = inside or {}
     neighbours: dict[int, set[int]] = {v: set() for v in variables}
     for scope in scopes:
         for v in scope:
             neighbours[v].update(u for u in scope if u != v)
-    remaining = list(variables)
-    out = []
-    while remaining:
-        def cost(v: int) -> tuple[int, int, int]:
-            nb = neighbours[v]
-            size = math.prod(sizes[u] for u in nb | {v})
-            fill = sum(1 for a in nb for b in nb if a < b and b not in neighbours[a])
-            return size, fill, remaining.index(v)
+    rank = {v: i for i, v in enumerate(variables)}
 
-        v = min(remaining, key=cost)
+    def key(v: int) -> tuple[int, int, int, int]:
+        nb = neighbours[v]
+        size = math.prod(sizes[u] for u in nb | {v})
+        fill = sum(1 for a in nb for b in nb if a < b and b not in neighbours[a])
+        return -len(inside.get(v, ())), size, fill, rank[v]
+
+    heap = [(key(v), v) for v in variables]
+    heapq.heapify(heap)
+    out: list[int] = []
+    while heap:
+        k, v = heapq.heappop(heap)
+        if v not in neighbours or k != key(v):  # eliminated, or a stale key
+            continue
         nb = neighbours.pop(v)
         for a in nb:
             neighbours[a].discard(v)
             neighbours[a].update(b for b in nb if b != a)
-        remaining.remove(v)
+        for a in {a for u in nb for a in neighbours[u] | {u}}:  # keys that may have changed
+            heapq.heappush(heap, (key(a), a))
         out.append(v)
     return out
 
 
 def eliminate(factors: Sequence[Factor], sizes: dict[int, int], *, budget: int,
-              names: dict[int, str] | None = None) -> Factor:
+              names: dict[int, str] | None = None, inside: Mapping[int, frozenset[int]] | None = None,
+              plates: Sequence[int] = ()) -> Factor:
     """Sum every labelled variable out of ``factors``; the result has no labels.
+
+    ``inside`` gives, for each variable, the batch ``plates`` (plate dims) within which it has its own
+    copies; a factor that varies along a plate that none of its variables is inside is reduced to the
+    product of its copies before those variables are summed out (tensor variable elimination).
 
     Raises:
         BudgetError: an intermediate factor would span more than ``budget`` joint values.
+        NotImplementedError: a variable shared by a plate's copies meets, in one factor, a variable
+            within the plate that cannot be summed out first.
     """
-    factors = list(factors)
-    variables = sorted({v for f in factors for v in f.labels})
-    for v in order([f.labels for f in factors], sizes, variables):
-        touching = [f for f in factors if v in f.labels]
+    inside = inside or {}
+    store: dict[int, Factor] = {}  # the current factors, by id
+    by_label: dict[int, set[int]] = {}  # variable -> the ids of the factors over it
+    ids = itertools.count()
+
+    def add(f: Factor) -> None:
+        i = next(ids)
+        store[i] = f = reduce_plates(f, inside, plates)
+        for u in f.labels:
+            by_label.setdefault(u, set()).add(i)
+
+    for f in factors:
+        add(f)
+    for v in order([f.labels for f in factors], sizes, sorted(by_label), inside):
+        found = sorted(by_label.pop(v))
+        touching = [store.pop(i) for i in found]
+        for i, f in zip(found, touching):
+            for u in f.labels:
+                if u != v:
+                    by_label[u].discard(i)
         union = tuple(sorted({u for f in touching for u in f.labels}))
         size = math.prod(sizes[u] for u in union)
         if size > budget:
@@ -170,9 +221,18 @@ def eliminate(factors: Sequence[Factor], sizes: dict[int, int], *, budget: int,
                 f"eliminating {label[union.index(v)]!r} needs a factor over {label} of {size} joint values, over "
                 f"the budget of {budget}"
             )
-        factors = [f for f in factors if v not in f.labels] + [sum_out(combine(touching, union), v)]
-    return combine(factors, ()) if len(factors) > 1 else factors[0]
-
+        combined = combine(touching, union)
+        t = combined.log if combined.log is not None else combined.r
+        assert t is not None
+        if any(t.shape[d] > 1 for d in plates if d not in inside.get(v, ())):
+            name = names.get(v, str(v)) if names else str(v)
+            raise NotImplementedError(
+                f"eliminating {name!r}: it is shared by the copies of a plate (batch dim) that another variable in "
+                "the same factor has its own copies along; such nested plates are not supported"
+            )
+        add(sum_out(combined, v))
+    rest = [store[i] for i in sorted(store)]
+    return combine(rest, ()) if len(rest) > 1 else rest[0]
 
 
 def _logsumexp(x: Tensor, dim: int) -> Tensor:
@@ -194,15 +254,20 @@ def _log_matmul(a: Tensor, b: Tensor) -> Tensor:
     return _logsumexp(a.unsqueeze(-1) + b.unsqueeze(-3), -2)
 
 
-def chain_total(first: Tensor, pairs: Tensor) -> Tensor:
+def chain_total(first: Tensor, pairs: Tensor, shared: Sequence[int] = ()) -> Tensor:
     """log Z of a Markov chain: ``first`` ``[*plate, S]`` the first state's log weights, ``pairs``
     ``[T, *plate, S, S]`` each step's log weights over (state t, state t + 1); a balanced tree of
-    log-semiring matrix products, O(T·S³) work in O(log T) steps. Returns ``[*plate]``."""
+    log-semiring matrix products, O(T·S³) work in O(log T) steps. ``shared``: plate dims along which the
+    later states have copies but the first state has one value (the copies' messages to it multiply).
+    Returns ``[*plate]``."""
     log = pairs
     while log.shape[0] > 1:
         half = log.shape[0] // 2
         merged = _log_matmul(log[: 2 * half : 2], log[1 : 2 * half : 2])
         log = torch.cat([merged, log[2 * half :]], 0) if log.shape[0] % 2 else merged
+    if shared:
+        message = _logsumexp(log[0], -1).sum(tuple(shared), keepdim=True)  # [*plate, S] into the first state
+        return _logsumexp(first + message, -1)
     return _logsumexp((first.unsqueeze(-1) + log[0]).flatten(-2), -1)
 
 
@@ -223,12 +288,14 @@ def chain_forward(first: Tensor, pairs: Tensor) -> Tensor:
     return torch.cat([first.unsqueeze(0).expand(1, *later.shape[1:]), later[:-1]], 0)
 
 
-def chain_expectation(first: Factor, pairs: tuple[Tensor, Tensor | None]) -> Tensor:
+def chain_expectation(first: Factor, pairs: tuple[Tensor, Tensor | None], shared: Sequence[int] = ()) -> Tensor:
     """Σ of the expected costs along a chain whose log parts are conditional probabilities (so the
     forward messages are log marginals): Σ_s p(s_0) r_0(s_0) + Σ_t Σ_{j,k} p(s_{t−1} = j, s_t = k) r_t(j, k).
 
     Each step's costs are weighted by the marginals of the steps up to it only, so a cost never reaches
-    a later step's parameters, even by rounding. Returns ``[*plate]``.
+    a later step's parameters, even by rounding. ``shared``: plate dims along which the later states
+    have copies but the first has one value (its costs are counted once, the copies' costs summed).
+    Returns ``[*plate]``.
     """
     log, r = pairs
     assert first.log is not None
@@ -238,5 +305,6 @@ def chain_expectation(first: Factor, pairs: tuple[Tensor, Tensor | None]) -> Ten
         total = (torch.exp(first.log) * first.r).sum(-1)
     if r is not None:
         joint = torch.exp(alpha.unsqueeze(-1) + log)  # [T, *plate, S, S]: p(s_{t-1}, s_t)
-        total = total + (joint * r).sum((-2, -1)).sum(0)
+        later = (joint * r).sum((-2, -1)).sum(0)
+        total = total + (later.sum(tuple(shared), keepdim=True) if shared else later)
     return total

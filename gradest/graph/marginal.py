@@ -43,6 +43,7 @@ from gradest.graph.eliminate import (
     combine,
     eliminate,
     plate,
+    reduce_plates,
 )
 
 __all__ = ["marginalise"]
@@ -182,22 +183,29 @@ def _component(nodes: list[Node], slots: list[Slot], comp: list[int], comp_inner
         return Factor(labels_t, f, None) if is_log else Factor(labels_t, None, f)
 
     weights_f = [factor(e, True) for e in logs]
+    # The batch dims are plates: a node has its own copies along those where its own factor varies
+    # ("inside"); a factor varying along a plate none of its nodes is inside is the product of its copies.
+    width = weights_f[0].log.dim() - len(weights_f[0].labels)  # type: ignore[union-attr]
+    plates = range(width - batch_rank, width)
+    inside = {e: frozenset(d for d in plates if weights_f[k].log.shape[d] > 1)  # type: ignore[union-attr]
+              for k, e in enumerate(comp)}
+    weights_f = [reduce_plates(f, inside, plates) for f in weights_f]
     if observed:  # one term: −log Z, credited to every sampled node outside it that it depends on
         outer = frozenset().union(*(e[3] for e in logs))
-        chained = _chain(nodes, comp, weights_f)
+        chained = _chain(nodes, comp, weights_f, inside)
         if chained is not None:
-            first, (pair_log, _) = chained
+            first, (pair_log, _), shared = chained
             assert first.log is not None
-            log_z = chain_total(first.log, pair_log)
+            log_z = chain_total(first.log, pair_log, shared)
         else:
-            log_z = _eliminate(nodes, comp, weights_f, budget).log  # type: ignore[assignment]
+            log_z = _eliminate(nodes, comp, weights_f, budget, inside, plates).log  # type: ignore[assignment]
         assert log_z is not None
         return [_term(nodes, slots, -log_z, depth, enum_positions, outer, inner,
                       "-log p(" + ", ".join(c.name for c in observed) + ")")]
     # Costs: each is credited to exactly the nodes it depends on — the sampled ones outside (its own
     # and those of the enumerated nodes above it) and the enumerated ones above it, whose factors alone
     # enter its expectation (a later node's normalisation never reaches it, not even by rounding).
-    chained = _chain(nodes, comp, weights_f + [factor(e, False) for e in additive])
+    chained = _chain(nodes, comp, weights_f + [factor(e, False) for e in additive], inside)
     parents = {e: scope_of_parents(nodes, scope, e) for e in comp} if chained is None else {}
     groups: dict[tuple[frozenset[int], frozenset[int] | None], list[int]] = defaultdict(list)
     for k, entry in enumerate(additive):
@@ -209,12 +217,12 @@ def _component(nodes: list[Node], slots: list[Slot], comp: list[int], comp_inner
         costs_f = [factor(additive[k], False) for k in members_k]
         label = "E[" + ", ".join(additive[k][4] for k in members_k) + "]"
         if chained is not None:
-            first, (pair_log, pair_r) = _chain(nodes, comp, weights_f + costs_f)  # type: ignore[misc]
-            value = chain_expectation(first, (pair_log, pair_r))
+            first, (pair_log, pair_r), shared = _chain(nodes, comp, weights_f + costs_f, inside)  # type: ignore[misc]
+            value = chain_expectation(first, (pair_log, pair_r), shared)
         else:
             assert closed is not None
             kept = [f for f, e in zip(weights_f, logs) if e[2] <= closed]
-            result = _eliminate(nodes, sorted(closed), kept + costs_f, budget)
+            result = _eliminate(nodes, sorted(closed), kept + costs_f, budget, inside, plates)
             value = result.r if result.r is not None else torch.zeros_like(result.log)  # type: ignore[arg-type]
         out.append(_term(nodes, slots, value, depth, enum_positions, outer, inner, label))
     return out
@@ -231,11 +239,12 @@ def _closure(labels: frozenset[int], parents: dict[int, frozenset[int]]) -> froz
     return frozenset(out)
 
 
-def _eliminate(nodes: list[Node], comp: list[int], factors: list[Factor], budget: int) -> Factor:
+def _eliminate(nodes: list[Node], comp: list[int], factors: list[Factor], budget: int,
+               inside: dict[int, frozenset[int]], plates: range) -> Factor:
     """``factors`` with every enumerated node of ``comp`` summed out (greedy min-fill order)."""
     try:
         return eliminate(factors, {e: nodes[e].size for e in comp}, budget=budget,
-                         names={e: nodes[e].name for e in comp})
+                         names={e: nodes[e].name for e in comp}, inside=inside, plates=plates)
     except BudgetError as err:
         raise ValueError(
             f"Graph.loss: {err} (enumerate_budget); raise Graph(enumerate_budget=...), declare the chain structure "
@@ -312,16 +321,17 @@ def _graph_layout(value: Tensor, depth: int, enum_positions: set[int]) -> Tensor
     return value
 
 
-def _chain(nodes: list[Node], comp: list[int], factors: list[Factor]
-           ) -> tuple[Factor, tuple[Tensor, Tensor | None]] | None:
-    """The component's factors as a chain of ``Graph.markov`` steps: the first state's factor ``[*plate, S]``
-    and the stacked pair factors ``[T, *plate, S, S]`` (log, r); None when it is not a chain.
+def _chain(nodes: list[Node], comp: list[int], factors: list[Factor], inside: dict[int, frozenset[int]]
+           ) -> tuple[Factor, tuple[Tensor, Tensor | None], tuple[int, ...]] | None:
+    """The component's factors as a chain of ``Graph.markov`` steps: the first state's factor ``[*plate, S]``,
+    the stacked pair factors ``[T, *plate, S, S]`` (log, r), and the plates the first state is shared by
+    (the later states have copies along them); None when it is not a chain.
 
     The enumerated nodes group into states (a markov step's nodes, or a node drawn outside a chain);
-    it is a chain when every factor spans one state or two consecutive ones and every state after the
-    first has the same sizes. Each step's factors are summed into one pair factor ``[*plate, S, S]``;
-    factors of the same role at every step are stacked first, so the work is a few tensor operations
-    whatever the length.
+    it is a chain when every factor spans one state or two consecutive ones, every state has the same
+    sizes, and every state after the first is inside the same plates (the first inside some of them).
+    Each step's factors are summed into one pair factor ``[*plate, S, S]``; factors of the same role at
+    every step are stacked first, so the work is a few tensor operations whatever the length.
     """
     keys: dict[int, object] = {e: nodes[e].step if nodes[e].step is not None else ("node", e) for e in comp}
     order: list[object] = list(dict.fromkeys(keys[e] for e in comp))  # the states, in creation order
@@ -333,6 +343,9 @@ def _chain(nodes: list[Node], comp: list[int], factors: list[Factor]
         lanes[keys[e]].append(e)
     shapes = [tuple(nodes[e].size for e in lanes[k]) for k in order]
     if any(s != shapes[0] for s in shapes[1:]):  # (a first state of another size: the general order)
+        return None
+    within = [frozenset().union(*(inside[e] for e in lanes[k])) for k in order]
+    if any(w != within[1] for w in within[2:]) or not within[0] <= within[1]:
         return None
     per_step: list[list[Factor]] = [[] for _ in order]
     for f in factors:
@@ -376,9 +389,15 @@ def _chain(nodes: list[Node], comp: list[int], factors: list[Factor]
         plate_dims = max(len(plate(s)) for s in steps)
         pair = Factor(union, _stack([s.log for s in steps], plate_dims, union),
                       _stack([s.r for s in steps], plate_dims, union))
-    pair = _flatten_pairs(pair, prev_width, width)
+    sizes = shapes[0] + shapes[0]  # a lane no factor of a step spans (a leaf of the step before) is expanded
+    pair = _flatten_pairs(Factor(pair.labels, _full(pair.log, sizes), _full(pair.r, sizes)), prev_width, width)
     assert pair.log is not None
-    return first, (pair.log, pair.r)
+    return first, (pair.log, pair.r), tuple(sorted(within[1] - within[0]))
+
+
+def _full(t: Tensor | None, sizes: tuple[int, ...]) -> Tensor | None:
+    """``t`` ``[..., *labels]`` with each label dim expanded to its size (a missing label has size 1)."""
+    return None if t is None else t.expand(*t.shape[: t.dim() - len(sizes)], *sizes)
 
 
 def _tensor(f: Factor) -> Tensor:

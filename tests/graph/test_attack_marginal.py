@@ -72,7 +72,6 @@ def _quadrature(n: int = 60) -> tuple[Tensor, Tensor]:
 # =====================================================================================================
 
 
-@pytest.mark.xfail(strict=True, reason="PENDING: attack finding, fix in progress")
 def test_two_enumerated_nodes_per_step_one_without_a_transition_of_its_own() -> None:
     """FINDING. A markov step with two enumerated nodes, z_t | z_{t−1} and e_t | z_t (a per-step
     mixture component), and T >= 3: the chain engine flattens the previous step's lanes, but e_{t−1}
@@ -99,7 +98,6 @@ def test_two_enumerated_nodes_per_step_one_without_a_transition_of_its_own() -> 
     _same(loss, _brute_minus_log_p([k] * length + [2] * length, log_joint), (init, trans, locs, emit))
 
 
-@pytest.mark.xfail(strict=True, reason="PENDING: attack finding, fix in progress")
 def test_an_enumerated_node_shared_by_a_batch_of_observations() -> None:
     """FINDING (silent wrong value). One enumerated z (no batch dims) and a batch of i.i.d. observations
     y_b | z: the class docstring says a factor with more batch dims than a node is credited to all its
@@ -116,7 +114,6 @@ def test_an_enumerated_node_shared_by_a_batch_of_observations() -> None:
     _same(g.loss(), exact, (init, locs))
 
 
-@pytest.mark.xfail(strict=True, reason="PENDING: attack finding, fix in progress")
 def test_an_hmm_with_several_emissions_per_step_as_a_batch() -> None:
     """FINDING (silent wrong value). The same in a chain: y_t has M coordinates, observed as a batch
     [M] (the natural way to write a multivariate emission). Each coordinate is treated as its own copy
@@ -133,7 +130,6 @@ def test_an_hmm_with_several_emissions_per_step_as_a_batch() -> None:
     _same(g.loss(), exact, (init, trans, locs))
 
 
-@pytest.mark.xfail(strict=True, reason="PENDING: attack finding, fix in progress")
 def test_a_shared_first_state_feeding_a_batch_of_chains() -> None:
     """FINDING (silent wrong value). z_0 has no batch dims; B chains continue from it (transition
     tables [B, K, K]). Expected costs: the chain engine adds z_0's cost once per chain (B times:

@@ -654,3 +654,39 @@ def test_a_baseline_below_an_enumerated_node_sees_the_costs_given_its_states(mon
         g.cost(b + z.float())
     g.loss().backward()
     torch.testing.assert_close(seen[0], (b + z.float()).detach().expand_as(seen[0]))
+
+
+@pytest.mark.parametrize("markov", [True, False])
+def test_a_shared_first_state_feeding_observed_chains_equals_brute_force(markov: bool) -> None:
+    """z_0 (no batch dims) is shared by B chains (batch [B]) with observations: the chains' messages
+    multiply before z_0 is summed out, −log Σ_{z_0} p(z_0) Π_b p(y^b | z_0) (each chain summed over z_0
+    on its own before the plates were handled). Along a markov chain and in the general order."""
+    k, b, length = 2, 2, 3
+    gen = torch.Generator().manual_seed(71)
+    init, trans, locs = (torch.randn(*s, generator=gen, dtype=F64).requires_grad_() for s in ((k,), (b, k, k), (k,)))
+    y = torch.randn(length, b, generator=gen, dtype=F64)
+    rows = torch.arange(b)
+    with Graph() as g:
+        z = g.sample("z_0", Categorical(logits=init), Enumerate())
+        g.observe("y_0", Normal(locs[z].unsqueeze(-1), 1.0), y[0])  # [K, B]: z_0 shared by the B data
+        steps = g.markov(range(1, length)) if markov else range(1, length)
+        for t in steps:
+            logits = trans[:, z].movedim(0, -2) if t == 1 else trans[rows, z]
+            z = g.sample(f"z_{t}", Categorical(logits=logits), Enumerate())
+            g.observe(f"y_{t}", Normal(locs[z], 1.0), y[t])
+
+    def log_joint(s: tuple[int, ...]) -> Tensor:  # s = (z_0, z_1^0, z_1^1, z_2^0, z_2^1)
+        total = torch.log_softmax(init, -1)[s[0]] + Normal(locs[s[0]], 1.0).log_prob(y[0]).sum()
+        for chain in range(b):
+            prev = s[0]
+            for t in range(1, length):
+                cur = s[1 + (t - 1) * b + chain]
+                total = total + torch.log_softmax(trans[chain], -1)[prev, cur] + Normal(locs[cur], 1.0).log_prob(y[t, chain])
+                prev = cur
+        return total
+
+    exact = -torch.logsumexp(torch.stack([log_joint(s) for s in itertools.product(range(k), repeat=1 + (length - 1) * b)]), 0)
+    params = (init, trans, locs)
+    loss = g.loss()
+    torch.testing.assert_close(loss, exact, **TIGHT)
+    torch.testing.assert_close(_grads(loss, params), _grads(exact, params), **TIGHT)
