@@ -109,9 +109,11 @@ class Enumerate(Estimator):
     and with ``Graph.observe`` it marginalises observations inside the log (see ``Graph``).
 
     Requires: ``dist.has_enumerate_support`` (Bernoulli, Categorical, OneHotCategorical, Binomial ...),
-    with the same support for every batch element. Probabilities of exactly 0 or 1 are fine: the
-    weights are the probabilities themselves, so the gradient there is exact (the cost difference).
-    Bias: none; variance: zero.
+    with the same support for every batch element. Probabilities of exactly 0 or 1 are fine in
+    ``expectation``: the weights are the probabilities themselves, so the gradient there is exact (the
+    cost difference). A graph sums its enumerated nodes out in log space, where torch clamps log 0 and
+    that gradient is lost: there, such probabilities that require grad are refused (logits of −inf
+    mask a state exactly: its logit's gradient is 0). Bias: none; variance: zero.
 
     Args:
         budget: the largest number of support points (per batch element) to enumerate.

@@ -11,10 +11,10 @@ from typing import TypeVar
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, OneHotCategorical
+from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
 
 from gradest._validation import check_distribution, check_n, describe, is_validation_enabled
-from gradest.estimators._families import support_size
+from gradest.estimators._families import leaf, support_size
 from gradest.estimators._families import tensors as dist_tensors
 from gradest.estimators.base import Draw, Estimator
 from gradest.graph.checks import check_cost, check_differentiable, check_gradient, resolve_estimator
@@ -336,6 +336,8 @@ class Graph:
             estimator = estimator.delegate(dist, n)
         rule = type(estimator).__name__
         estimator.check(dist, n)
+        if estimator.eliminable and is_validation_enabled():
+            _refuse_clamped_probabilities(name, dist)
         if estimator.auxiliary_points and not self.track:
             raise ValueError(
                 f"Graph.sample: node {name!r} uses {rule}, which evaluates the costs at auxiliary points "
@@ -357,6 +359,15 @@ class Graph:
             position = chain.position(self, draw.n)
         else:
             position = self._place(depth, draw.n, estimator.shares_sample_dim)
+        if position > _MAX_POSITIONS:
+            self.slots.pop()
+            raise ValueError(
+                f"Graph.sample: node {name!r} would take the graph's sample dimension {position}, past "
+                f"{_MAX_POSITIONS}: each enumerated node outside Graph.markov (and each Monte Carlo node that "
+                "cannot share one) takes its own, and torch tensors have at most 64 dims (many GPU kernels 25). "
+                "Draw a chain's nodes inside Graph.markov (nested loops: a markov context for each), so that "
+                "their dimensions are reused."
+            )
         index = len(self.nodes)
         node = Node(name, index, dist if draw.dist is dist else draw.dist, estimator, draw, position=position,
                     parent_depth=depth, parents=frozenset(parents), ancestors=frozenset(ancestors),
@@ -455,12 +466,17 @@ class Graph:
             )
         if history < 1:
             raise ValueError(f"Graph.markov: history={history} must be >= 1 (1: each step depends on the last).")
-        chain = _Chain(self._chain_count, history)
+        outer = self._chains[-1] if self._chains else None
+        positions = None
+        if outer is not None:  # a nested chain reuses the positions of the one at this step's residue
+            positions = outer.nested.setdefault((outer.step % (outer.history + 1), outer.inner, history), {})
+            outer.inner += 1
+        chain = _Chain(self._chain_count, history, positions)
         self._chain_count += 1
         self._chains.append(chain)
         try:
             for step, item in enumerate(iterable):
-                chain.step, chain.lane = step, 0
+                chain.step, chain.lane, chain.inner = step, 0, 0
                 yield item
         finally:
             self._chains.remove(chain)
@@ -760,14 +776,40 @@ class Graph:
         )
 
 
+_MAX_POSITIONS = 32  # sample dims a graph may use (chains under Graph.markov reuse theirs)
+
+
+def _refuse_clamped_probabilities(name: str, dist: Distribution) -> None:
+    """An enumerated node built from probabilities of exactly 0 (or a Bernoulli's 1) that require grad:
+    the graph works with log-probabilities, which torch clamps there, losing the gradient."""
+    base = leaf(dist)
+    probs = vars(base).get("probs")
+    if probs is None or not probs.requires_grad:
+        return
+    logits = base.logits  # type: ignore[attr-defined]  # from probs: clamped (finite) where one is 0 or 1
+    edge = (probs == 0) | (probs == 1) if isinstance(base, Bernoulli) else probs == 0
+    if bool((edge & torch.isfinite(logits)).any()):
+        raise ValueError(
+            f"Graph.sample: node {name!r} is built from probs with entries of exactly 0"
+            f"{' or 1' if isinstance(base, Bernoulli) else ''} that require grad; the graph sums enumerated "
+            "nodes out in log space, where torch clamps log 0 and the gradient with respect to such a "
+            "probability is lost. Build the distribution from logits (-inf masks a state exactly), or compute "
+            "the expectation of one node with gradest.expectation(..., Enumerate())."
+        )
+
+
 class _Chain:
     """An open ``Graph.markov`` context: its step, and the sample positions its enumerated nodes reuse
-    (``history + 1`` sets of lanes, one lane per enumerated node drawn in a step)."""
+    (``history + 1`` sets of lanes, one lane per enumerated node drawn in a step). A chain opened inside
+    another one shares its positions with the chains opened at the same place of the outer steps with
+    the same residue (the outer history keeps them apart), as nested ``pyro.markov`` contexts do."""
 
-    def __init__(self, index: int, history: int) -> None:
+    def __init__(self, index: int, history: int, positions: dict[tuple[int, int, int], int] | None = None) -> None:
         self.index, self.history = index, history
-        self.step, self.lane = 0, 0
-        self.positions: dict[tuple[int, int, int], int] = {}  # (step mod (history+1), lane, size) -> position
+        self.step, self.lane, self.inner = 0, 0, 0  # inner: chains opened so far in this step
+        # (step mod (history+1), lane, size) -> position
+        self.positions: dict[tuple[int, int, int], int] = {} if positions is None else positions
+        self.nested: dict[tuple[int, int, int], dict[tuple[int, int, int], int]] = {}
 
     def position(self, graph: Graph, size: int) -> int:
         """The position of the next enumerated node of this step (a fresh one the first time round)."""

@@ -191,7 +191,7 @@ def _component(nodes: list[Node], slots: list[Slot], comp: list[int], comp_inner
               for k, e in enumerate(comp)}
     weights_f = [reduce_plates(f, inside, plates) for f in weights_f]
     if observed:  # one term: −log Z, credited to every sampled node outside it that it depends on
-        outer = frozenset().union(*(e[3] for e in logs))
+        outer = frozenset().union(*(e[3] for e in logs)) - inner
         chained = _chain(nodes, comp, weights_f, inside)
         if chained is not None:
             first, (pair_log, _), shared = chained
@@ -210,7 +210,7 @@ def _component(nodes: list[Node], slots: list[Slot], comp: list[int], comp_inner
     groups: dict[tuple[frozenset[int], frozenset[int] | None], list[int]] = defaultdict(list)
     for k, entry in enumerate(additive):
         # an enumerated node's ancestors are the sampled ones above it, through its enumerated parents too
-        outer = entry[3].union(*(nodes[e].ancestors for e in entry[2]))
+        outer = entry[3].union(*(nodes[e].ancestors for e in entry[2])) - inner
         groups[(outer, None if chained is not None else _closure(entry[2], parents))].append(k)
     out = []
     for (outer, closed), members_k in groups.items():
