@@ -11,6 +11,8 @@ is the parameters' ``.grad`` cleared, the forward pass and ``backward()`` (no op
 Implementations (``--impls``; ``rloo`` is the reference of every ratio):
 
     rloo             hand-written RLOO surrogate (raw torch: multinomial, one_hot, the surrogate by hand)
+    rloo-dist        the same, sampling and log_prob through the Independent(OneHotCategorical) gradest is
+                     given (separates the cost of torch.distributions from gradest's own)
     expectation      gradest.expectation(f, q, ScoreFunction(LeaveOneOut()), n=4)
     graph            gradest.Graph(): one node, the cost per image divided by B (the loss sums)
     graph-untracked  gradest.Graph(track=False): the same, the cost's node named with depends_on=
@@ -103,11 +105,21 @@ def rloo(model: Model, x: Tensor) -> None:
     (f + (fd - b) * (lq - lq.detach())).mean(0).mean().backward()
 
 
-ESTIMATOR = gradest.ScoreFunction(gradest.LeaveOneOut())
-
-
 def _posterior(model: Model, x: Tensor) -> Independent:
     return Independent(OneHotCategorical(logits=model.enc(x).view(-1, LATENTS, CATEGORIES)), 1)
+
+
+def rloo_dist(model: Model, x: Tensor) -> None:
+    q = _posterior(model, x)
+    z = q.sample((N,))  # [N, B, 8, 8]
+    lq = q.log_prob(z)  # [N, B]
+    f = nll(model.dec, z, x)
+    fd = f.detach()
+    b = (fd.sum(0) - fd) / (N - 1)
+    (f + (fd - b) * (lq - lq.detach())).mean(0).mean().backward()
+
+
+ESTIMATOR = gradest.ScoreFunction(gradest.LeaveOneOut())
 
 
 def expectation(model: Model, x: Tensor) -> None:
@@ -130,7 +142,8 @@ def graph_untracked(model: Model, x: Tensor) -> None:
 
 
 IMPLS: dict[str, Callable[[Model, Tensor], None]] = {
-    "rloo": rloo, "expectation": expectation, "graph": graph, "graph-untracked": graph_untracked,
+    "rloo": rloo, "rloo-dist": rloo_dist, "expectation": expectation, "graph": graph,
+    "graph-untracked": graph_untracked,
 }
 REFERENCE = "rloo"
 
