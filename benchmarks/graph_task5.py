@@ -23,12 +23,13 @@ before torch loads, ``torch.set_num_threads(1)``), interleaved: every step runs 
 the order rotated every step; 5 warm-up steps, then the median of 200. Reported: the median wall time,
 its ratio to ``rloo``, the median of the per-step ratios (the implementations of one step run back to
 back, so they share the machine's state: steadier on a loaded machine), and the ratio of median CPU
-times. torch.distributions argument validation is pinned off for all (``set_default_validate_args(False)``,
-as in task 1); gradest's own validation keeps its default (on).
+times; with ``--phases``, also the median CPU time of each phase of the two graphs. torch.distributions
+argument validation is pinned off for all (``set_default_validate_args(False)``, as in task 1);
+gradest's own validation keeps its default (on).
 
-Run (about a minute on a 2-core CPU):
+Run (5 seconds on a 2-core CPU; 15 with --phases):
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/graph_task5.py --json graph_task5.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/graph_task5.py --phases --json graph_task5.json
 """
 
 from __future__ import annotations
@@ -181,6 +182,34 @@ def run(names: list[str], steps: int = STEPS, warmup: int = WARMUP) -> dict[str,
     return out
 
 
+def phases(steps: int = 300, warmup: int = 50) -> dict[str, dict[str, float]]:
+    """Median thread CPU ms of each phase of the tracked and the untracked graph, interleaved: ``sample``,
+    the decoder and likelihood (``nll``), ``cost``, ``loss()`` and ``backward()``."""
+    model, x = make_model(), make_batch()
+    runs: dict[str, list[list[float]]] = {"graph": [], "graph-untracked": []}
+    for step in range(warmup + steps):
+        for name in (list(runs) if step % 2 else list(runs)[::-1]):
+            track = name == "graph"
+            model.zero_grad(set_to_none=True)
+            t = [time.thread_time()]
+            with gradest.Graph(track=track) as g:
+                z = g.sample("z", _posterior(model, x), ESTIMATOR, n=N)
+                t.append(time.thread_time())
+                c = nll(model.dec, z, x) / x.shape[0]
+                t.append(time.thread_time())
+                g.cost(c, name="nll", depends_on=None if track else "z")
+            t.append(time.thread_time())
+            loss = g.loss()
+            t.append(time.thread_time())
+            loss.backward()
+            t.append(time.thread_time())
+            if step >= warmup:
+                runs[name].append([b - a for a, b in zip(t, t[1:])])
+    keys = ("sample", "decoder + nll", "cost", "loss()", "backward()")
+    return {name: {k: statistics.median(r[i] for r in rows) * 1e3 for i, k in enumerate(keys)}
+            for name, rows in runs.items()}
+
+
 def table(result: dict[str, dict[str, float]]) -> str:
     lines = ["| implementation | median step (ms) | / rloo | paired / rloo | CPU time / rloo |",
              "|---|---|---|---|---|"]
@@ -194,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=STEPS, help="timed steps after the warm-up")
     p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated; rloo (the reference) always runs")
+    p.add_argument("--phases", action="store_true", help="also time the phases of the two graphs (CPU ms)")
     p.add_argument("--json", metavar="PATH", help="write the results here")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.impls.split(",") if n.strip()]
@@ -209,9 +239,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{platform.processor() or platform.machine()}")
     result = run(names, args.steps)
     print(table(result))
+    out: dict = {"torch": torch.__version__, "steps": args.steps, "impls": result}
+    if args.phases:
+        out["phases_cpu_ms"] = phases()
+        rows = out["phases_cpu_ms"]
+        keys = list(next(iter(rows.values())))
+        print("\n| phase (median CPU ms) | " + " | ".join(rows) + " |\n|---|---|---|")
+        for k in keys:
+            print(f"| {k} | " + " | ".join(f"{rows[n][k]:.3f}" for n in rows) + " |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "steps": args.steps, "impls": result}, f, indent=1)
+            json.dump(out, f, indent=1)
     return 0
 
 

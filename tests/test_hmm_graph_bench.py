@@ -130,3 +130,6 @@ def test_task5_gradest_implementations_agree_and_run():
         result = task5.run(list(task5.IMPLS), steps=2, warmup=1)
     assert result["rloo"]["ratio"] == 1.0 and all(r["median_ms"] > 0 for r in result.values())
     assert "| graph-untracked |" in task5.table(result)
+    with torch.random.fork_rng():
+        phases = task5.phases(steps=2, warmup=1)
+    assert set(phases) == {"graph", "graph-untracked"} and all(v >= 0 for p in phases.values() for v in p.values())
