@@ -138,26 +138,36 @@ def forward_scan(init: Tensor, trans: Tensor, locs: Tensor, y: Tensor) -> Tensor
     return -torch.logsumexp(alpha0[:, None] + m[0], (0, 1))
 
 
-def graph(init: Tensor, trans: Tensor, locs: Tensor, y: Tensor) -> Tensor:
-    """(b) A tracked gradest.Graph: the contract example of issue 13."""
+def tracked_chain(init: Tensor, trans: Tensor, locs: Tensor, y: Tensor) -> gradest.Graph:
+    """The contract example of issue 13, in a tracked gradest.Graph (closed, before ``loss()``)."""
     with gradest.Graph() as g:
         z = g.sample("z_0", Categorical(logits=init), gradest.Enumerate())
         g.observe("y_0", Normal(locs[z], 1.0), y[0])
         for t in g.markov(range(1, y.shape[0])):
             z = g.sample(f"z_{t}", Categorical(logits=trans[z]), gradest.Enumerate())
             g.observe(f"y_{t}", Normal(locs[z], 1.0), y[t])
-    return g.loss()
+    return g
 
 
-def graph_untracked(init: Tensor, trans: Tensor, locs: Tensor, y: Tensor) -> Tensor:
-    """(c) gradest.Graph(track=False): every sample and observe names its parents."""
+def untracked_chain(init: Tensor, trans: Tensor, locs: Tensor, y: Tensor) -> gradest.Graph:
+    """The same in gradest.Graph(track=False): every sample and observe names its parents."""
     with gradest.Graph(track=False) as g:
         z = g.sample("z_0", Categorical(logits=init), gradest.Enumerate(), depends_on=())
         g.observe("y_0", Normal(locs[z], 1.0), y[0], depends_on="z_0")
         for t in g.markov(range(1, y.shape[0])):
             z = g.sample(f"z_{t}", Categorical(logits=trans[z]), gradest.Enumerate(), depends_on=f"z_{t - 1}")
             g.observe(f"y_{t}", Normal(locs[z], 1.0), y[t], depends_on=f"z_{t}")
-    return g.loss()
+    return g
+
+
+def graph(init: Tensor, trans: Tensor, locs: Tensor, y: Tensor) -> Tensor:
+    """(b) The tracked graph's loss."""
+    return tracked_chain(init, trans, locs, y).loss()
+
+
+def graph_untracked(init: Tensor, trans: Tensor, locs: Tensor, y: Tensor) -> Tensor:
+    """(c) The untracked graph's loss."""
+    return untracked_chain(init, trans, locs, y).loss()
 
 
 def pyro_enum(init: Tensor, trans: Tensor, locs: Tensor, y: Tensor) -> Tensor:
@@ -370,35 +380,17 @@ def user_objects(init: Tensor, trans: Tensor, locs: Tensor, y: Tensor) -> Tensor
     return total
 
 
-def _phases(fn: Loss, params: tuple[Tensor, Tensor, Tensor], y: Tensor, track: bool | None
+def _phases(fn: Callable[..., Tensor | gradest.Graph], params: tuple[Tensor, Tensor, Tensor], y: Tensor
             ) -> dict[str, float]:
-    """Wall seconds of the with-block, loss() and backward() of a graph call (``track`` None: ``fn`` is
-    not a graph; the whole forward is 'build')."""
+    """Wall seconds of the forward (for a graph: its ``with`` block), ``loss()`` (0 if ``fn`` returns
+    the loss itself) and ``backward()``."""
     for p in params:
         p.grad = None
     t0 = time.perf_counter()
-    if track is None:
-        loss = fn(*params, y)
-        t1 = t2 = time.perf_counter()
-    else:
-        init, trans, locs = params
-        with gradest.Graph(track=track) as g:
-            if track:
-                z = g.sample("z_0", Categorical(logits=init), gradest.Enumerate())
-                g.observe("y_0", Normal(locs[z], 1.0), y[0])
-                for t in g.markov(range(1, y.shape[0])):
-                    z = g.sample(f"z_{t}", Categorical(logits=trans[z]), gradest.Enumerate())
-                    g.observe(f"y_{t}", Normal(locs[z], 1.0), y[t])
-            else:
-                z = g.sample("z_0", Categorical(logits=init), gradest.Enumerate(), depends_on=())
-                g.observe("y_0", Normal(locs[z], 1.0), y[0], depends_on="z_0")
-                for t in g.markov(range(1, y.shape[0])):
-                    z = g.sample(f"z_{t}", Categorical(logits=trans[z]), gradest.Enumerate(),
-                                 depends_on=f"z_{t - 1}")
-                    g.observe(f"y_{t}", Normal(locs[z], 1.0), y[t], depends_on=f"z_{t}")
-        t1 = time.perf_counter()
-        loss = g.loss()
-        t2 = time.perf_counter()
+    out = fn(*params, y)
+    t1 = time.perf_counter()
+    loss = out.loss() if isinstance(out, gradest.Graph) else out
+    t2 = time.perf_counter()
     loss.backward()
     t3 = time.perf_counter()
     return {"build": t1 - t0, "loss": t2 - t1, "backward": t3 - t2, "total": t3 - t0}
@@ -442,17 +434,17 @@ def profile(length: int = PROFILE_LENGTH, repeats: int = 5, log: Callable[[str],
     """Phase medians (interleaved) of the graph calls and the user's objects at ``length``, and a cProfile
     of one tracked call grouped by area (self time of each function, by its file)."""
     params, y = parameters(), observations(length)
-    cases: dict[str, tuple[Loss, bool | None]] = {
-        "forward": (forward, None), "user objects alone": (user_objects, None),
-        "graph": (graph, True), "graph-untracked": (graph_untracked, False),
+    cases: dict[str, Callable[..., Tensor | gradest.Graph]] = {
+        "forward": forward, "user objects alone": user_objects, "graph": tracked_chain,
+        "graph-untracked": untracked_chain,
     }
-    for fn, track in cases.values():
-        _phases(fn, params, y, track)
+    for fn in cases.values():
+        _phases(fn, params, y)
     runs: dict[str, list[dict[str, float]]] = {c: [] for c in cases}
     for r in range(repeats):
         names = list(cases)
         for name in names[r % len(names):] + names[: r % len(names)]:
-            runs[name].append(_phases(*((cases[name][0], params, y, cases[name][1]))))
+            runs[name].append(_phases(cases[name], params, y))
     phases = {c: {k: statistics.median(p[k] for p in v) for k in v[0]} for c, v in runs.items()}
     prof = cProfile.Profile()
     prof.enable()
