@@ -41,6 +41,7 @@ import time
 
 import numpy as np
 import torch
+from matplotlib import cbook  # the data ship with matplotlib
 from torch.distributions import Categorical, Normal
 
 import gradest
@@ -66,8 +67,6 @@ torch.set_num_threads(1)  # small tensors: one thread is fastest
 
 # ------------------------------------------------------------------------------------------------
 # 1. Data: Google's daily log-returns, in percent
-from matplotlib import cbook  # noqa: E402
-
 prices = cbook.get_sample_data("goog.npz")["price_data"]
 dates = prices["date"][1:]
 y = torch.tensor(100 * np.diff(np.log(prices["adj_close"])), dtype=torch.float32)[: args.length]
