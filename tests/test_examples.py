@@ -59,7 +59,6 @@ def test_graph_hard_attention_critic(baseline, capsys):
     assert "final: baseline" in capsys.readouterr().out
 
 
-@pytest.mark.slow  # 3-4 s of CPU (imports, matplotlib), 7 s wall on a loaded machine
 def test_hmm_example_fits_decodes_and_agrees_with_its_forward_pass(tmp_path, capsys):
     """examples/hmm.py on the first 100 returns, 3 Adam steps: the log-likelihood rises, the graph's value
     equals the example's own forward pass, Viterbi labels every day, the figure is written."""
