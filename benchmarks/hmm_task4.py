@@ -41,9 +41,14 @@ no allocator statistics. ``--profile`` times the phases of the gradest calls at 
 own per-step distribution objects alone, the graph's ``with`` block, ``loss()``, ``backward()``) and
 groups a cProfile of one tracked call by where the time goes.
 
-Run (about 10 minutes on a loaded 2-core CPU; ``--quick`` is a smoke run of a few seconds):
+Run (4 to 8 minutes on a 2-core CPU, depending on its load; ``--quick`` is a smoke run of 20 seconds):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/hmm_task4.py --memory --profile --json hmm_task4.json
+
+One call of one implementation at one T in a fresh process (its seconds and peak memory as JSON), e.g.
+where the 60 s rule skips it:
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/hmm_task4.py --memory-child graph 100000
 """
 
 from __future__ import annotations
@@ -521,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help=f"where the time goes at T={PROFILE_LENGTH}")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 rounds, T = 100 and 300 unless --lengths")
     p.add_argument("--json", metavar="PATH", help="write the results here")
-    p.add_argument("--memory-child", nargs=2, metavar=("IMPL", "T"), help=argparse.SUPPRESS)
+    p.add_argument("--memory-child", nargs=2, metavar=("IMPL", "T"),
+                   help="only time one call of IMPL at T and measure its peak memory (run in a fresh process)")
     args = p.parse_args(argv)
     on = args.validate_args == "on"
     if args.memory_child:
