@@ -219,8 +219,12 @@ def table(result: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help: the defaults after each flag, the docstring as written."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
     p.add_argument("--steps", type=int, default=STEPS, help="timed steps after the warm-up")
     p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated; rloo (the reference) always runs")
     p.add_argument("--phases", action="store_true", help="also time the phases of the two graphs (CPU ms)")

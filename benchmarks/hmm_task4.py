@@ -511,17 +511,20 @@ def profile_table(p: dict) -> str:
     return "\n".join(lines)
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help: the defaults after each flag, the docstring as written."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
     p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated; forward (the reference) always runs")
-    p.add_argument("--lengths", help="comma-separated values of T (default: 100,1000,10000,100000; with --quick "
-                   "100,300)")
+    p.add_argument("--lengths", help="comma-separated values of T; None: 100,1000,10000,100000 (100,300 with --quick)")
     p.add_argument("--validate-args", choices=("on", "off"), default="on",
                    help="torch.distributions (and Pyro) validation, pinned for all; on is their default")
     p.add_argument("--budget-s", type=float, default=300.0, help="time budget of the rounds at each T (s)")
     p.add_argument("--max-call-s", type=float, default=60.0,
                    help="skip an implementation at a T where one call is predicted to take longer (s)")
-    p.add_argument("--rounds", type=int, help="rounds at every T (default: 21, 9, 3, 3 for 1e2..1e5, budget-cut)")
+    p.add_argument("--rounds", type=int, help="rounds at every T; None: 21, 9, 3, 3 for 1e2..1e5, cut to --budget-s")
     p.add_argument("--memory", action="store_true", help="peak memory per (implementation, T) in subprocesses")
     p.add_argument("--profile", action="store_true", help=f"where the time goes at T={PROFILE_LENGTH}")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 rounds, T = 100 and 300 unless --lengths")
