@@ -19,6 +19,10 @@ a tight loop, since it measures the machine rather than an implementation).
 Implementations (``--impls``, comma-separated; gradest always runs):
 
     gradest          gradest.rl.gae (validation on, its default)
+    gradest-noval    gradest.rl.gae after gradest.set_validation(False): no check that syncs (NaN/±inf
+                     values, steps both terminated and truncated); the switch is flipped inside the
+                     timed call, two Python calls
+    gradest-bt       gradest.rl.gae on TorchRL's batch-major layout [B, T, 1], time_dim=-2 (views, no copy)
     cleanrl          reversed torch loop, as in CleanRL's ppo.py
     sb3              Stable-Baselines3 RolloutBuffer.compute_returns_and_advantage (numpy loop)
     torchrl          TorchRL generalized_advantage_estimate (torch loop)
@@ -67,9 +71,10 @@ SEED = 0  # torch.Generator().manual_seed(SEED + size index)
 BUDGET_S = {128: 20.0, 1000: 40.0, 10000: 60.0}  # time per size; rounds = what fits, in [MIN, MAX]
 MIN_ROUNDS, MAX_ROUNDS = 11, 2001
 
-IMPLS = ("gradest", "cleanrl", "sb3", "torchrl", "torchrl-vec", "lfilter")
+IMPLS = ("gradest", "gradest-noval", "gradest-bt", "cleanrl", "sb3", "torchrl", "torchrl-vec", "lfilter")
 PEERS = {"sb3": "stable_baselines3", "torchrl": "torchrl", "torchrl-vec": "torchrl", "lfilter": "scipy.signal"}
-HANDLES_DONES = {"gradest": True, "cleanrl": True, "sb3": True, "torchrl": True, "torchrl-vec": True, "lfilter": False}
+HANDLES_DONES = {"gradest": True, "gradest-noval": True, "gradest-bt": True, "cleanrl": True, "sb3": True,
+                 "torchrl": True, "torchrl-vec": True, "lfilter": False}
 
 
 class Data:
@@ -107,6 +112,31 @@ def make_gradest(d: Data) -> Callable[[], Tensor]:
 
     def call() -> Tensor:
         return gae(rewards=r, values=v, next_values=nv, terminated=done, gamma=GAMMA, lambda_=LAMBDA)
+
+    return call
+
+
+def make_gradest_noval(d: Data) -> Callable[[], Tensor]:
+    r, v, nv, done = d.reward, d.value, d.next_value, d.done
+
+    def call() -> Tensor:
+        gradest.set_validation(False)
+        try:
+            return gae(rewards=r, values=v, next_values=nv, terminated=done, gamma=GAMMA, lambda_=LAMBDA)
+        finally:
+            gradest.set_validation(True)
+
+    return call
+
+
+def make_gradest_bt(d: Data) -> Callable[[], Tensor]:
+    """The same call on TorchRL's layout [B, T, 1] (prepared outside the timed call, as for TorchRL)."""
+    value, next_value, reward, done = _torchrl_inputs(d)
+
+    def call() -> Tensor:
+        adv = gae(rewards=reward, values=value, next_values=next_value, terminated=done, gamma=GAMMA, lambda_=LAMBDA,
+                  time_dim=-2)
+        return adv.squeeze(-1).T
 
     return call
 
@@ -203,6 +233,8 @@ def make_lfilter(d: Data) -> Callable[[], np.ndarray]:
 
 MAKERS: dict[str, Callable[[Data], Callable[[], object]]] = {
     "gradest": make_gradest,
+    "gradest-noval": make_gradest_noval,
+    "gradest-bt": make_gradest_bt,
     "cleanrl": make_cleanrl,
     "sb3": make_sb3,
     "torchrl": make_torchrl,
@@ -285,7 +317,7 @@ def run_size(
             "floor_multiple": median[name] / floor,
         }
     g = out["impls"]["gradest"]
-    peers = [n for n in names if n != "gradest" and HANDLES_DONES[n]]
+    peers = [n for n in names if not n.startswith("gradest") and HANDLES_DONES[n]]
     if peers:
         fastest = min(peers, key=lambda n: out["impls"][n]["median_ms"])
         out["fastest_peer_with_dones"] = fastest

@@ -31,21 +31,27 @@ import gradest.rl as rl
 
 # ------------------------------------------------------------------------------------------------
 # Flags
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+class Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help keeps the docstring's layout and shows each flag's default."""
+
+
+p = argparse.ArgumentParser(description=__doc__, formatter_class=Help)
 p.add_argument("--steps", type=int, default=300_000, help="budget of environment steps (all envs together)")
 p.add_argument("--envs", type=int, default=8, help="environments stepping together (B)")
 p.add_argument("--rollout", type=int, default=128, help="steps per rollout (T)")
-p.add_argument("--gamma", type=float, default=0.99)
-p.add_argument("--lambda", dest="lambda_", type=float, default=0.95)
-p.add_argument("--lr", type=float, default=1e-3)
+p.add_argument("--gamma", type=float, default=0.99, help="discount γ")
+p.add_argument("--lambda", dest="lambda_", type=float, default=0.95, help="GAE's λ")
+p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
 p.add_argument("--epochs", type=int, default=4, help="passes over each rollout")
-p.add_argument("--minibatches", type=int, default=4)
+p.add_argument("--minibatches", type=int, default=4, help="minibatches per pass")
 p.add_argument("--clip", type=float, default=0.2, help="PPO's clip range")
 p.add_argument("--entropy", type=float, default=0.0, help="entropy bonus coefficient")
 p.add_argument("--target", type=float, default=475.0, help="stop when the last 100 episodes average this")
-p.add_argument("--seed", type=int, default=1)
+p.add_argument("--seed", type=int, default=1, help="seeds the environments and the model")
 p.add_argument("--plot", default="cartpole_actor_critic.png", help="learning-curve PNG")
-p.add_argument("--no-plot", action="store_true")
+p.add_argument("--no-plot", action="store_true", help="write no figure")
 args = p.parse_args()
 
 import gymnasium as gym  # noqa: E402  (after the flags, so --help works without it)

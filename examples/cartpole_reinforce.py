@@ -37,19 +37,25 @@ import gradest.rl as rl
 
 # ------------------------------------------------------------------------------------------------
 # Flags
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+class Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help keeps the docstring's layout and shows each flag's default."""
+
+
+p = argparse.ArgumentParser(description=__doc__, formatter_class=Help)
 p.add_argument("--episodes", type=int, default=2000, help="budget of training episodes")
 p.add_argument("--envs", type=int, default=8, help="episodes per update (B)")
-p.add_argument("--gamma", type=float, default=0.99)
+p.add_argument("--gamma", type=float, default=0.99, help="discount γ")
 p.add_argument("--lr", type=float, default=3e-3, help="policy learning rate, decayed linearly to 0 over the budget")
-p.add_argument("--critic-lr", type=float, default=1e-2)
+p.add_argument("--critic-lr", type=float, default=1e-2, help="the critic's learning rate")
 p.add_argument("--entropy", type=float, default=0.01, help="entropy bonus: keeps the policy from collapsing early")
 p.add_argument("--target", type=float, default=475.0, help="stop when 100 evaluation episodes average this")
 p.add_argument("--greedy", action="store_true", help="evaluate the most probable action, not the policy's sample")
 p.add_argument("--eval-every", type=int, default=10, help="updates between evaluations")
-p.add_argument("--seed", type=int, default=1)
+p.add_argument("--seed", type=int, default=1, help="seeds the environments and the model")
 p.add_argument("--plot", default="cartpole_reinforce.png", help="learning-curve PNG")
-p.add_argument("--no-plot", action="store_true")
+p.add_argument("--no-plot", action="store_true", help="write no figure")
 args = p.parse_args()
 
 import gymnasium as gym  # noqa: E402  (after the flags, so --help works without it)

@@ -45,7 +45,8 @@ LATENTS, CATEGORIES = 20, 10
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--steps", type=int, default=2000, help="Adam steps")
     parser.add_argument("--seed", type=int, default=0, help="seeds the model, the batches and the samples")
     parser.add_argument("--batch", type=int, default=100, help="images per global batch (split over the ranks)")
@@ -56,7 +57,40 @@ def parse_args(argv=None):
     parser.add_argument("--eval-every", type=int, default=500, help="print the ELBO every this many steps")
     parser.add_argument("--eval-samples", type=int, default=100, help="samples of z per image in the ELBO")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--plot", default="ddp_categorical_vae.png", help="figure PNG ('' for none)")
     return parser.parse_args(argv)
+
+
+def progress(iterable, total, description):
+    """A rich progress bar when rich is installed (the cli extra), else the plain iterable."""
+    try:
+        from rich.progress import track
+    except ImportError:
+        return iterable
+    return track(iterable, total=total, description=description, transient=True)
+
+
+def save_curve(path, history, ylabel, title):
+    """The learning curve (step, value) as a PNG, when matplotlib is installed (the cli extra)."""
+    if not path or not history:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install 'gradest[cli]'): no figure")
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*history), "o-")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"figure: {path}")
 
 
 def log_likelihood(decoder, z, x):
@@ -136,7 +170,8 @@ def main(argv=None):
 
     start = time.perf_counter()
     history = []
-    for step in range(1, args.steps + 1):
+    steps = range(1, args.steps + 1)
+    for step in steps if rank else progress(steps, args.steps, "training"):
         if not batches:
             perm = torch.randperm(data.shape[0], generator=batch_generator)
             batches = list(perm[: per_epoch * args.batch].view(per_epoch, args.batch))
@@ -159,6 +194,7 @@ def main(argv=None):
               "world": world}
     if rank == 0:
         print(f"final: ELBO {result['elbo']:.3f} after {args.steps} steps on {world} process(es) in {seconds:.1f}s")
+        save_curve(args.plot, history, "ELBO (all images)", f"Categorical VAE, DDP on {world} process(es)")
     if launched:
         # DDP sits in a reference cycle and holds the process group: collect it first, so that the
         # group's gloo threads stop inside destroy_process_group, not at some later garbage collection

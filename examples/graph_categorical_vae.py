@@ -35,7 +35,8 @@ import gradest
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--steps", type=int, default=2000, help="Adam steps")
     parser.add_argument("--seed", type=int, default=0, help="seeds the model, the batches and the samples")
     parser.add_argument("--batch", type=int, default=100, help="images per batch")
@@ -44,7 +45,40 @@ def parse_args(argv=None):
     parser.add_argument("--eval-every", type=int, default=500, help="print the ELBO every this many steps")
     parser.add_argument("--eval-samples", type=int, default=100, help="samples of z per image in the ELBO")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--plot", default="graph_categorical_vae.png", help="figure PNG ('' for none)")
     return parser.parse_args(argv)
+
+
+def progress(iterable, total, description):
+    """A rich progress bar when rich is installed (the cli extra), else the plain iterable."""
+    try:
+        from rich.progress import track
+    except ImportError:
+        return iterable
+    return track(iterable, total=total, description=description, transient=True)
+
+
+def save_curve(path, history, ylabel, title):
+    """The learning curve (step, value) as a PNG, when matplotlib is installed (the cli extra)."""
+    if not path or not history:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install 'gradest[cli]'): no figure")
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*history), "o-")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"figure: {path}")
 
 
 LATENTS, CATEGORIES = 20, 10
@@ -97,7 +131,7 @@ def main(argv=None):
 
     start = time.perf_counter()
     history = []
-    for step in range(1, args.steps + 1):
+    for step in progress(range(1, args.steps + 1), args.steps, "training"):
         if not batches:
             perm = torch.randperm(data.shape[0], generator=batch_generator)
             batches = list(perm[: per_epoch * args.batch].view(per_epoch, args.batch))
@@ -124,6 +158,7 @@ def main(argv=None):
     seconds = time.perf_counter() - start
     final = history[-1][1]
     print(f"final: ELBO {final:.3f} after {args.steps} steps in {seconds:.1f}s")
+    save_curve(args.plot, history, "ELBO (all images)", "Categorical VAE with gradest.Graph (RLOO)")
     return {"elbo": final, "history": history, "seconds": seconds}
 
 

@@ -53,7 +53,8 @@ import gradest
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--baseline", choices=["critic", "average", "none"], default="critic",
                         help="baseline of the score-function estimator of the choice")
     parser.add_argument("--steps", type=int, default=1000, help="Adam steps")
@@ -64,7 +65,40 @@ def parse_args(argv=None):
     parser.add_argument("--eval-every", type=int, default=100, help="print the accuracy every this many steps")
     parser.add_argument("--target", type=float, default=0.7, help="report the first step reaching this accuracy")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--plot", default="graph_hard_attention_critic.png", help="figure PNG ('' for none)")
     return parser.parse_args(argv)
+
+
+def progress(iterable, total, description):
+    """A rich progress bar when rich is installed (the cli extra), else the plain iterable."""
+    try:
+        from rich.progress import track
+    except ImportError:
+        return iterable
+    return track(iterable, total=total, description=description, transient=True)
+
+
+def save_curve(path, history, ylabel, title):
+    """The learning curve (step, value) as a PNG, when matplotlib is installed (the cli extra)."""
+    if not path or not history:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install 'gradest[cli]'): no figure")
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*history), "o-")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"figure: {path}")
 
 
 KEY, PAYLOAD, CLASSES = 8, 16, 10  # key size, payload size, number of labels
@@ -141,7 +175,7 @@ def main(argv=None):
 
     start = time.perf_counter()
     history = []
-    for step in range(1, args.steps + 1):
+    for step in progress(range(1, args.steps + 1), args.steps, "training"):
         query, candidates, labels = task.sample(args.batch)
         rows = torch.arange(args.batch)
         if args.baseline == "critic":  # a fresh wrapper per step, reading this batch; the weights live in `critic`
@@ -167,6 +201,7 @@ def main(argv=None):
     seconds = time.perf_counter() - start
     final = history[-1][1]
     reached = next((step for step, acc in history if acc >= args.target), None)
+    save_curve(args.plot, history, "test accuracy", f"Hard attention, baseline: {args.baseline}")
     print(f"final: baseline {args.baseline}  test accuracy {final:.3f} after {args.steps} steps in {seconds:.1f}s;"
           f"  accuracy {args.target} first reached at step {reached if reached else 'never'}")
     return {"accuracy": final, "history": history, "reached": reached, "seconds": seconds}

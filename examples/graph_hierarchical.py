@@ -55,7 +55,8 @@ import gradest
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--discrete", choices=["score", "enumerate"], default="score",
                         help="estimator of the cluster node: ScoreFunction(LeaveOneOut()) or Enumerate()")
     parser.add_argument("--steps", type=int, default=2000, help="Adam steps")
@@ -67,7 +68,40 @@ def parse_args(argv=None):
     parser.add_argument("--eval-every", type=int, default=500, help="print the ELBO every this many steps")
     parser.add_argument("--repeats", type=int, default=300, help="gradients per estimator in the variance check")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--plot", default="graph_hierarchical.png", help="figure PNG ('' for none)")
     return parser.parse_args(argv)
+
+
+def progress(iterable, total, description):
+    """A rich progress bar when rich is installed (the cli extra), else the plain iterable."""
+    try:
+        from rich.progress import track
+    except ImportError:
+        return iterable
+    return track(iterable, total=total, description=description, transient=True)
+
+
+def save_curve(path, history, ylabel, title):
+    """The learning curve (step, value) as a PNG, when matplotlib is installed (the cli extra)."""
+    if not path or not history:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install 'gradest[cli]'): no figure")
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*history), "o-")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"figure: {path}")
 
 
 K = 4  # clusters
@@ -159,7 +193,8 @@ def main(argv=None):
     print(f"discrete node: {estimator}; continuous node: Pathwise (default)")
 
     start = time.perf_counter()
-    for step in range(1, args.steps + 1):
+    history = []
+    for step in progress(range(1, args.steps + 1), args.steps, "training"):
         x = data[torch.randint(args.points, (args.batch,))]
         loss = negative_elbo(encoder, centres, x, estimator, args.n)
         optimizer.zero_grad()
@@ -167,9 +202,11 @@ def main(argv=None):
         optimizer.step()
         if step % args.eval_every == 0 or step == args.steps:
             elbo, log_px, ari = evaluate(encoder, centres, data, labels)
+            history.append((step, elbo))
             print(f"step {step:5d}  loss {loss.item():7.4f}  ELBO {elbo:8.4f}  log p(x) {log_px:8.4f}"
                   f"  gap {log_px - elbo:6.4f}  ARI {ari:5.3f}  {time.perf_counter() - start:5.1f}s", flush=True)
     train_seconds = time.perf_counter() - start
+    save_curve(args.plot, history, "ELBO", f"Clusters: {args.discrete} node above a pathwise node")
     print("learned centres:", [[round(v, 2) for v in c] for c in centres.detach().tolist()])
 
     # Variance of the two choices for the discrete node, at the trained state, on one fixed batch

@@ -34,18 +34,33 @@ import torch
 
 import gradest.rl as rl
 
+
+def progress(iterable, total, description):
+    """A rich progress bar when rich is installed (the cli extra), else the plain iterable."""
+    try:
+        from rich.progress import track
+    except ImportError:
+        return iterable
+    return track(iterable, total=total, description=description, transient=True)
+
 # ------------------------------------------------------------------------------------------------
 # Flags
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+class Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help keeps the docstring's layout and shows each flag's default."""
+
+
+p = argparse.ArgumentParser(description=__doc__, formatter_class=Help)
 p.add_argument("--horizon", type=int, default=40, help="steps per trajectory")
 p.add_argument("--batch", type=int, default=32, help="trajectories per gradient estimate")
 p.add_argument("--iterations", type=int, default=200, help="Adam steps for each estimator")
-p.add_argument("--lr", type=float, default=0.05)
+p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate")
 p.add_argument("--sigma", type=float, default=0.5, help="policy noise (pre-squash standard deviation)")
 p.add_argument("--replicates", type=int, default=200, help="gradient estimates for the variance")
-p.add_argument("--seed", type=int, default=0)
+p.add_argument("--seed", type=int, default=0, help="seeds the policy, the starts and the noise")
 p.add_argument("--plot", default="model_based_pendulum.png", help="learning-curve PNG")
-p.add_argument("--no-plot", action="store_true")
+p.add_argument("--no-plot", action="store_true", help="write no figure")
 args = p.parse_args()
 torch.set_num_threads(1)
 
@@ -131,7 +146,8 @@ stats = {}
 for name, pathwise in (("pathwise", True), ("REINFORCE", False)):
     g = torch.Generator().manual_seed(args.seed + 1)
     t0 = time.perf_counter()
-    grads = torch.stack([gradient(init, g, pathwise) for _ in range(args.replicates)])
+    grads = torch.stack([gradient(init, g, pathwise)
+                         for _ in progress(range(args.replicates), args.replicates, f"{name} gradients")])
     stats[name] = (grads.mean(0), grads.var(0).sum(), (time.perf_counter() - t0) / args.replicates)
 print(f"gradient at the initial policy, {args.replicates} estimates of {args.batch} trajectories each:")
 print(f"{'estimator':>10} | {'trace of covariance':>19} | {'time / estimate':>15} | mean gradient (k_θ, k_ω, b)")
@@ -150,7 +166,7 @@ for name, pathwise in (("pathwise", True), ("REINFORCE", False)):
     g = torch.Generator().manual_seed(args.seed + 2)
     curve = [evaluate(policy)]
     t0 = time.perf_counter()
-    for _ in range(args.iterations):
+    for _ in progress(range(args.iterations), args.iterations, f"{name} training"):
         opt.zero_grad()
         rollout(policy, args.batch, g, pathwise=pathwise).backward()
         opt.step()

@@ -48,9 +48,9 @@ p.add_argument("--kls", default="none,k1-reward,k3-reward,k1-loss,k2-loss,k3-los
                help="comma-separated KL configurations ('none': β = 0)")
 p.add_argument("--pretrain-steps", type=int, default=400, help="maximum-likelihood steps of the reference model")
 p.add_argument("--eval-every", type=int, default=10, help="steps between exact evaluations")
-p.add_argument("--seed", type=int, default=0)
+p.add_argument("--seed", type=int, default=0, help="seeds the language, the models and the samples")
 p.add_argument("--plot", default="sequence_rl.png", help="figure (PNG)")
-p.add_argument("--no-plot", action="store_true")
+p.add_argument("--no-plot", action="store_true", help="write no figure")
 args = p.parse_args()
 
 torch.manual_seed(args.seed)

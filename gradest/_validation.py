@@ -16,7 +16,16 @@ _VALIDATE = __debug__
 
 
 def set_validation(enabled: bool) -> None:
-    """Turn the checks that force a device sync (NaN costs, ...) on or off for the whole process."""
+    """Turn the checks that force a device sync (NaN costs, ...) on or off for the whole process.
+
+    Example:
+        >>> import gradest
+        >>> was = gradest.is_validation_enabled()
+        >>> gradest.set_validation(False)          # the fast path, e.g. for a tuned training loop
+        >>> gradest.is_validation_enabled()
+        False
+        >>> gradest.set_validation(was)
+    """
     global _VALIDATE
     if not isinstance(enabled, bool):
         raise TypeError(f"set_validation: enabled={enabled!r} must be a bool (True or False).")
@@ -24,7 +33,13 @@ def set_validation(enabled: bool) -> None:
 
 
 def is_validation_enabled() -> bool:
-    """Whether the sync-forcing checks run (never while ``torch.compile`` traces)."""
+    """Whether the sync-forcing checks run (never while ``torch.compile`` traces).
+
+    Example:
+        >>> import gradest
+        >>> gradest.is_validation_enabled()        # on by default (it follows ``__debug__``)
+        True
+    """
     return _VALIDATE and not torch.compiler.is_compiling()
 
 
@@ -205,3 +220,17 @@ def check_positive(where: str, name: str, value: object, typical: str) -> float:
     if not (0 < value < float("inf")):
         raise ValueError(f"{where}: {name}={value} must be a finite float > 0; {typical}.")
     return float(value)
+
+
+def broadcast_shapes(a: tuple[int, ...] | torch.Size, b: tuple[int, ...] | torch.Size) -> torch.Size:
+    """The broadcast of two shapes, or a ValueError naming both (``torch.broadcast_shapes`` imports sympy
+    on first use: ~1 s)."""
+    a, b = tuple(a), tuple(b)
+    width = max(len(a), len(b))
+    a, b = (1,) * (width - len(a)) + a, (1,) * (width - len(b)) + b
+    out = []
+    for x, y in zip(a, b):
+        if x != y and 1 not in (x, y):
+            raise ValueError(f"shapes {a} and {b} do not broadcast")
+        out.append(y if x == 1 else x)
+    return torch.Size(out)

@@ -49,9 +49,8 @@ from torch.distributions import Distribution
 from torch.distributions.transforms import Transform
 
 from gradest._validation import check_distribution, check_finite, check_n, describe, is_validation_enabled
-from gradest.estimators._families import check_parameters
+from gradest.estimators._families import check_parameters, sample_with_log_prob
 from gradest.estimators.base import Draw, Estimator
-from gradest.estimators.score_function import _sample_with_log_prob
 from gradest.surrogate import magic_box, stop_gradient
 
 
@@ -153,7 +152,7 @@ class IWAE(MultisampleEstimator):
         if dist.has_rsample:
             z = dist.rsample((n,))
             return BoundDraw(z, n, dist, dist.log_prob(z))
-        z, log_q = _sample_with_log_prob(dist, n)
+        z, log_q = sample_with_log_prob(dist, n)
         return BoundDraw(z, n, dist, log_q, joint_box=magic_box(log_q.sum(0)))
 
     def surrogate(self, draw: BoundDraw, log_joint: Tensor) -> Tensor:
@@ -207,7 +206,7 @@ class VIMCO(MultisampleEstimator):
             )
 
     def draw(self, dist: Distribution, n: int) -> BoundDraw:
-        z, log_q = _sample_with_log_prob(dist, n)
+        z, log_q = sample_with_log_prob(dist, n)
         return BoundDraw(z, n, dist, log_q, magic_box(log_q), magic_box(log_q.sum(0)))
 
     def surrogate(self, draw: BoundDraw, log_joint: Tensor) -> Tensor:
@@ -226,10 +225,13 @@ def leave_one_out_bounds(log_weights: Tensor) -> Tensor:
     stable however unequal the weights are.
     """
     n = log_weights.shape[0]
-    others = (log_weights.sum(0, keepdim=True) - log_weights) / (n - 1)  # [n, *B]
     eye = torch.eye(n, dtype=torch.bool, device=log_weights.device)
     eye = eye.reshape((n, n) + (1,) * (log_weights.dim() - 1))
-    table = torch.where(eye, others.unsqueeze(1), log_weights.unsqueeze(0))  # [j, i, *B]
+    rows = log_weights.unsqueeze(0).expand(n, *log_weights.shape)  # [j, i, *B]
+    # the sum of the others, not the total minus log w_j: a log-weight of -inf (an impossible sample)
+    # would make that -inf - (-inf)
+    others = rows.masked_fill(eye, 0.0).sum(1) / (n - 1)  # [n, *B]
+    table = torch.where(eye, others.unsqueeze(1), rows)  # [j, i, *B]
     return torch.logsumexp(table, 1) - math.log(n)
 
 

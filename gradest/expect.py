@@ -76,6 +76,17 @@ def surrogate(estimator: Estimator, draw: Draw, cost: Tensor, *, where: str = "e
     """The one-node surrogate ``[*B]`` of ``estimator`` from its ``draw`` and the costs ``[m, *B]`` at
     ``draw.points``: a one-node, one-cost record handed to the graph's composition
     (:func:`gradest.graph.compose.terms`). ``expectation`` ends here; tests call it with a draw in hand.
+
+    Example:
+        >>> import torch, gradest
+        >>> from gradest.testing import surrogate
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.zeros(3, requires_grad=True)
+        >>> estimator = gradest.ScoreFunction()
+        >>> draw = estimator.draw(torch.distributions.Bernoulli(logits=logits), 4)
+        >>> s = surrogate(estimator, draw, draw.points)          # the costs f(x) = x at the draw's points
+        >>> torch.equal(s, draw.values.mean(0)), s.shape
+        (True, torch.Size([3]))
     """
     node = Node("x", 0, draw.dist, estimator, draw)
     value, auxiliary = cost, {}

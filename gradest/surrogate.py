@@ -33,6 +33,14 @@ def magic_box(log_prob: Tensor) -> Tensor:
 
     Returns:
         ``[*S]`` tensor of ones carrying the score in its gradient.
+
+    Example:
+        >>> import torch, gradest
+        >>> theta = torch.tensor(0.5, requires_grad=True)
+        >>> box = gradest.magic_box(2 * theta)                  # value 1, gradient 2 · box
+        >>> g, = torch.autograd.grad(box, theta, create_graph=True)
+        >>> box.item(), g.item(), torch.autograd.grad(g, theta)[0].item()   # the second derivative: 2² · box
+        (1.0, 2.0, 4.0)
     """
     return torch.exp(log_prob - log_prob.detach())
 
@@ -50,6 +58,13 @@ def straight_through(hard: Tensor | float, soft: Tensor) -> Tensor:
 
     Bias: the gradient is that of ``soft``; it equals the true gradient only where ``hard`` and ``soft``
     agree to first order (e.g. straight-through estimators are exact for costs linear in the sample).
+
+    Example:
+        >>> import torch, gradest
+        >>> x = torch.tensor([0.2, 0.7], requires_grad=True)
+        >>> y = gradest.straight_through(x.round(), 3 * x)      # the value of round(x), the gradient of 3x
+        >>> y.sum().backward(); y.tolist(), x.grad.tolist()
+        ([0.0, 1.0], [3.0, 3.0])
     """
     if not isinstance(hard, Tensor):
         return soft - soft.detach() + hard

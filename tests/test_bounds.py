@@ -336,6 +336,22 @@ def test_leave_one_out_bounds_replace_each_weight_by_the_others_geometric_mean()
     assert torch.isfinite(got).all()
 
 
+
+def test_vimco_with_an_impossible_sample_equals_vimco_with_a_negligible_one():
+    """A log-weight of −inf (an impossible sample, allowed unless all are) gave NaN in the baselines
+    (−inf − (−inf)); now the bound and its gradient equal those with the weight at exp(−1e4) = 0."""
+    logits = torch.zeros(4, requires_grad=True)
+    results = []
+    for low in (-math.inf, -1e4):
+        table = torch.tensor([0.0, -1.0, -2.0, low])
+        with seeded(3):
+            b = gradest.iwae_bound(lambda z, t=table: t[z], Categorical(logits=logits), VIMCO(), n=5)
+        results.append((b, *torch.autograd.grad(b, logits)))
+    (b_inf, g_inf), (b_low, g_low) = results
+    assert bool(torch.isfinite(g_inf).all())
+    torch.testing.assert_close(b_inf, b_low)
+    torch.testing.assert_close(g_inf, g_low)
+
 def test_vimco_learning_signal_matches_the_paper_on_one_draw():
     """The score-function part of VIMCO is Σ_j (L̂ − L̂_{−j}) ∇ log q(z_j), by hand from the same draw."""
     logits = torch.tensor(CAT_LOGITS, dtype=F64, requires_grad=True)

@@ -32,17 +32,20 @@ def load(name: str):
     return module
 
 
-def test_graph_categorical_vae(capsys):
-    out = load("graph_categorical_vae").main(["--steps", "4", "--eval-every", "2", "--eval-samples", "2"])
+def test_graph_categorical_vae(capsys, tmp_path):
+    out = load("graph_categorical_vae").main(["--steps", "4", "--eval-every", "2", "--eval-samples", "2",
+                                              "--plot", str(tmp_path / "vae.png")])
+    assert (tmp_path / "vae.png").read_bytes()[:4] == b"\x89PNG"
     assert math.isfinite(out["elbo"]) and out["elbo"] < 0
     assert [step for step, _ in out["history"]] == [2, 4]
     assert "final: ELBO" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("discrete", ["score", "enumerate"])
-def test_graph_hierarchical(discrete, capsys):
+def test_graph_hierarchical(discrete, capsys, tmp_path):
     out = load("graph_hierarchical").main(["--discrete", discrete, "--steps", "4", "--points", "64", "--batch", "16",
-                                           "--eval-every", "4", "--repeats", "3"])
+                                           "--eval-every", "4", "--repeats", "3", "--plot", str(tmp_path / "h.png")])
+    assert (tmp_path / "h.png").exists()
     assert all(math.isfinite(out[k]) for k in ("elbo", "log_px", "ari"))
     assert out["elbo"] <= out["log_px"] + 0.5  # a bound, up to the Monte Carlo error of 64 draws of y
     for head, total in out["variance"].values():
@@ -51,9 +54,10 @@ def test_graph_hierarchical(discrete, capsys):
 
 
 @pytest.mark.parametrize("baseline", ["critic", "average", "none"])
-def test_graph_hard_attention_critic(baseline, capsys):
+def test_graph_hard_attention_critic(baseline, capsys, tmp_path):
     out = load("graph_hard_attention_critic").main(["--baseline", baseline, "--steps", "4", "--batch", "8",
-                                                    "--eval-every", "2"])
+                                                    "--eval-every", "2", "--plot", str(tmp_path / "a.png")])
+    assert (tmp_path / "a.png").exists()
     assert 0.0 <= out["accuracy"] <= 1.0
     assert [step for step, _ in out["history"]] == [2, 4]
     assert "final: baseline" in capsys.readouterr().out

@@ -302,3 +302,17 @@ def test_an_annealed_temperature_survives_a_checkpoint(make) -> None:  # noqa: A
     assert loaded.temperature == 0.123
     with pytest.raises(ValueError, match=r"load_state_dict: .* is not a .* state \(version 1\)"):
         loaded.load_state_dict({"_extra_state": {"temperature": 0.5}})
+
+
+def test_a_default_predicate_that_raises_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: every later expectation without an estimator failed with the predicate's raw error."""
+    from gradest.estimators import base
+
+    monkeypatch.setattr(base, "_DEFAULTS", list(base._DEFAULTS))
+
+    def small(dist) -> bool:  # noqa: ANN001
+        return dist.param_shape[-1] <= 8  # Normal has no param_shape
+
+    gradest.register_default(small)(lambda dist, n: gradest.Enumerate())
+    with pytest.raises(TypeError, match=r"register_default: the predicate .*small.* raised AttributeError.*Normal"):
+        expectation(lambda x: x, Normal(torch.zeros(2, requires_grad=True), 1.0))

@@ -30,6 +30,8 @@ __all__ = [
     "rebuild",
     "tensors",
     "check_parameters",
+    "support_size",
+    "sample_with_log_prob",
 ]
 
 DISCRETE = (Bernoulli, Categorical, OneHotCategorical)
@@ -181,3 +183,79 @@ def check_parameters(where: str, dist: Distribution, *, boundary: bool = False, 
                 "estimate it. Keep probs inside (0, 1) (e.g. clamp to [1e-6, 1 - 1e-6]), build the "
                 "distribution from logits (-inf logits mask categories exactly), or use Enumerate()."
             )
+
+
+def support_size(dist: Distribution) -> int:
+    """The number of support points per batch element (K^m jointly for ``Independent``), read off the
+    parameters' shapes for Bernoulli and categorical families (no tensor op)."""
+    inner = leaf(dist)
+    if isinstance(inner, Bernoulli):
+        k = 2
+    elif isinstance(inner, (Categorical, OneHotCategorical)):
+        k = categorical(inner).param_shape[-1]
+    else:
+        return _support_size(dist)
+    r = event_dims(dist, inner)
+    return k ** math.prod(inner.batch_shape[len(inner.batch_shape) - r :]) if r else k
+
+
+def _support_size(dist: Distribution) -> int:
+    """Number of joint configurations of one batch element (K^m for m independent K-way events)."""
+    if isinstance(dist, Independent):
+        base = dist.base_dist
+        k = base.enumerate_support(expand=False).shape[0]
+        r = dist.reinterpreted_batch_ndims
+        m = math.prod(base.batch_shape[len(base.batch_shape) - r :])
+        return k**m
+    return dist.enumerate_support(expand=False).shape[0]
+
+
+def sample_with_log_prob(dist: Distribution, n: int) -> tuple[Tensor, Tensor]:
+    """``dist.sample((n,))`` and ``dist.log_prob`` of it, with a shortcut for one-hot categoricals.
+
+    ``OneHotCategorical.log_prob`` recovers each sample's index with ``value.max(-1)``, and its sampler
+    recomputes the probabilities with a softmax of logits that the constructor has already
+    normalised. For exactly ``OneHotCategorical``, possibly inside ``Independent``, the indices are
+    drawn from ``exp(logits)`` (the same probabilities, up to rounding; the user's cached ``probs``
+    when present) and their log-probabilities gathered directly, as a hand-written surrogate would.
+    Likewise for exactly ``Bernoulli`` (possibly inside ``Independent``): bits are drawn as
+    ``rand < probs`` (``torch.bernoulli`` costs about three times as much on CPU) and their
+    log-probabilities computed as ``b·logits − softplus(logits)``, the value torch's ``log_prob`` gives.
+    Subclasses and every other family take the general path.
+    """
+    sums: list[int] = []
+    base = dist
+    while type(base) is Independent:
+        sums.append(base.reinterpreted_batch_ndims)
+        base = base.base_dist
+    if type(base) is Bernoulli:
+        return _bernoulli_with_log_prob(base, n, sum(sums))
+    if type(base) is not OneHotCategorical:
+        value = dist.sample((n,))
+        return value, dist.log_prob(value)
+    categorical = base._categorical
+    logits = categorical.logits  # normalised: log-probabilities
+    k = logits.shape[-1]
+    with torch.no_grad():
+        probs = vars(categorical).get("probs")
+        probs = logits.exp() if probs is None else probs
+        index = torch.multinomial(probs.reshape(-1, k), n, True).T.reshape((n,) + logits.shape[:-1])
+    value = torch.nn.functional.one_hot(index, k).to(logits)
+    log_prob = logits.expand((n,) + logits.shape).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    for d in reversed(sums):  # as Independent.log_prob: sum the d rightmost dims, innermost first
+        if d > 0:
+            log_prob = log_prob.reshape(log_prob.shape[: log_prob.dim() - d] + (-1,)).sum(-1)
+    return value, log_prob
+
+
+def _bernoulli_with_log_prob(base: Bernoulli, n: int, event_dims: int) -> tuple[Tensor, Tensor]:
+    """n bits ``[n, *batch]`` of ``base`` and their log-probabilities summed over ``event_dims`` dims."""
+    logits = base.logits
+    with torch.no_grad():
+        probs = vars(base).get("probs")  # the user's, when built from probs; else σ(logits)
+        probs = torch.sigmoid(logits) if probs is None else probs
+        value = (torch.rand((n, *probs.shape), dtype=probs.dtype, device=probs.device) < probs).to(probs.dtype)
+    log_prob = value * logits - torch.nn.functional.softplus(logits)
+    if event_dims:
+        log_prob = log_prob.sum(tuple(range(-event_dims, 0)))
+    return value, log_prob

@@ -40,6 +40,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
+from gradest._validation import broadcast_shapes
+
 __all__ = [
     "uniform",
     "exponential",
@@ -52,19 +54,6 @@ __all__ = [
 ]
 
 Shape = Sequence[int] | torch.Size
-
-
-def _broadcast(a: Shape, b: Shape) -> torch.Size:
-    """The broadcast of two shapes (``torch.broadcast_shapes`` imports sympy on first use: ~1 s)."""
-    a, b = tuple(a), tuple(b)
-    width = max(len(a), len(b))
-    a, b = (1,) * (width - len(a)) + a, (1,) * (width - len(b)) + b
-    out = []
-    for x, y in zip(a, b):
-        if x != y and 1 not in (x, y):
-            raise ValueError(f"shapes {a} and {b} do not broadcast")
-        out.append(y if x == 1 else x)
-    return torch.Size(out)
 
 
 def uniform(
@@ -153,7 +142,7 @@ def conditional_gumbel(
         it to treat the noise as fixed).
     """
     k = logits.shape[-1]
-    shape = _broadcast(index.shape + (k,), logits.shape)
+    shape = broadcast_shapes(index.shape + (k,), logits.shape)
     logits = logits.expand(shape)
     log_e = torch.log(exponential(shape, dtype=logits.dtype, device=logits.device, generator=generator))
     lse = torch.logsumexp(logits, -1, keepdim=True)
@@ -196,7 +185,7 @@ def conditional_logistic(
         ``[*S]`` noise L with ``1[logits + L > 0] == b`` (or ``logits + L`` with ``perturbed=True``),
         differentiable in ``logits``.
     """
-    shape = _broadcast(b.shape, logits.shape)
+    shape = broadcast_shapes(b.shape, logits.shape)
     v = uniform(shape, dtype=logits.dtype, device=logits.device, generator=generator)
     log_v, log_1mv = torch.log(v), torch.log1p(-v)
     sign = 2 * b.to(logits.dtype) - 1

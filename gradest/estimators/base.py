@@ -55,6 +55,17 @@ class Draw:
         n: how many leading rows of ``points`` are the node's values (``values = points[:n]``).
         dist: the distribution the points came from (baselines and control variates may read it).
         log_prob: ``[n, *B]`` log-probabilities of the values for score terms, or None.
+
+    Example:
+        >>> import torch, gradest
+        >>> _ = torch.manual_seed(0)
+        >>> dist = torch.distributions.Bernoulli(probs=torch.full((3,), 0.5))
+        >>> draw = gradest.ScoreFunction().draw(dist, 4)      # the samples and their log-probabilities
+        >>> type(draw).__name__, draw.points.shape, draw.n, draw.log_prob.shape
+        ('ScoreDraw', torch.Size([4, 3]), 4, torch.Size([4, 3]))
+        >>> draw = gradest.DisARM().draw(dist, 4)             # antithetic partners after the values
+        >>> draw.points.shape, draw.values.shape, draw.auxiliary.shape
+        (torch.Size([8, 3]), torch.Size([4, 3]), torch.Size([4, 3]))
     """
 
     points: Tensor
@@ -78,6 +89,22 @@ class Estimator(nn.Module):
 
     Estimators are ``nn.Module``\ s even when stateless, so state nests (a baseline's running mean is
     in ``state_dict()``), moves with ``.to(device)`` and joins a user's model through ``add_module``.
+
+    Example:
+        The plain score-function rule, written as a new estimator:
+
+        >>> import torch, gradest
+        >>> class Reinforce(gradest.Estimator):
+        ...     def draw(self, dist, n):
+        ...         x = dist.sample((n,))
+        ...         return gradest.Draw(x, n, dist, dist.log_prob(x))
+        ...     def weight(self, draw):
+        ...         return gradest.magic_box(draw.log_prob)      # value 1, gradient ∇log p
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.zeros(3, requires_grad=True)
+        >>> s = gradest.expectation(lambda x: x, torch.distributions.Bernoulli(logits=logits), Reinforce(), n=4)
+        >>> s.sum().backward(); logits.grad.tolist()
+        [0.375, 0.25, 0.375]
     """
 
     unbiased: ClassVar[bool] = True
@@ -122,15 +149,15 @@ class Estimator(nn.Module):
     """Whether ``correction`` returns a term (a rule whose correction depends on its configuration,
     such as ``ScoreFunction(baseline=None)``, answers with a property)."""
 
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # the real signature for help() and IDEs (nn.Module's is (*args, **kwargs))
         super().__init__()
 
     def check(self, dist: Distribution, n: int) -> None:
         """Raise ``NotImplementedError``/``ValueError`` if this rule cannot handle ``dist`` with ``n``."""
 
-    def delegate(self, dist: Distribution, n: int, *, limit: int | None = None) -> Estimator:
+    def delegate(self, dist: Distribution, n: int, *, too_large: bool = False) -> Estimator:
         """The estimator that handles ``dist``: this one (``Enumerate`` hands a support too large for its
-        budget, or a factor of ``limit`` joint values in a graph, to its ``fallback``)."""
+        budget, or a node whose factor is ``too_large`` for its graph's budget, to its ``fallback``)."""
         return self
 
     def draw(self, dist: Distribution, n: int) -> Draw:
@@ -145,8 +172,6 @@ class Estimator(nn.Module):
         (None: nothing). The costs carry their gradient only when the rule declares ``live_costs``."""
         return None
 
-    def extra_repr(self) -> str:
-        return ""
 
 
 Factory = Callable[[Distribution, int], Estimator]
@@ -160,11 +185,25 @@ def register_default(applies: Callable[[Distribution], bool]) -> Callable[[Facto
 
     The most recent registration that applies wins, so a user can override gradest's defaults for a
     family of their own. gradest's estimator modules register disjoint defaults (``Pathwise`` for
-    families with ``rsample``, ``ScoreFunction`` for the rest), so the base module imports none of them::
+    families with ``rsample``, ``ScoreFunction`` for the rest), so the base module imports none of them.
+    A registration cannot be removed: it holds for the rest of the process, and ``applies`` is then
+    asked about every distribution that comes without an estimator, so it must answer False (not
+    raise) for families it does not know.
 
-        @gradest.register_default(lambda dist: isinstance(dist, Categorical) and dist.param_shape[-1] <= 8)
-        def _enumerate_small(dist, n):
-            return gradest.Enumerate()
+    Example:
+        A family of your own, summed exactly when no estimator is given (``family=Coin`` binds the
+        class itself, so the test keeps working once the name ``Coin`` is gone):
+
+        >>> import torch, gradest
+        >>> class Coin(torch.distributions.Bernoulli):
+        ...     pass
+        >>> @gradest.register_default(lambda dist, family=Coin: isinstance(dist, family))
+        ... def enumerate_coins(dist, n):
+        ...     return gradest.Enumerate()
+        >>> p = torch.tensor(0.3, requires_grad=True)
+        >>> s = gradest.expectation(lambda x: x, Coin(probs=p))      # E[x] = p, exactly
+        >>> s.backward(); round(s.item(), 4), round(p.grad.item(), 4)
+        (0.3, 1.0)
     """
 
     def decorate(factory: Factory) -> Factory:
@@ -181,6 +220,15 @@ def default_for(dist: Distribution, n: int) -> Estimator:
     ``ScoreFunction(LeaveOneOut())`` when ``n > 1``, else ``ScoreFunction()``.
     """
     for applies, factory in _DEFAULTS:
-        if applies(dist):
+        try:
+            found = applies(dist)
+        except Exception as err:
+            raise TypeError(
+                f"register_default: the predicate {getattr(applies, '__qualname__', applies)!r} raised "
+                f"{type(err).__name__}({err}) for dist={type(dist).__name__}; a predicate is asked about every "
+                "distribution that has no estimator given, so it must return False for families it does not "
+                "handle (check isinstance(dist, YourFamily) first)."
+            ) from err
+        if found:
             return factory(dist, n)
     raise LookupError(f"no default estimator is registered for dist={type(dist).__name__}")

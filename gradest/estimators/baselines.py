@@ -44,9 +44,25 @@ class Baseline(nn.Module):
     computed without each sample's own cost, or override ``term`` for more general corrections.
 
     ``draw`` is the score-function rule's record (``points``, ``n``, ``dist``, ``log_prob``, ``box``)
-    and ``cost`` the costs ``[n, *B]`` at its samples, with their gradient stopped."""
+    and ``cost`` the costs ``[n, *B]`` at its samples, with their gradient stopped.
 
-    def __init__(self) -> None:
+    Example:
+        A baseline of your own, here the mean of a Bernoulli (it does not depend on the samples, so the
+        estimator stays unbiased; for f(x) = x it is E[f] and removes all the variance):
+
+        >>> import torch, gradest
+        >>> class Mean(gradest.Baseline):
+        ...     def forward(self, draw, cost):
+        ...         return draw.dist.mean.detach()
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.zeros(3, requires_grad=True)
+        >>> dist = torch.distributions.Bernoulli(logits=logits)
+        >>> s = gradest.expectation(lambda x: x, dist, gradest.ScoreFunction(Mean()), n=4)
+        >>> s.sum().backward(); logits.grad.tolist()     # p(1 − p) exactly, whatever the samples
+        [0.25, 0.25, 0.25]
+    """
+
+    def __init__(self) -> None:  # the real signature for help() and IDEs (nn.Module's is (*args, **kwargs))
         super().__init__()
 
     def check(self, dist: Distribution, n: int) -> None:
@@ -69,6 +85,15 @@ class Constant(Baseline):
 
     Args:
         b: a number or a tensor broadcastable to ``dist.batch_shape``.
+
+    Example:
+        >>> import torch, gradest
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.zeros(3, requires_grad=True)           # Bernoulli(0.5): E[x] = 0.5
+        >>> dist = torch.distributions.Bernoulli(logits=logits)
+        >>> s = gradest.expectation(lambda x: x, dist, gradest.ScoreFunction(gradest.Constant(0.5)), n=4)
+        >>> s.sum().backward(); logits.grad.tolist()   # (x − 0.5)(x − 0.5) = 0.25 for x = 0 and 1: no variance
+        [0.25, 0.25, 0.25]
     """
 
     b: Tensor
@@ -120,6 +145,18 @@ class MovingAverage(Baseline):
         process_group: ``"world"`` (the default process group when one is initialised, else none),
             a ``torch.distributed.ProcessGroup``, or None to keep a per-rank average.
 
+    Example:
+        >>> import torch, gradest
+        >>> _ = torch.manual_seed(0)
+        >>> dist = torch.distributions.Bernoulli(logits=torch.zeros(3, requires_grad=True))
+        >>> baseline = gradest.MovingAverage(0.9)
+        >>> estimator = gradest.ScoreFunction(baseline)
+        >>> for step in range(20):
+        ...     s = gradest.expectation(lambda x: x, dist, estimator, n=4)
+        >>> # the b of the next call (near E[x] = 0.5), and the running mean in a checkpoint
+        >>> round(float(baseline.mean / baseline.weight), 4), sorted(estimator.state_dict())
+        (0.5371, ['baseline.mean', 'baseline.weight'])
+
     References:
         Williams (1992); Mnih & Gregor (2014). arXiv:1402.0030.
     """
@@ -163,6 +200,16 @@ class LeaveOneOut(Baseline):
     Requires: n ≥ 2; each sample's cost a function of that sample alone (a cost that averages over
     the samples, ``x.mean(0).expand(n)``, is the same for all of them, so every baseline equals its own
     cost and the gradient is exactly zero — see ``ScoreFunction``). Bias: none.
+
+    Example:
+        >>> import torch, gradest
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.zeros(4, requires_grad=True)
+        >>> dist = torch.distributions.Categorical(logits=logits)
+        >>> estimator = gradest.ScoreFunction(gradest.LeaveOneOut())
+        >>> s = gradest.expectation(lambda k: (k == 2).float(), dist, estimator, n=8)
+        >>> s.backward(); [round(g, 4) for g in logits.grad.tolist()]   # exact: [-0.0625, -0.0625, 0.1875, -0.0625]
+        [-0.0357, -0.0714, 0.2143, -0.1071]
 
     References:
         Kool et al. (2019). Buy 4 REINFORCE Samples, Get a Baseline for Free! ICLR workshop.
@@ -217,6 +264,16 @@ class OptimalConstant(Baseline):
         process_group: with ``decay``, ``"world"`` (the default process group when one is initialised,
             else none), a ``torch.distributed.ProcessGroup``, or None to keep per-rank moments.
 
+    Example:
+        >>> import torch, gradest
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.zeros(4, requires_grad=True)
+        >>> dist = torch.distributions.Categorical(logits=logits)
+        >>> estimator = gradest.ScoreFunction(gradest.OptimalConstant())     # one b per logit
+        >>> s = gradest.expectation(lambda k: (k == 2).float(), dist, estimator, n=8)
+        >>> s.backward(); [round(g, 4) for g in logits.grad.tolist()]   # exact: [-0.0625, -0.0625, 0.1875, -0.0625]
+        [-0.0654, -0.0751, 0.2206, -0.0801]
+
     References:
         Mohamed et al. (2020). Monte Carlo Gradient Estimation in Machine Learning, §7.4. JMLR.
         arXiv:1906.10652.
@@ -268,7 +325,7 @@ class OptimalConstant(Baseline):
         dist, x = draw.dist, draw.points
         params = parameters(dist)
         live = {k: p for k, p in params.items() if p.requires_grad}
-        if not live:
+        if not live or cost.numel() == 0:  # nothing to scale (torch's Independent cannot reshape an empty batch)
             return torch.zeros_like(cost)
         n = cost.shape[0]
         # Per-sample scores: one copy of the parameters per sample, so the vjp of the log-probs
@@ -339,6 +396,16 @@ class Critic(Baseline):
             ``inputs=lambda dist: x`` to condition on data directly.
 
     Bias: none (u never depends on the sample).
+
+    Example:
+        >>> import torch, gradest
+        >>> _ = torch.manual_seed(0)
+        >>> net = torch.nn.Linear(1, 1)           # by default it reads each batch element's logit
+        >>> logits = torch.zeros(3, requires_grad=True)
+        >>> dist = torch.distributions.Bernoulli(logits=logits)
+        >>> s = gradest.expectation(lambda x: x, dist, gradest.ScoreFunction(gradest.Critic(net)), n=4)
+        >>> s.sum().backward(); logits.grad.shape, net.weight.grad.shape   # one backward: θ and the critic
+        (torch.Size([3]), torch.Size([1, 1]))
 
     References:
         Mnih & Gregor (2014). Neural Variational Inference and Learning in Belief Networks. ICML.

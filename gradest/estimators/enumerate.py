@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
 
 from gradest._validation import describe
-from gradest.estimators._families import categorical, check_parameters, event_dims, leaf
+from gradest.estimators._families import categorical, check_parameters, event_dims, leaf, support_size
 from gradest.estimators.base import Draw, Estimator
 
 __all__ = ["Enumerate", "EnumerateDraw"]
@@ -21,7 +21,7 @@ __all__ = ["Enumerate", "EnumerateDraw"]
 class EnumerateDraw(Draw):
     """The support ``[K, *B, *E]`` (``points``, all of them values); the probability of each point and
     its logarithm ``[K, *B]``, differentiable in θ, are computed when first read (a graph that
-    eliminates the node reads neither: it stacks the distributions' parameters instead)."""
+    eliminates the node reads only the logarithm)."""
 
     @functools.cached_property
     def probs(self) -> Tensor:
@@ -73,31 +73,6 @@ def _log_probabilities(dist: Distribution, value: Tensor) -> Tensor:
     for _ in range(r):
         per = per.sum(-1)
     return per
-
-
-def support_size(dist: Distribution) -> int:
-    """The number of support points per batch element (K^m jointly for ``Independent``), read off the
-    parameters' shapes for Bernoulli and categorical families (no tensor op)."""
-    inner = leaf(dist)
-    if isinstance(inner, Bernoulli):
-        k = 2
-    elif isinstance(inner, (Categorical, OneHotCategorical)):
-        k = categorical(inner).param_shape[-1]
-    else:
-        return _support_size(dist)
-    r = event_dims(dist, inner)
-    return k ** math.prod(inner.batch_shape[len(inner.batch_shape) - r :]) if r else k
-
-
-def _support_size(dist: Distribution) -> int:
-    """Number of joint configurations of one batch element (K^m for m independent K-way events)."""
-    if isinstance(dist, Independent):
-        base = dist.base_dist
-        k = base.enumerate_support(expand=False).shape[0]
-        r = dist.reinterpreted_batch_ndims
-        m = math.prod(base.batch_shape[len(base.batch_shape) - r :])
-        return k**m
-    return dist.enumerate_support(expand=False).shape[0]
 
 
 def _joint_support(dist: Independent) -> Tensor:
@@ -181,12 +156,12 @@ class Enumerate(Estimator):
         self.budget = budget
         self.fallback = fallback
 
-    def delegate(self, dist: Distribution, n: int, *, limit: int | None = None) -> Estimator:
-        """``self``, or ``fallback`` when the support (or, with ``limit``, the node's factor of ``limit``
-        joint values in a graph) is too large to enumerate and a fallback was named."""
-        leaf_ok = leaf(dist).has_enumerate_support
-        too_big = leaf_ok and (support_size(dist) > self.budget or (limit is not None and limit > self.budget))
-        return self.fallback if too_big and self.fallback is not None else self
+    def delegate(self, dist: Distribution, n: int, *, too_large: bool = False) -> Estimator:
+        """``self``, or ``fallback`` when the support is over ``budget`` (or, ``too_large``, the node's factor
+        is over its graph's budget) and a fallback was named."""
+        if self.fallback is None or not leaf(dist).has_enumerate_support:
+            return self
+        return self.fallback if too_large or support_size(dist) > self.budget else self
 
     def check(self, dist: Distribution, n: int) -> None:
         base = leaf(dist)

@@ -48,7 +48,7 @@ from gradest.estimators._gumbel import conditional_gumbel, conditional_logistic,
 from gradest.estimators._paths import differentiable_path
 from gradest.estimators.base import Draw, Estimator
 from gradest.estimators.relaxed import (
-    _Temperature,
+    Tempered,
     check_family,
     check_precision,
     check_relaxation,
@@ -188,7 +188,7 @@ def _check_eta(eta: object) -> float:
     return float(eta)
 
 
-class REBAR(_Temperature):
+class REBAR(Tempered):
     r"""REBAR: REINFORCE with f at the Concrete relaxation as its control variate, made unbiased.
 
     .. math::
@@ -536,5 +536,3 @@ class RELAX(Estimator):
         term = _learned_correction(leaf(draw.dist), draw.free, draw.hard, f, c_z, c_tilde, params)
         return term.to(cost.dtype).unsqueeze(0)
 
-    def extra_repr(self) -> str:
-        return ""

@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution
 from torch.nn.functional import logsigmoid
 
-from gradest._validation import describe, is_validation_enabled
+from gradest._validation import check_positive, describe, is_validation_enabled
 from gradest.estimators._families import (
     DISCRETE,
     categorical,
@@ -136,15 +136,7 @@ def check_family(where: str, dist: Distribution, fix: str, *, masked: bool = Tru
 
 def check_temperature(where: str, temperature: object) -> float:
     """A finite float > 0, else a ``TypeError``/``ValueError`` naming the value."""
-    if isinstance(temperature, Tensor) and temperature.numel() == 1:
-        temperature = float(temperature)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(
-            f"{where}: temperature={temperature!r} must be a float > 0; values between 0.1 and 1 are typical."
-        )
-    if not (0 < temperature < math.inf):
-        raise ValueError(f"{where}: temperature={temperature} must be > 0; values between 0.1 and 1 are typical.")
-    return float(temperature)
+    return check_positive(where, "temperature", temperature, "values between 0.1 and 1 are typical")
 
 
 def check_precision(where: str, temperature: float, inner: Distribution) -> None:
@@ -159,7 +151,7 @@ def check_precision(where: str, temperature: float, inner: Distribution) -> None
         )
 
 
-class _Temperature(Estimator):
+class Tempered(Estimator):
     """A rule with a ``temperature`` attribute, checked whenever it is set (annealing schedules too)."""
 
     _temperature: float
@@ -184,7 +176,7 @@ class _Temperature(Estimator):
         self.temperature = state["temperature"]  # type: ignore[assignment]
 
 
-class GumbelSoftmax(_Temperature):
+class GumbelSoftmax(Tempered):
     r"""Concrete / Gumbel-Softmax relaxation; straight-through Gumbel with ``hard=True``.
 
     .. math::
@@ -359,7 +351,7 @@ class StraightThrough(Estimator):
         return StraightThroughDraw(value, n, dist, None, hard)
 
 
-class GumbelRao(_Temperature):
+class GumbelRao(Tempered):
     r"""Gumbel-Rao: straight-through Gumbel, Rao-Blackwellised over k conditional relaxations.
 
     .. math::

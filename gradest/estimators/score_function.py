@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
+from torch.distributions import Distribution
 
-from gradest.estimators._families import check_parameters
+from gradest.estimators._families import check_parameters, sample_with_log_prob
 from gradest.estimators.base import Draw, Estimator, register_default
 from gradest.estimators.baselines import Baseline, LeaveOneOut
 from gradest.surrogate import magic_box
@@ -86,7 +85,7 @@ class ScoreFunction(Estimator):
             self.baseline.check(dist, n)
 
     def draw(self, dist: Distribution, n: int) -> ScoreDraw:
-        value, log_prob = _sample_with_log_prob(dist, n)
+        value, log_prob = sample_with_log_prob(dist, n)
         return ScoreDraw(value, n, dist, log_prob, magic_box(log_prob))
 
     def weight(self, draw: ScoreDraw) -> Tensor:  # type: ignore[override]
@@ -97,61 +96,8 @@ class ScoreFunction(Estimator):
             return None
         return self.baseline.term(draw, cost, draw.box)
 
-    def extra_repr(self) -> str:
-        return ""
 
 
 @register_default(lambda dist: not dist.has_rsample)
 def _score_function(dist: Distribution, n: int) -> Estimator:
     return ScoreFunction(LeaveOneOut()) if n > 1 else ScoreFunction()
-
-
-def _sample_with_log_prob(dist: Distribution, n: int) -> tuple[Tensor, Tensor]:
-    """``dist.sample((n,))`` and ``dist.log_prob`` of it, with a shortcut for one-hot categoricals.
-
-    ``OneHotCategorical.log_prob`` recovers each sample's index with ``value.max(-1)``, and its sampler
-    recomputes the probabilities with a softmax of logits that the constructor has already
-    normalised. For exactly ``OneHotCategorical``, possibly inside ``Independent``, the indices are
-    drawn from ``exp(logits)`` (the same probabilities, up to rounding; the user's cached ``probs``
-    when present) and their log-probabilities gathered directly, as a hand-written surrogate would.
-    Likewise for exactly ``Bernoulli`` (possibly inside ``Independent``): bits are drawn as
-    ``rand < probs`` (``torch.bernoulli`` costs about three times as much on CPU) and their
-    log-probabilities computed as ``b·logits − softplus(logits)``, the value torch's ``log_prob`` gives.
-    Subclasses and every other family take the general path.
-    """
-    sums: list[int] = []
-    base = dist
-    while type(base) is Independent:
-        sums.append(base.reinterpreted_batch_ndims)
-        base = base.base_dist
-    if type(base) is Bernoulli:
-        return _bernoulli_with_log_prob(base, n, sum(sums))
-    if type(base) is not OneHotCategorical:
-        value = dist.sample((n,))
-        return value, dist.log_prob(value)
-    categorical = base._categorical
-    logits = categorical.logits  # normalised: log-probabilities
-    k = logits.shape[-1]
-    with torch.no_grad():
-        probs = vars(categorical).get("probs")
-        probs = logits.exp() if probs is None else probs
-        index = torch.multinomial(probs.reshape(-1, k), n, True).T.reshape((n,) + logits.shape[:-1])
-    value = torch.nn.functional.one_hot(index, k).to(logits)
-    log_prob = logits.expand((n,) + logits.shape).gather(-1, index.unsqueeze(-1)).squeeze(-1)
-    for d in reversed(sums):  # as Independent.log_prob: sum the d rightmost dims, innermost first
-        if d > 0:
-            log_prob = log_prob.reshape(log_prob.shape[: log_prob.dim() - d] + (-1,)).sum(-1)
-    return value, log_prob
-
-
-def _bernoulli_with_log_prob(base: Bernoulli, n: int, event_dims: int) -> tuple[Tensor, Tensor]:
-    """n bits ``[n, *batch]`` of ``base`` and their log-probabilities summed over ``event_dims`` dims."""
-    logits = base.logits
-    with torch.no_grad():
-        probs = vars(base).get("probs")  # the user's, when built from probs; else σ(logits)
-        probs = torch.sigmoid(logits) if probs is None else probs
-        value = (torch.rand((n, *probs.shape), dtype=probs.dtype, device=probs.device) < probs).to(probs.dtype)
-    log_prob = value * logits - torch.nn.functional.softplus(logits)
-    if event_dims:
-        log_prob = log_prob.sum(tuple(range(-event_dims, 0)))
-    return value, log_prob

@@ -39,21 +39,22 @@ def resolve_estimator(where: str, estimator: object, dist: Distribution, n: int)
     )
 
 
-def check_cost(where: str, cost: object, expected: tuple[int, ...], what: str = "f") -> Tensor:
-    """A floating tensor of the expected shape (and finite, while validation is on). ``what`` is ``"f"``
-    (a function's output) or the name of a graph's cost (``"cost 'recon'"``)."""
+def check_cost(where: str, cost: object, expected: tuple[int, ...] | None, what: str = "f") -> Tensor:
+    """A floating tensor of the expected shape (None: any; and finite, while validation is on). ``what``
+    is ``"f"`` (a function's output) or the name of a graph's cost (``"cost 'recon'"``)."""
     said, called = (f"{what} returned", f"{what}'s output") if what == "f" else (f"{what} has", what)
     if not isinstance(cost, Tensor):
+        shape = "" if expected is None else f" of shape {tuple(expected)}"
         raise TypeError(
-            f"{where}: {said} {type(cost).__name__}, expected a tensor of shape {tuple(expected)}; keep the "
-            "computation in torch (a cost built from .tolist() or .numpy() has no gradient)."
+            f"{where}: {said} {type(cost).__name__}, expected a tensor{shape}; keep the computation in torch "
+            "(a cost built from .tolist() or .numpy() has no gradient)."
         )
     if not cost.is_floating_point():
         raise TypeError(
             f"{where}: {said} dtype={cost.dtype}; costs must be floating point: return cost.float() (or .to() "
             "the distribution's dtype)."
         )
-    if cost.shape != expected:
+    if expected is not None and cost.shape != expected:
         raise ValueError(
             f"{where}: {said} shape {tuple(cost.shape)}, expected (n, *dist.batch_shape) = "
             f"{tuple(expected)}; reduce the event dimensions inside {what} and keep the sample dimension."

@@ -20,7 +20,7 @@ Corrections carry the boxes of their node's ancestors ("loaded" baselines, Farqu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +61,9 @@ class Node:
     same random numbers, the distribution's parameters at that block)."""
     step: tuple[int, int] | None = None
     """(markov context, step) for a node drawn inside ``Graph.markov``, else None."""
+    scope: frozenset[int] = frozenset()
+    """The enumerated nodes whose dims this node's tensors span: itself, if it is enumerated; else its
+    parents' scopes (its samples were drawn per value of them)."""
 
     @property
     def size(self) -> int:
@@ -135,7 +138,7 @@ def _align(node: Node, t: Tensor, depth: int, batch_len: int, *, what: str) -> T
     return g
 
 
-def _reduce(owner: Node, x: Tensor) -> Tensor:
+def reduce_position(owner: Node, x: Tensor) -> Tensor:
     """Reduce ``x``'s leading dim (a sample position of ``owner``'s slot) by the owner's declared rule.
 
     A term of size 1 there does not depend on the nodes of that position: its mean, or its sum with
@@ -147,7 +150,7 @@ def _reduce_block(nodes: list[Node], slots: list[Slot], x: Tensor, depth: int) -
     """Reduce the ``depth`` leading sample dims, outermost first, each by its owner's rule."""
     for q in range(depth, 0, -1):
         slot = slots[q - 1]
-        x = _reduce(nodes[slot.nodes[0]], x)
+        x = reduce_position(nodes[slot.nodes[0]], x)
     return x
 
 
@@ -161,13 +164,13 @@ def _to_native(nodes: list[Node], slots: list[Slot], w: Node, c: Cost, v: Tensor
         v = v * _align(nodes[i], t, c.depth, batch_len, what=f"cost {c.name!r}")
     for q in range(c.depth, w.position, -1):  # positions outside w's block
         slot = slots[q - 1]
-        v = _reduce(nodes[slot.nodes[0]], v)
+        v = reduce_position(nodes[slot.nodes[0]], v)
     layout = shape[:1] + (1,) * w.pad + shape[1:]
     for q in range(w.position - 1, 0, -1):  # inside w's block, where w itself does not vary
         d = w.position - q
         if layout[d] == 1 and v.shape[d] > 1:
             slot = slots[q - 1]
-            v = _reduce(nodes[slot.nodes[0]], v.movedim(d, 0)).unsqueeze(0).movedim(0, d)
+            v = reduce_position(nodes[slot.nodes[0]], v.movedim(d, 0)).unsqueeze(0).movedim(0, d)
     if w.pad:
         v = v.reshape(v.shape[:1] + v.shape[1 + w.pad :])
     extra = batch_len - len(w.batch)
@@ -224,6 +227,37 @@ def _downstream(nodes: list[Node], slots: list[Slot], costs: list[Cost], w: Node
     return total
 
 
+def weighted(nodes: list[Node], c: Cost, weights: Mapping[int, Tensor | None],
+             among: Container[int] | None = None) -> Tensor:
+    """A cost's value times the weights of the nodes it depends on (those in ``among``; default all)."""
+    x, batch_len = c.value, c.value.dim() - c.depth
+    for i in sorted(c.deps):
+        if (among is None or i in among) and (wi := weights[i]) is not None:
+            x = x * _align(nodes[i], wi, c.depth, batch_len, what=f"cost {c.name!r}")
+    return x
+
+
+def correction_term(nodes: list[Node], slots: list[Slot], w: Node, costs: list[Cost],
+                    weights: Mapping[int, Tensor | None], among: Container[int] | None = None,
+                    seen: Mapping[int, Tensor | None] | None = None) -> Tensor | None:
+    """Node w's correction from the costs that depend on it, in graph layout, times the weights of its
+    ancestors (those in ``among``; default all); None when it has none. ``seen``: the weights of the
+    other nodes as w's rule sees them in the costs (default ``weights``)."""
+    if not w.estimator.has_correction:
+        return None
+    relevant = [c for c in costs if w.index in c.deps]
+    if not relevant:
+        return None
+    corr = w.estimator.correction(w.draw, _downstream(nodes, slots, relevant, w, weights if seen is None else seen))
+    if corr is None:
+        return None
+    x = w.view(corr)
+    for a in sorted(w.ancestors):
+        if (among is None or a in among) and (wa := weights[a]) is not None:
+            x = x * _align(nodes[a], wa, w.position, len(w.batch), what=f"node {w.name!r}")
+    return x
+
+
 def terms(nodes: list[Node], slots: list[Slot], costs: list[Cost], *, exclude: frozenset[int] = frozenset()
           ) -> list[Tensor]:
     """The surrogate's terms (see the module docstring), each reduced over its sample dims and keeping
@@ -241,24 +275,8 @@ def terms(nodes: list[Node], slots: list[Slot], costs: list[Cost], *, exclude: f
         pending.append((depth, x))
 
     for c in costs:
-        batch_len = c.value.dim() - c.depth
-        x = c.value
-        for i in sorted(c.deps):
-            if (wi := weights[i]) is not None:
-                x = x * _align(nodes[i], wi, c.depth, batch_len, what=f"cost {c.name!r}")
-        add(c.depth, x)
+        add(c.depth, weighted(nodes, c, weights))
     for w in nodes:
-        if not w.estimator.has_correction or w.index in exclude:
-            continue
-        relevant = [c for c in costs if w.index in c.deps]
-        if not relevant:
-            continue
-        corr = w.estimator.correction(w.draw, _downstream(nodes, slots, relevant, w, weights))
-        if corr is None:
-            continue
-        x = w.view(corr)
-        for a in sorted(w.ancestors):
-            if (wa := weights[a]) is not None:
-                x = x * _align(nodes[a], wa, w.position, len(w.batch), what=f"node {w.name!r}")
-        add(w.position, x)
+        if w.index not in exclude and (x := correction_term(nodes, slots, w, costs, weights)) is not None:
+            add(w.position, x)
     return [_reduce_block(nodes, slots, x, depth) for depth, x in pending]

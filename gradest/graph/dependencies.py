@@ -76,30 +76,70 @@ class Provenance(Tensor):
     nodes with auxiliary points, its shadows)."""
 
     _gradest_tags: tuple[Tag, ...]
-    _gradest_borrowed: bool
-    _gradest_shadows: Shadows | None
+    _gradest_shadows: Shadows | None = None  # a class default: most tensors have none, and are not set
 
     @staticmethod
     def wrap(x: Tensor, tags: tuple[Tag, ...], shadows: Shadows | None = None) -> Provenance:
         out = x.as_subclass(Provenance)
         out._gradest_tags = tags
-        out._gradest_borrowed = False
-        out._gradest_shadows = shadows
+        if shadows is not None:
+            out._gradest_shadows = shadows
         return out
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kind = _KINDS.get(func)
+        if kind is None:
+            kind = _KINDS[func] = _kind(func)
+        if kind is _OTHER and (not kwargs or "out" not in kwargs):
+            # the fast path (most ops): the tensors are top-level arguments carrying the same tags of an
+            # open graph, without shadows, and nothing is written in place; anything else takes the
+            # general path below
+            found = None
+            for a in args if not kwargs else (*args, *kwargs.values()):
+                t = type(a)
+                if t is Provenance:
+                    if a._gradest_shadows is not None or (found is not None and a._gradest_tags is not found):
+                        break
+                    found = a._gradest_tags
+                elif t is tuple or t is list:
+                    for e in a:
+                        if isinstance(e, (Tensor, tuple, list, dict)):
+                            break
+                    else:
+                        continue
+                    break
+                elif t is dict:
+                    break
+            else:
+                for g in found or (None,):  # None: no tagged tensor at the top level
+                    if g is None or g.scope.closed:
+                        break
+                else:
+                    if _is_compiling():
+                        raise RuntimeError(_COMPILE_MESSAGE)
+                    with _disable():
+                        out = func(*args, **kwargs) if kwargs else func(*args)
+                    if type(out) is Tensor:
+                        for a in args:
+                            if out is a:
+                                break
+                        else:
+                            out.__class__ = Provenance
+                            out._gradest_tags = found  # type: ignore[attr-defined]
+                            return out
+                    return _carry(out, found or (), None, args, None)
         if kwargs is None:
             kwargs = {}
-        if func in _DISPLAY:  # printing (a log line, a traceback) shows a plain tensor, at any time
-            with torch._C.DisableTorchFunctionSubclass():
+        if kind is _DISPLAY_KIND:  # printing (a log line, a traceback) shows a plain tensor, at any time
+            with _disable():
                 return func(*tree_map(plain, args), **kwargs)
         if _is_compiling():  # the compiler does not run this method: credit would be lost silently
             raise RuntimeError(_COMPILE_MESSAGE)
         found, shadows = _collect(args, kwargs)
-        if func in _ESCAPES and found:
+        if kind is _ESCAPE_KIND and found:
             if shadows:  # allowed only where every copy gives the same Python value (no divergence)
-                with torch._C.DisableTorchFunctionSubclass():
+                with _disable():
                     out = func(*args, **kwargs)
                 for results in _replay(func, args, kwargs, shadows, None).values():
                     if any(not _same(r, out) for r in results):
@@ -108,46 +148,47 @@ class Provenance(Tensor):
             for tag in found:
                 if tag.scope.escaped is None:
                     tag.scope.escaped = getattr(func, "__qualname__", str(func))
-        kind = _KINDS.get(func)
-        if kind is None:
-            kind = _KINDS[func] = _kind(func)
         mutated = kwargs.get("out", args[0] if args and kind is _IN_PLACE else None)
         replayed = _replay(func, args, kwargs, shadows, mutated) if shadows else None
-        with torch._C.DisableTorchFunctionSubclass():
+        with _disable():
             out = func(*args, **kwargs)
-        if not found or func in _NO_WRAP:
+        if not found or kind is _ESCAPE_KIND:
             return out
         if kind is _GETTER:  # an attribute (.grad, .data, .shape): only new tensors are wrapped
             return Provenance.wrap(out, found) if type(out) is Tensor else out
         if isinstance(mutated, Tensor):
             _borrow(mutated, found, replayed)
-        if type(out) is Tensor and not any(out is a for a in args) and out is not mutated:
-            # a new tensor: re-class it rather than wrap it (``as_subclass`` would add an alias node to
-            # autograd's graph for every op)
-            out.__class__ = Provenance
-            out._gradest_tags = found  # type: ignore[attr-defined]
-            out._gradest_borrowed = False  # type: ignore[attr-defined]
-            out._gradest_shadows = replayed  # type: ignore[attr-defined]
-            return out
-        if isinstance(out, Tensor):
-            if isinstance(out, Provenance):
-                if replayed is not None and out is not mutated:
-                    out._gradest_shadows = replayed
-                return out
-            return Provenance.wrap(out, found, replayed)
-        if not isinstance(out, (tuple, list, dict)) or isinstance(out, torch.Size):
-            return out  # a number, a shape, None: nothing to carry
-        if not replayed and isinstance(out, (tuple, list)) and not hasattr(out, "_fields"):
-            if not any(isinstance(t, Tensor) for t in out):
-                return out
-            return type(out)(Provenance.wrap(t, found) if isinstance(t, Tensor) else t for t in out)
-        leaves, spec = tree_flatten(out)
-        if not any(isinstance(t, Tensor) for t in leaves):
-            return out
-        per_leaf = _split_shadows(replayed, spec, len(leaves))
-        wrapped = [Provenance.wrap(t, found, per_leaf[i]) if isinstance(t, Tensor) else t for i, t in enumerate(leaves)]
-        return tree_unflatten(wrapped, spec)
+        return _carry(out, found, replayed, args, mutated)
 
+
+def _carry(out: Any, found: tuple[Tag, ...], replayed: Shadows | None, args: Any, mutated: Any) -> Any:
+    """An op's result, carrying ``found`` (and the shadows ``replayed``): a new tensor is re-classed in
+    place (``as_subclass`` would add an alias node to autograd's graph for every op); an argument
+    returned as is keeps its own class; the tensors of a structure (a tuple, a named tuple) are wrapped."""
+    if type(out) is Tensor and all(out is not a for a in args) and out is not mutated:
+        out.__class__ = Provenance
+        out._gradest_tags = found  # type: ignore[attr-defined]
+        if replayed is not None:
+            out._gradest_shadows = replayed  # type: ignore[attr-defined]
+        return out
+    if isinstance(out, Tensor):
+        if isinstance(out, Provenance):
+            if replayed is not None and out is not mutated:
+                out._gradest_shadows = replayed
+            return out
+        return Provenance.wrap(out, found, replayed)
+    if not isinstance(out, (tuple, list, dict)) or isinstance(out, torch.Size):
+        return out  # a number, a shape, None: nothing to carry
+    if not replayed and isinstance(out, (tuple, list)) and not hasattr(out, "_fields"):
+        if not any(isinstance(t, Tensor) for t in out):
+            return out
+        return type(out)(Provenance.wrap(t, found) if isinstance(t, Tensor) else t for t in out)
+    leaves, spec = tree_flatten(out)
+    if not any(isinstance(t, Tensor) for t in leaves):
+        return out
+    per_leaf = _split_shadows(replayed, spec, len(leaves))
+    wrapped = [Provenance.wrap(t, found, per_leaf[i]) if isinstance(t, Tensor) else t for i, t in enumerate(leaves)]
+    return tree_unflatten(wrapped, spec)
 
 _is_compiling = torch.compiler.is_compiling
 _COMPILE_MESSAGE = (
@@ -158,16 +199,21 @@ _COMPILE_MESSAGE = (
 _DISPLAY = {Tensor.__repr__, Tensor.__format__, Tensor.__str__}
 _ESCAPES = {Tensor.tolist, Tensor.item, Tensor.numpy, Tensor.__array__, Tensor.__bool__, Tensor.__float__,
             Tensor.__int__, Tensor.__index__, Tensor.__complex__, torch.equal, torch.allclose, Tensor.is_nonzero}
-_NO_WRAP = _DISPLAY | _ESCAPES
 _SETTERS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__",
             "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__"}
 
 
 _GETTER, _IN_PLACE, _OTHER = "getter", "in-place", "other"
+_DISPLAY_KIND, _ESCAPE_KIND = "display", "escape"
+_disable = torch._C.DisableTorchFunctionSubclass
 _KINDS: dict[Any, str] = {}  # func -> kind, filled on first use
 
 
 def _kind(func: Any) -> str:
+    if func in _DISPLAY:
+        return _DISPLAY_KIND
+    if func in _ESCAPES:
+        return _ESCAPE_KIND
     name = getattr(func, "__name__", "")
     if name == "__get__":
         return _GETTER
@@ -208,8 +254,8 @@ def _borrow(t: Tensor, tags: tuple[Tag, ...], replayed: Shadows | None) -> None:
     elif type(t) is Tensor:  # not nn.Parameter or another subclass
         t.__class__ = Provenance
         t._gradest_tags = tags  # type: ignore[attr-defined]
-        t._gradest_borrowed = True  # type: ignore[attr-defined]
-        t._gradest_shadows = replayed or None  # type: ignore[attr-defined]
+        if replayed:
+            t._gradest_shadows = replayed  # type: ignore[attr-defined]
 
 
 def _replay(func: Any, args: Any, kwargs: dict[str, Any], shadows: Shadows, mutated: Any) -> Shadows:
@@ -219,7 +265,7 @@ def _replay(func: Any, args: Any, kwargs: dict[str, Any], shadows: Shadows, muta
     clone of it before the op, when it has none yet: the replay runs before the op itself), and that
     copy is the replay's result."""
     out: Shadows = {}
-    with torch._C.DisableTorchFunctionSubclass():
+    with _disable():
         for index, count in ((i, len(c)) for i, c in shadows.items()):
             results = []
             for copy in range(count):
@@ -279,6 +325,8 @@ def _collect(args: Any, kwargs: dict[str, Any]) -> tuple[tuple[Tag, ...], Shadow
     for a in args:  # fast path: the op's tensors are top-level arguments, with the same tags
         if isinstance(a, Provenance):
             tags = _live(a)
+            if not tags:  # re-classed as a plain tensor: its graphs are closed
+                continue
             if a._gradest_shadows:
                 shadows = {**(shadows or {}), **a._gradest_shadows}
             if not found or tags is found:
@@ -290,8 +338,8 @@ def _collect(args: Any, kwargs: dict[str, Any]) -> tuple[tuple[Tag, ...], Shadow
     if nested:
         merged: dict[int, Tag] = {}
         for a in tree_flatten((args, kwargs))[0]:
-            if isinstance(a, Provenance):
-                for g in _live(a):
+            if isinstance(a, Provenance) and _live(a):
+                for g in a._gradest_tags:
                     merged[id(g)] = g
                 if a._gradest_shadows:
                     shadows = {**(shadows or {}), **a._gradest_shadows}

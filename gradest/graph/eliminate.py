@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["Factor", "eliminate", "chain_total", "chain_forward", "chain_expectation", "order", "BudgetError",
-           "broadcast"]
+           "plate"]
 
 
 class BudgetError(ValueError):
@@ -67,14 +67,8 @@ class Factor:
     r: Tensor | None
 
 
-def broadcast(a: Sequence[int], b: Sequence[int]) -> torch.Size:
-    """The broadcast of two shapes (``torch.broadcast_shapes`` imports sympy on first use: ~1 s)."""
-    width = max(len(a), len(b))
-    a, b = (1,) * (width - len(a)) + tuple(a), (1,) * (width - len(b)) + tuple(b)
-    return torch.Size(y if x == 1 else x for x, y in zip(a, b))
-
-
-def _plate(f: Factor) -> torch.Size:
+def plate(f: Factor) -> torch.Size:
+    """A factor's plate: the dims before its labels."""
     t = f.log if f.log is not None else f.r
     assert t is not None
     return t.shape[: t.dim() - len(f.labels)]
@@ -98,7 +92,7 @@ def _aligned(t: Tensor, labels: tuple[int, ...], union: tuple[int, ...], plate_d
 
 def combine(factors: Sequence[Factor], union: tuple[int, ...]) -> Factor:
     """The product of ``factors`` (log parts added, r parts added) over the labels ``union``."""
-    plate_dims = max(len(_plate(f)) for f in factors)
+    plate_dims = max(len(plate(f)) for f in factors)
     log: Tensor | None = None
     r: Tensor | None = None
     for f in factors:
@@ -121,10 +115,10 @@ def sum_out(f: Factor, v: int) -> Factor:
         size = f.r.shape[d]
         return Factor(labels, torch.full((), math.log(size), dtype=f.r.dtype, device=f.r.device), f.r.mean(d))
     assert dim is not None
-    log = torch.logsumexp(f.log, dim)
+    log = _logsumexp(f.log, dim)
     if f.r is None:
         return Factor(labels, log, None)
-    weights = torch.softmax(f.log, dim)
+    weights = _softmax(f.log, dim)
     r = f.r
     if r.dim() < weights.dim():
         r = r.reshape((1,) * (weights.dim() - r.dim()) + r.shape)
@@ -180,9 +174,24 @@ def eliminate(factors: Sequence[Factor], sizes: dict[int, int], *, budget: int,
     return combine(factors, ()) if len(factors) > 1 else factors[0]
 
 
+
+def _logsumexp(x: Tensor, dim: int) -> Tensor:
+    """``torch.logsumexp`` with a zero gradient where a whole slice is −inf (states of probability
+    zero, e.g. under an observation they cannot emit): torch's own gives NaN there, even for a zero
+    upstream gradient."""
+    empty = (x == -math.inf).all(dim, keepdim=True)
+    return torch.logsumexp(x.masked_fill(empty, 0.0), dim).masked_fill(empty.squeeze(dim), -math.inf)
+
+
+def _softmax(x: Tensor, dim: int) -> Tensor:
+    """``torch.softmax`` with zero weights (not NaN) over a slice that is −inf throughout."""
+    empty = (x == -math.inf).all(dim, keepdim=True)
+    return torch.softmax(x.masked_fill(empty, 0.0), dim).masked_fill(empty, 0.0)
+
+
 def _log_matmul(a: Tensor, b: Tensor) -> Tensor:
     """The log-semiring matrix product ``[..., i, j] × [..., j, k] -> [..., i, k]``."""
-    return torch.logsumexp(a.unsqueeze(-1) + b.unsqueeze(-3), -2)
+    return _logsumexp(a.unsqueeze(-1) + b.unsqueeze(-3), -2)
 
 
 def chain_total(first: Tensor, pairs: Tensor) -> Tensor:
@@ -194,7 +203,7 @@ def chain_total(first: Tensor, pairs: Tensor) -> Tensor:
         half = log.shape[0] // 2
         merged = _log_matmul(log[: 2 * half : 2], log[1 : 2 * half : 2])
         log = torch.cat([merged, log[2 * half :]], 0) if log.shape[0] % 2 else merged
-    return torch.logsumexp((first.unsqueeze(-1) + log[0]).flatten(-2), -1)
+    return _logsumexp((first.unsqueeze(-1) + log[0]).flatten(-2), -1)
 
 
 def chain_forward(first: Tensor, pairs: Tensor) -> Tensor:
@@ -210,7 +219,7 @@ def chain_forward(first: Tensor, pairs: Tensor) -> Tensor:
     while k < prefix.shape[0]:
         prefix = torch.cat([prefix[:k], _log_matmul(prefix[:-k], prefix[k:])], 0)
         k *= 2
-    later = torch.logsumexp(first.unsqueeze(-1) + prefix, -2)  # [T, *plate, S]: α_1 .. α_T
+    later = _logsumexp(first.unsqueeze(-1) + prefix, -2)  # [T, *plate, S]: α_1 .. α_T
     return torch.cat([first.unsqueeze(0).expand(1, *later.shape[1:]), later[:-1]], 0)
 
 

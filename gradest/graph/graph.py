@@ -13,10 +13,10 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, OneHotCategorical
 
-from gradest._validation import check_distribution, check_finite, check_n, describe, is_validation_enabled
+from gradest._validation import check_distribution, check_n, describe, is_validation_enabled
+from gradest.estimators._families import support_size
 from gradest.estimators._families import tensors as dist_tensors
 from gradest.estimators.base import Draw, Estimator
-from gradest.estimators.enumerate import support_size
 from gradest.graph.checks import check_cost, check_differentiable, check_gradient, resolve_estimator
 from gradest.graph.compose import Cost, Node, Slot, terms
 from gradest.graph.dependencies import Provenance, Scope, Tag, plain, shadows_of
@@ -63,6 +63,32 @@ class Graph:
       nodes — which is the Rao-Blackwellisation of Schulman et al. (2015). Score terms use DiCE's
       magic box, and baselines enter "loaded" (Farquhar et al. 2019), so higher derivatives are right.
 
+    **Enumerated nodes are summed out exactly.** A node drawn with ``Enumerate()`` is never sampled:
+    ``loss()`` sums it out by variable elimination. Along a ``Graph.markov`` chain this is a balanced
+    tree of K×K log-semiring products (O(T·K³) work in O(log T) depth for T steps of K states; the
+    forward messages of expected costs by a doubling scan, O(T log T·K³)), never the K^T joint states;
+    elsewhere the enumerated nodes are eliminated in a min-fill order read from the dependencies the
+    graph found, and
+    ``enumerate_budget`` bounds the largest factor that order creates (a node whose own factor would
+    exceed it is an error, or is drawn by ``Enumerate(fallback=...)``, never approximated silently).
+    The loss holds two kinds of terms, both exact in the enumerated nodes:
+
+    - *expected costs* (``cost``): Σ_c E[c], each cost averaged over its Monte Carlo nodes and summed
+      with the probabilities of the enumerated nodes it depends on (outside any log: an exact ELBO of
+      a chain-structured posterior, the exact expected return of a tabular policy);
+    - *observations* (``observe``): −log Σ_z p(z) Π_o p(o | z), the enumerated nodes the observations
+      depend on summed out *inside* the log (Pyro's enumeration semantics: fitting an HMM by its
+      marginal likelihood), averaged over the Monte Carlo nodes above them, whose gradient is then a
+      score term with −log p(observations | their samples) as the cost (and pathwise where the
+      estimator is pathwise).
+
+    So with both, ``loss() = E_mc[ Σ_c E_enum[c] − log Σ_z p(z) Π_o p(o | z) ]``. A graph is refused
+    (at ``loss()``) where that meaning is unclear: a cost and an observation that depend on the same
+    enumerated nodes (an expectation outside the log and a marginal inside it over one variable), or
+    a Monte Carlo node drawn below an enumerated node that observations depend on (its samples would
+    have to be drawn inside the log). Monte Carlo nodes below enumerated nodes feeding *costs* are
+    fine (a Rao-Blackwellised switching model): each is weighted by the enumerated states above it.
+
     The graph holds no global state: several can be open at once. Once a graph is closed (its ``with``
     block ended), its samples and costs are ordinary tensors: log them, print them, keep computing
     with them (in another graph they are data, depending on no node).
@@ -89,9 +115,25 @@ class Graph:
     ``torch.compile`` (with ``fullgraph=True``): torch's compiler cannot trace the subclass.
 
     Args:
-        enumerate_budget: the largest joint support (product of the sizes of all enumerated
-            dimensions) a cost may span.
+        enumerate_budget: the largest number of joint values of enumerated nodes one factor may hold:
+            a node's own factor (its support times that of the enumerated nodes its distribution
+            depends on), a cost's span, and each intermediate factor of the elimination.
         track: find each node's and cost's dependencies (True), or take them from ``depends_on=``.
+
+    Example:
+        >>> import torch, gradest
+        >>> from torch.distributions import Bernoulli, Categorical
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.zeros(3, requires_grad=True)
+        >>> table = torch.tensor([1.0, 2.0, 4.0])
+        >>> with gradest.Graph() as g:
+        ...     k = g.sample("k", Categorical(logits=logits), gradest.Enumerate())       # summed out
+        ...     b = g.sample("b", Bernoulli(probs=table[k] / 5), gradest.ScoreFunction(gradest.LeaveOneOut()), n=8)
+        ...     g.cost(b * table[k], name="reward")
+        >>> loss = g.loss()
+        >>> loss.backward()
+        >>> logits.grad.shape
+        torch.Size([3])
 
     References:
         Schulman et al. (2015). Gradient Estimation Using Stochastic Computation Graphs. NeurIPS.
@@ -122,6 +164,7 @@ class Graph:
         self._names: dict[str, int] = {}
         self._chains: list[_Chain] = []  # the open markov contexts, innermost last
         self._chain_count = 0
+        self._loss: tuple[tuple[int, int, int], Tensor] | None = None  # (sizes when built, the loss)
 
     @property
     def closed(self) -> bool:
@@ -196,8 +239,24 @@ class Graph:
         (``Enumerate``: the support along the leading dim; with singleton dims inserted when the node
         needs a fresh sample dimension).
 
-        ``depends_on`` names the nodes whose samples ``dist``'s parameters were computed from; by
-        default the graph finds them (``track=True``) or takes every earlier node (``track=False``).
+        Args:
+            name: the node's name, unique in the graph (errors and ``depends_on=`` use it).
+            dist: its distribution, built from parameters and earlier samples (their sample dims first).
+            estimator: its rule; None takes the registered default (``Pathwise()`` with ``rsample``, else
+                ``ScoreFunction(LeaveOneOut())`` for n > 1). ``Enumerate()`` nodes are summed out by
+                ``loss()``; an ``Enumerate(fallback=...)`` node whose factor exceeds the budget is drawn by
+                the fallback.
+            n: samples per batch element (ignored by ``Enumerate``, which takes the support).
+            depends_on: the nodes whose samples ``dist``'s parameters were computed from; by default the
+                graph finds them (``track=True``) or takes every earlier node (``track=False``).
+
+        Raises:
+            TypeError: name is not a str; dist is not a Distribution; n is not an int.
+            ValueError: a repeated name; dist's batch shape does not lead with its parents' sample dims;
+                an enumerated factor over ``enumerate_budget`` without a fallback; a chain node drawn
+                from a node more than ``history`` steps back; the rule's own checks (non-finite
+                parameters, unsupported families, ...).
+            NotImplementedError: nodes with auxiliary points nested, or one in a ``track=False`` graph.
         """
         where = "sample"
         self._open(where)
@@ -210,28 +269,12 @@ class Graph:
         dist = check_distribution("Graph.sample", dist)
         n = check_n("Graph.sample", n)
         estimator = resolve_estimator("Graph.sample", estimator, dist, n)
-        rule = type(estimator).__name__
-        if estimator.auxiliary_points and not self.track:
-            raise ValueError(
-                f"Graph.sample: node {name!r} uses {rule}, which evaluates the costs at auxiliary points "
-                "of its samples by replaying each operation on them; that needs a tracked graph "
-                "(Graph(track=True), the default), or gradest.expectation with f."
-            )
         tensors = dist_tensors(dist)
         replayed = shadows_of(tensors)
         # The rule works on a plain copy of the distribution (its parameters as ordinary tensors, autograd
         # kept): the tracking is only needed to find the parents, which the tensors above already tell.
         tracked = dist
         dist = _plain_dist(dist) if any(isinstance(t, Provenance) for t in tensors) else dist
-        estimator.check(dist, n)
-        if replayed and estimator.auxiliary_points:
-            above = self.nodes[next(iter(replayed))]
-            raise NotImplementedError(
-                f"Graph.sample: node {name!r} ({rule}) is drawn from a distribution computed from node "
-                f"{above.name!r} ({type(above.estimator).__name__}); both evaluate the costs at auxiliary "
-                "points of their samples, and such nodes cannot be nested. Use ScoreFunction(LeaveOneOut()) "
-                f"or RELAX(control) for one of them."
-            )
         parents = self._dependencies(tensors, depends_on, where)
         # ancestors: the sampled (not eliminated) ones; enumerated ancestors are reached through the
         # enumerated parents' scopes when the graph sums them out (so a chain's sets do not grow with it)
@@ -269,37 +312,53 @@ class Graph:
                         f"{step[1]}, more than history={chain.history} steps back; raise history."
                     )
             limit = support_size(dist) * math.prod(self.nodes[a].size for a in scope)
-            delegated = estimator.delegate(dist, n, limit=limit) if limit > self.enumerate_budget else estimator
-            if delegated is estimator and limit > self.enumerate_budget:
+            estimator = estimator.delegate(dist, n, too_large=limit > self.enumerate_budget)
+            if estimator.eliminable and limit > self.enumerate_budget:
                 raise ValueError(
                     f"Graph.sample: node {name!r} would add a factor over {limit} joint values (its support times "
                     f"the enumerated nodes {self._names_of(scope)} its distribution depends on), over "
                     f"enumerate_budget={self.enumerate_budget}; raise Graph(enumerate_budget=...), or name a "
                     "sampling estimator for such nodes: Enumerate(fallback=ScoreFunction(LeaveOneOut()))."
                 )
-            if delegated is not estimator:
-                estimator = delegated
-                rule = type(estimator).__name__
-                estimator.check(dist, n)
+        else:
+            estimator = estimator.delegate(dist, n)
+        rule = type(estimator).__name__
+        estimator.check(dist, n)
+        if estimator.auxiliary_points and not self.track:
+            raise ValueError(
+                f"Graph.sample: node {name!r} uses {rule}, which evaluates the costs at auxiliary points "
+                "of its samples by replaying each operation on them; that needs a tracked graph "
+                "(Graph(track=True), the default), or gradest.expectation with f."
+            )
+        if replayed and estimator.auxiliary_points:
+            above = self.nodes[next(iter(replayed))]
+            raise NotImplementedError(
+                f"Graph.sample: node {name!r} ({rule}) is drawn from a distribution computed from node "
+                f"{above.name!r} ({type(above.estimator).__name__}); both evaluate the costs at auxiliary "
+                "points of their samples, and such nodes cannot be nested. Use ScoreFunction(LeaveOneOut()) "
+                f"or RELAX(control) for one of them."
+            )
         draw = estimator.draw(dist, n)
         shadow_draws = {a: self._replay(name, tracked, estimator, n, a, len(copies), state)
                         for a, copies in replayed.items()}
         if estimator.eliminable and chain is not None:
-            position = chain.position(self, draw.n, depth)
+            position = chain.position(self, draw.n)
         else:
             position = self._place(depth, draw.n, estimator.shares_sample_dim)
         index = len(self.nodes)
         node = Node(name, index, dist if draw.dist is dist else draw.dist, estimator, draw, position=position,
                     parent_depth=depth, parents=frozenset(parents), ancestors=frozenset(ancestors),
-                    shadow_draws=shadow_draws, step=None if chain is None else (chain.index, chain.step))
+                    shadow_draws=shadow_draws, step=None if chain is None else (chain.index, chain.step),
+                    scope=frozenset({index}) if estimator.eliminable else frozenset(self._scope_of(parents)))
         self.nodes.append(node)
         self._names[name] = index
         self.slots[position - 1].nodes.append(index)
 
         values = draw.values
         if estimator.eliminable and depth:  # the support does not vary along the enumerated parents: no copies
-            values = values[(slice(None),) + tuple(
-                slice(None) if self.slots[depth - i - 1].shared else slice(0, 1) for i in range(depth))]
+            for i in range(depth):
+                if not self.slots[depth - i - 1].shared:
+                    values = values.narrow(1 + i, 0, 1)
         value = node.view(values)
         if not self.track:
             return value
@@ -343,13 +402,8 @@ class Graph:
         return [self.nodes[i].name for i in sorted(ids)]
 
     def _scope_of(self, ids: Iterable[int]) -> set[int]:
-        """The enumerated nodes whose dims the tensors computed from nodes ``ids`` span: an enumerated
-        node itself; for a sampled node, those of its parents (its samples were drawn per value of them)."""
-        out: set[int] = set()
-        for i in ids:
-            node = self.nodes[i]
-            out |= {i} if node.estimator.eliminable else self._scope_of(node.parents)
-        return out
+        """The enumerated nodes whose dims the tensors computed from nodes ``ids`` span."""
+        return set().union(*(self.nodes[i].scope for i in ids))
 
     # -- markov chains and observations ---------------------------------------------------------
 
@@ -358,9 +412,10 @@ class Graph:
         nodes of at most the last ``history`` steps (and on nodes drawn outside the chain).
 
         Enumerated nodes of the chain then reuse ``history + 1`` sample positions, so their tensors
-        never grow with the chain's length, and ``loss()`` sums them out by a forward pass along the
-        chain — O(T·K²) work for T steps of K states, done as a balanced tree of K×K products (depth
-        O(log T)) — never over the K^T joint states. Like ``pyro.markov``.
+        never grow with the chain's length, and ``loss()`` sums them out along the chain by a balanced
+        tree of K×K log-semiring products — O(T·K³) work in O(log T) depth for T steps of K states (the
+        forward messages of expected costs by a doubling scan, O(T log T·K³)) — never over the K^T joint
+        states. Like ``pyro.markov``.
 
         Raises:
             ValueError: history < 1 (``TypeError`` if not an int), or, at ``sample``, a node of the
@@ -420,7 +475,23 @@ class Graph:
         Raises:
             TypeError: dist is not a Distribution, value is not a tensor or number.
             ValueError: value depends on a node; its log-probability has the wrong shape for the nodes
-                it depends on; NaN or +inf log-probabilities (while validation is on).
+                it depends on, or combines the batch elements of an enumerated node; a pathwise or
+                relaxed node reached only through operations without a derivative. NaN or +inf
+                log-probabilities are reported by ``loss()`` (while validation is on).
+
+        Example:
+            >>> import torch, gradest
+            >>> from torch.distributions import Categorical, Normal
+            >>> weights = torch.zeros(2, requires_grad=True)       # a two-component mixture
+            >>> locs = torch.tensor([-1.0, 1.0], requires_grad=True)
+            >>> y = torch.tensor([0.9, 1.2, -1.1])
+            >>> with gradest.Graph() as g:
+            ...     k = g.sample("k", Categorical(logits=weights.expand(3, 2)), gradest.Enumerate())
+            ...     g.observe("y", Normal(locs[k], 1.0), y)
+            >>> loss = g.loss()   # −Σ_i log Σ_k p(k) N(y_i; locs[k], 1)
+            >>> per_k = Normal(locs, 1.0).log_prob(y[:, None]) + torch.log_softmax(weights, -1)
+            >>> torch.allclose(loss, -torch.logsumexp(per_k, -1).sum())
+            True
         """
         where = "observe"
         self._open(where)
@@ -431,15 +502,16 @@ class Graph:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"Graph.observe: value={value!r} for {name!r} must be a tensor or a number (the data).")
             value = torch.as_tensor(value, dtype=torch.get_default_dtype())
-        if self.track and depends_on_nodes([value]):
+        found = depends_on_nodes([value]) if self.track else []
+        if found:
             raise ValueError(
-                f"Graph.observe: value of {name!r} depends on node(s) {[t.name for t in depends_on_nodes([value])]}; "
+                f"Graph.observe: value of {name!r} depends on node(s) {[t.name for t in found]}; "
                 "an observation is data: pass the observed tensor itself (a cost of the samples is g.cost)."
             )
         tensors = dist_tensors(dist)
         direct = self._dependencies(tensors, depends_on, where)
-        if not shadows_of(tensors):  # replayed computations need the tracked distribution; others a plain one
-            dist = _plain_dist(dist)
+        if not shadows_of(tensors) and any(isinstance(t, Provenance) for t in tensors):
+            dist = _plain_dist(dist)  # replayed computations need the tracked distribution; others a plain one
         log_prob = dist.log_prob(plain(value))
         replayed = shadows_of([log_prob])
         deps = set(direct)
@@ -447,28 +519,34 @@ class Graph:
             deps |= self.nodes[i].ancestors
         depth = max([0] + [self.nodes[i].dims for i in deps])
         log_prob = plain(log_prob)
-        if log_prob.dim() < depth:
-            raise ValueError(
-                f"Graph.observe: log-probability of {name!r} has shape {tuple(log_prob.shape)} but depends on nodes "
-                f"{self._names_of(deps)} whose samples occupy {depth} leading dims; build dist from the samples "
-                "without reducing over their sample dims."
-            )
-        if is_validation_enabled():
-            check_finite("Graph.observe", f"log-probability of {name!r}",
-                         log_prob.masked_fill(log_prob == -torch.inf, 0.0),
-                         "check the distribution's parameters and the data (NaN, inf) for this observation.")
+        self._check_layout("Graph.observe", f"log-probability of {name!r}", log_prob.shape, depth, deps,
+                           self._scope_of(direct), "build dist from the samples without reducing their sample dims")
+        # NaN and +inf log-probabilities are found by loss() from its value, in one sync for all of them
         auxiliary = self._auxiliary("Graph.observe", f"log-probability of {name!r}", deps, replayed,
                                     tuple(log_prob.shape))
-        self.observes.append(Cost(log_prob, name, frozenset(deps), depth, auxiliary, direct=frozenset(direct)))
+        self.observes.append(self._differentiable("Graph.observe", f"log-probability of {name!r}",
+                                                  Cost(log_prob, name, frozenset(deps), depth, auxiliary,
+                                                       direct=frozenset(direct))))
 
     # -- costs -----------------------------------------------------------------------------------
 
     def cost(self, value: Tensor, name: str | None = None, *, depends_on: str | Iterable[str] | None = None) -> None:
         """Add a cost: any tensor computed from samples and parameters (see the class docstring).
 
-        ``depends_on`` names the nodes whose samples ``value`` was computed from (their ancestors are
-        added; ``()`` for none); by default the graph finds them (``track=True``) or takes every node
-        (``track=False``).
+        Args:
+            value: ``[*sample dims of the nodes it depends on, *batch]``, floating point.
+            name: a name for errors (default ``"cost<i>"``).
+            depends_on: the nodes whose samples ``value`` was computed from (their ancestors are added;
+                ``()`` for none); by default the graph finds them (``track=True``) or takes every node
+                (``track=False``).
+
+        Raises:
+            TypeError: value is not a floating tensor.
+            ValueError: NaN or ±inf values (while validation is on); a shape whose sample or batch dims
+                do not line up with the nodes it depends on; a span of enumerated values over the
+                budget; a cost that depends on no node and carries no gradient, or may have been rebuilt
+                from Python values (unless ``depends_on=()``); a pathwise or relaxed node reached only
+                through operations without a derivative.
         """
         where = "cost"
         self._open(where)
@@ -486,7 +564,7 @@ class Graph:
         scope = self._scope_of(direct)
         replayed = shadows_of([value])
         value = plain(value)
-        check_cost("Graph.cost", value, tuple(value.shape), f"cost {name!r}")
+        check_cost("Graph.cost", value, None, f"cost {name!r}")
         if not deps and depends_on is None and self.track:
             if not value.requires_grad:
                 raise ValueError(
@@ -502,64 +580,80 @@ class Graph:
                     "has lost the nodes it depends on, and their gradient would miss it. Keep the computation "
                     "in torch ops, or pass depends_on=() if this cost truly depends on no node."
                 )
-        if value.dim() < depth:
+        self._check_layout("Graph.cost", f"cost {name!r}", value.shape, depth, deps, scope,
+                           "keep the sample dims in the cost (the graph averages over them)")
+        auxiliary = self._auxiliary("Graph.cost", f"cost {name!r}", deps, replayed, tuple(value.shape))
+        record = Cost(value, name, frozenset(deps), depth, auxiliary, direct=frozenset(direct))
+        self.costs.append(self._differentiable("Graph.cost", f"cost {name!r}", record))
+
+    def _differentiable(self, where: str, what: str, record: Cost) -> Cost:
+        """``record``, refused (while validation is on) where it reaches a pathwise or relaxed node's
+        samples only through operations without a derivative."""
+        for i in sorted(record.deps):
+            if self.nodes[i].estimator.differentiable_f is not None:
+                check_differentiable(where, self.nodes[i], record, self.nodes, what)
+        return record
+
+    def _check_layout(self, where: str, what: str, shape: torch.Size, depth: int, deps: set[int], scope: set[int],
+                      fix: str) -> None:
+        """A cost's or an observation's log-probability's shape ``[*sample dims, *batch]`` against the
+        nodes ``deps`` it depends on (``scope``: the enumerated nodes it spans directly): each sample dim
+        lines up with its position, batch dims with the nodes' batch dims, and the enumerated support it
+        spans is within the budget."""
+        if len(shape) < depth:
             raise ValueError(
-                f"Graph.cost: cost {name!r} has shape {tuple(value.shape)} but depends on nodes "
-                f"{self._names_of(deps)} whose samples occupy {depth} leading dims; keep the sample dims "
-                "in the cost (the graph averages over them)."
+                f"{where}: {what} has shape {tuple(shape)} but depends on nodes {self._names_of(deps)} whose "
+                f"samples occupy {depth} leading dims; {fix}."
             )
+        at: dict[int, list[int]] = {}  # position -> the nodes it depends on there
+        for i in deps | scope:
+            at.setdefault(self.nodes[i].position, []).append(i)
         for q in range(1, depth + 1):
-            size, slot = value.shape[depth - q], self.slots[q - 1]
-            owners = [i for i in slot.nodes if i in deps or i in scope]
-            # an enumerated ancestor that the cost does not span directly leaves a size-1 dim (its
-            # children's values are not copied along it); every other owner must keep its dim
+            size, slot = shape[depth - q], self.slots[q - 1]
+            owners = at.get(q, [])
+            # an enumerated ancestor that is not spanned directly leaves a size-1 dim (its children's
+            # values are not copied along it); every other owner must keep its dim
             spanned = [i for i in owners if not self.nodes[i].estimator.eliminable or i in scope]
             if size == 1 and spanned and slot.size > 1:
                 raise ValueError(
-                    f"Graph.cost: cost {name!r} has shape {tuple(value.shape)}: dim {depth - q} has size 1 "
-                    f"but it depends on node(s) {self._names_of(spanned)} with {slot.size} samples there; "
-                    "keep the sample dims in the cost (the graph averages over them)."
+                    f"{where}: {what} has shape {tuple(shape)}: dim {depth - q} has size 1 but it depends on "
+                    f"node(s) {self._names_of(spanned)} with {slot.size} samples there; {fix}."
                 )
             if size not in (1, slot.size) or (size > 1 and not owners):
                 raise ValueError(
-                    f"Graph.cost: cost {name!r} has shape {tuple(value.shape)}: dim {depth - q} has size "
-                    f"{size}, which does not line up with sample position {q} (nodes "
-                    f"{self._names_of(slot.nodes)}, {slot.size} samples) of the nodes it depends on."
+                    f"{where}: {what} has shape {tuple(shape)}: dim {depth - q} has size {size}, which does not "
+                    f"line up with sample position {q} (nodes {self._names_of(slot.nodes)}, {slot.size} samples) "
+                    "of the nodes it depends on."
                 )
-        batch = value.shape[depth:]
+        batch = shape[depth:]
         for i in sorted(deps):
             node = self.nodes[i]
             if node.estimator.elementwise and len(batch) < len(node.batch):
                 raise ValueError(
-                    f"Graph.cost: cost {name!r} has batch shape {tuple(batch)} but depends on node "
-                    f"{node.name!r} (batch shape {tuple(node.batch)}), whose {type(node.estimator).__name__} "
-                    "varies all batch elements at once; keep the node's batch dims in the cost, or make "
+                    f"{where}: {what} has batch shape {tuple(batch)} but depends on node {node.name!r} (batch "
+                    f"shape {tuple(node.batch)}), whose {type(node.estimator).__name__} varies all batch elements "
+                    "at once (its i-th row holds every element's i-th value, not their joint values), so a value "
+                    "that combines elements would see only that diagonal; keep the node's batch dims, or make "
                     "the coupled coordinates one event with Independent(...)."
                 )
             for d, (size, own) in enumerate(zip(batch, node.batch)):
                 if size != own and own != 1:  # a size-1 dim would count the cost once per node element
                     raise ValueError(
-                        f"Graph.cost: cost {name!r} has batch shape {tuple(batch)} but depends on node "
-                        f"{node.name!r} with batch shape {tuple(node.batch)}: batch dim {d} has size {size}, "
-                        f"not {own} (batch dims are matched from the left); keep the node's batch dims in "
-                        "the cost, or reduce them away entirely (sum without keepdim=True)."
+                        f"{where}: {what} has batch shape {tuple(batch)} but depends on node {node.name!r} with "
+                        f"batch shape {tuple(node.batch)}: batch dim {d} has size {size}, not {own} (batch dims "
+                        "are matched from the left); keep the node's batch dims, or reduce them away entirely "
+                        "(sum without keepdim=True)."
                     )
         joint = 1
         for q in range(1, depth + 1):
-            if not self.slots[q - 1].shared and value.shape[depth - q] > 1:
+            if not self.slots[q - 1].shared and shape[depth - q] > 1:
                 joint *= self.slots[q - 1].size
         if joint > self.enumerate_budget:
             raise ValueError(
-                f"Graph.cost: cost {name!r} spans a joint enumerated support of {joint} points, over "
+                f"{where}: {what} spans a joint enumerated support of {joint} points, over "
                 f"enumerate_budget={self.enumerate_budget}; raise Graph(enumerate_budget=...) or use "
                 "ScoreFunction for some nodes."
             )
-        auxiliary = self._auxiliary("Graph.cost", f"cost {name!r}", deps, replayed, tuple(value.shape))
-        record = Cost(value, name, frozenset(deps), depth, auxiliary, direct=frozenset(direct))
-        for i in sorted(deps):
-            if self.nodes[i].estimator.differentiable_f is not None:
-                check_differentiable("Graph.cost", self.nodes[i], record, self.nodes, f"cost {name!r}")
-        self.costs.append(record)
 
     def _auxiliary(self, where: str, what: str, deps: Iterable[int], replayed: dict[int, tuple[Tensor, ...]],
                    shape: tuple[int, ...]) -> dict[int, tuple[Tensor, ...]]:
@@ -581,7 +675,20 @@ class Graph:
         return out
 
     def loss(self) -> Tensor:
-        """The scalar surrogate: value = the estimate of Σ E[cost], gradient = the estimator."""
+        """The scalar surrogate: value = the estimate (see the class docstring for what it is with
+        enumerated nodes and observations), gradient = the estimator.
+
+        Built once: a second call returns the same tensor while no node, cost or observation was added
+        (stateful baselines such as ``MovingAverage`` update when it is built, and a second update would
+        put this batch's own costs into its baseline).
+
+        Raises:
+            ValueError: no costs or observations; nothing to differentiate; non-finite observations
+                (while validation is on); a graph whose meaning is unclear (see the class docstring).
+        """
+        size = (len(self.nodes), len(self.costs), len(self.observes))
+        if self._loss is not None and self._loss[0] == size:
+            return self._loss[1]
         if not self.costs and not self.observes:
             raise ValueError("Graph.loss: no costs were added; call g.cost(value) or g.observe(...) first.")
         if self.observes or any(node.estimator.eliminable for node in self.nodes):
@@ -595,7 +702,28 @@ class Graph:
         total = parts[0].sum()
         for t in parts[1:]:
             total = total + t.sum()
-        return check_gradient("Graph.loss", total)
+        if self.observes and is_validation_enabled() and not math.isfinite(float(total.detach())):
+            self._non_finite_observations()
+        self._loss = (size, check_gradient("Graph.loss", total))
+        return total
+
+    def _non_finite_observations(self) -> None:
+        """Raise the reason the loss of a graph with observations is not finite (the costs and the
+        distributions' parameters were checked when they were added; a log-probability of -inf is an
+        observation impossible under some states, which is fine unless it is under all)."""
+        for o in self.observes:
+            if bool((o.value.isnan() | (o.value == torch.inf)).any()):
+                raise ValueError(
+                    f"Graph.loss: the log-probability of observation {o.name!r} is NaN or +inf; check the "
+                    "distribution's parameters and the data (NaN, inf) for this observation."
+                )
+        names = [o.name for o in self.observes]
+        raise ValueError(
+            "Graph.loss: the observations have probability zero under every joint state of the enumerated "
+            "nodes they depend on (or at the samples of the sampled ones), so -log p(observations) = +inf and "
+            f"its gradient is undefined; check the data and the distributions of observations {names[:5]}"
+            f"{' …' if len(names) > 5 else ''} (a value outside its distribution's support has log-probability -inf)."
+        )
 
 
 class _Chain:
@@ -607,7 +735,7 @@ class _Chain:
         self.step, self.lane = 0, 0
         self.positions: dict[tuple[int, int, int], int] = {}  # (step mod (history+1), lane, size) -> position
 
-    def position(self, graph: Graph, size: int, depth: int) -> int:
+    def position(self, graph: Graph, size: int) -> int:
         """The position of the next enumerated node of this step (a fresh one the first time round)."""
         key = (self.step % (self.history + 1), self.lane, size)
         self.lane += 1

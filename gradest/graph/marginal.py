@@ -33,30 +33,19 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from gradest.graph.compose import Cost, Node, Slot, _align, _downstream
+from gradest._validation import broadcast_shapes
+from gradest.graph.compose import Cost, Node, Slot, correction_term, reduce_position, weighted
 from gradest.graph.eliminate import (
     BudgetError,
     Factor,
-    broadcast,
     chain_expectation,
     chain_total,
     combine,
     eliminate,
+    plate,
 )
 
 __all__ = ["marginalise"]
-
-
-def _scopes(nodes: list[Node]) -> list[frozenset[int]]:
-    """For each node, the enumerated nodes whose dims its tensors span (itself, if enumerated; else its
-    parents' scopes: its samples were drawn per value of them)."""
-    out: list[frozenset[int]] = []
-    for node in nodes:
-        if node.estimator.eliminable:
-            out.append(frozenset({node.index}))
-        else:
-            out.append(frozenset().union(*(out[p] for p in node.parents)))
-    return out
 
 
 class _Weights(dict):  # type: ignore[type-arg]
@@ -95,12 +84,10 @@ def marginalise(nodes: list[Node], slots: list[Slot], costs: list[Cost], observe
     """The costs for ``compose.terms``: the costs and observations that touch no enumerated node (an
     observation as the cost −log p), plus one cost per component (see the module docstring); and the
     nodes handled here (enumerated ones, and the sampled nodes drawn below them)."""
-    scope = _scopes(nodes)
+    scope = [node.scope for node in nodes]
     enumerated = {n.index for n in nodes if n.estimator.eliminable}
     inner = {n.index for n in nodes if n.index not in enumerated and scope[n.index]}
 
-    def record_scope(c: Cost) -> frozenset[int]:
-        return frozenset().union(*(scope[i] for i in (c.deps if c.direct is None else c.direct)))
 
     groups = _Components()
     for e in enumerated:
@@ -109,12 +96,12 @@ def marginalise(nodes: list[Node], slots: list[Slot], costs: list[Cost], observe
         groups.join(scope[i])
     records = [(c, False) for c in costs] + [(o, True) for o in observes]
     for c, _ in records:
-        groups.join(record_scope(c))
+        groups.join(_record_scope(c, scope))
 
     regular: list[Cost] = []
     by_component: dict[int, list[tuple[Cost, bool]]] = defaultdict(list)
     for c, observed in records:
-        s = record_scope(c)
+        s = _record_scope(c, scope)
         if not s:
             regular.append(Cost(-c.value, f"-log p({c.name})", c.deps, c.depth,
                                 {i: tuple(-t for t in v) for i, v in c.auxiliary.items()}) if observed else c)
@@ -172,27 +159,16 @@ def _component(nodes: list[Node], slots: list[Slot], comp: list[int], comp_inner
         logs.append((c.value, c.depth, _record_scope(c, scope), c.deps - inner - members, c.name))
     additive: list[tuple[Tensor, int, frozenset[int], frozenset[int], str]] = []
     for c in costed:
-        x = c.value
-        batch_len = x.dim() - c.depth
-        for i in sorted(c.deps & inner):
-            if (wi := weights[i]) is not None:
-                x = x * _align(nodes[i], wi, c.depth, batch_len, what=f"cost {c.name!r}")
-        additive.append((x, c.depth, _record_scope(c, scope), c.deps - inner - members, c.name))
+        additive.append((weighted(nodes, c, weights, inner), c.depth, _record_scope(c, scope), c.deps - inner - members,
+                         c.name))
     for i in comp_inner:
         w = nodes[i]
-        if not w.estimator.has_correction:
-            continue
-        relevant = [c for c in costed if i in c.deps]
-        if not relevant:
-            continue
-        corr = w.estimator.correction(w.draw, _downstream(nodes, slots, relevant, w, weights))
-        if corr is None:
-            continue
-        x = w.view(corr)
-        for a in sorted(w.ancestors & inner):
-            if (wa := weights[a]) is not None:
-                x = x * _align(nodes[a], wa, w.position, len(w.batch), what=f"node {w.name!r}")
-        additive.append((x, w.position, scope[i], w.ancestors - inner, f"correction of {w.name!r}"))
+        # the baseline regresses on the costs given the enumerated states (their probabilities enter
+        # through the elimination below, not into the costs it sees)
+        given = {j: None if j in members else weights[j] for c in costed if i in c.deps for j in c.deps}
+        x = correction_term(nodes, slots, w, costed, weights, inner, given)
+        if x is not None:
+            additive.append((x, w.position, scope[i], w.ancestors - inner, f"correction of {w.name!r}"))
 
     entries = logs + additive
     depth = max(d for _, d, _, _, _ in entries)
@@ -221,14 +197,13 @@ def _component(nodes: list[Node], slots: list[Slot], comp: list[int], comp_inner
     # Costs: each is credited to exactly the nodes it depends on — the sampled ones outside (its own
     # and those of the enumerated nodes above it) and the enumerated ones above it, whose factors alone
     # enter its expectation (a later node's normalisation never reaches it, not even by rounding).
-    parents = {e: scope_of_parents(nodes, scope, e) for e in comp}
-    node_outer = {e: nodes[e].ancestors for e in comp}
     chained = _chain(nodes, comp, weights_f + [factor(e, False) for e in additive])
+    parents = {e: scope_of_parents(nodes, scope, e) for e in comp} if chained is None else {}
     groups: dict[tuple[frozenset[int], frozenset[int] | None], list[int]] = defaultdict(list)
     for k, entry in enumerate(additive):
-        closure = _closure(entry[2], parents)
-        outer = entry[3].union(*(node_outer[e] for e in closure))
-        groups[(outer, None if chained is not None else closure)].append(k)
+        # an enumerated node's ancestors are the sampled ones above it, through its enumerated parents too
+        outer = entry[3].union(*(nodes[e].ancestors for e in entry[2]))
+        groups[(outer, None if chained is not None else _closure(entry[2], parents))].append(k)
     out = []
     for (outer, closed), members_k in groups.items():
         costs_f = [factor(additive[k], False) for k in members_k]
@@ -279,9 +254,7 @@ def _term(nodes: list[Node], slots: list[Slot], value: Tensor, depth: int, enum_
         if q in enum_positions or owners & outer or not owners & inner:
             continue
         dim = depth - q
-        v = value.movedim(dim, 0)
-        v = v.mean(0) if nodes[slots[q - 1].nodes[0]].estimator.reduction == "mean" else v.sum(0)
-        value = v.unsqueeze(0).movedim(0, dim)
+        value = reduce_position(nodes[slots[q - 1].nodes[0]], value.movedim(dim, 0)).unsqueeze(0).movedim(0, dim)
     deps = frozenset(outer).union(*(nodes[i].ancestors for i in outer))
     keep = max([0] + [nodes[i].dims for i in deps])
     value = value.reshape(value.shape[depth - keep :]) if keep < depth else value
@@ -351,10 +324,7 @@ def _chain(nodes: list[Node], comp: list[int], factors: list[Factor]
     whatever the length.
     """
     keys: dict[int, object] = {e: nodes[e].step if nodes[e].step is not None else ("node", e) for e in comp}
-    order: list[object] = []
-    for e in comp:  # creation order
-        if keys[e] not in order:
-            order.append(keys[e])
+    order: list[object] = list(dict.fromkeys(keys[e] for e in comp))  # the states, in creation order
     if len(order) < 3:
         return None
     where = {k: i for i, k in enumerate(order)}
@@ -362,7 +332,7 @@ def _chain(nodes: list[Node], comp: list[int], factors: list[Factor]
     for e in comp:
         lanes[keys[e]].append(e)
     shapes = [tuple(nodes[e].size for e in lanes[k]) for k in order]
-    if any(s != shapes[1] for s in shapes[2:]):
+    if any(s != shapes[0] for s in shapes[1:]):  # (a first state of another size: the general order)
         return None
     per_step: list[list[Factor]] = [[] for _ in order]
     for f in factors:
@@ -403,7 +373,7 @@ def _chain(nodes: list[Node], comp: list[int], factors: list[Factor]
         steps = []
         for t in range(1, len(order)):
             steps.append(combine([Factor(relative(f, t), f.log, f.r) for f in per_step[t]], union))
-        plate_dims = max(len(_plate_of(s)) for s in steps)
+        plate_dims = max(len(plate(s)) for s in steps)
         pair = Factor(union, _stack([s.log for s in steps], plate_dims, union),
                       _stack([s.r for s in steps], plate_dims, union))
     pair = _flatten_pairs(pair, prev_width, width)
@@ -416,12 +386,6 @@ def _tensor(f: Factor) -> Tensor:
     t = f.log if f.log is not None else f.r
     assert t is not None
     return t
-
-
-def _plate_of(f: Factor) -> torch.Size:
-    t = f.log if f.log is not None else f.r
-    assert t is not None
-    return t.shape[: t.dim() - len(f.labels)]
 
 
 def _stack(parts: list[Tensor | None], plate_dims: int, union: tuple[int, ...]) -> Tensor | None:
@@ -437,7 +401,7 @@ def _stack(parts: list[Tensor | None], plate_dims: int, union: tuple[int, ...]) 
         full.append(p)
     shape = full[0].shape
     for p in full[1:]:
-        shape = broadcast(shape, p.shape)
+        shape = broadcast_shapes(shape, p.shape)
     return torch.stack([p.expand(shape) for p in full], 0)
 
 

@@ -61,6 +61,16 @@ def saga_direction(params: Sequence[Tensor], deltas: Sequence[Tensor], table_mea
 
     Returns:
         d, each ``[*p.shape]``.
+
+    Example:
+        >>> import torch
+        >>> from gradest.optim import saga_direction
+        >>> _ = torch.manual_seed(0)
+        >>> w, table = torch.randn(2), torch.randn(10, 2)     # θ, and the stored gradients g_i of N = 10 examples
+        >>> new = torch.randn(1, 2)                            # ∇ℓ_j(θ) of the batch j = [3]
+        >>> d, = saga_direction([w], [new - table[[3]]], [table.mean(0)], weight_decay=0.0)
+        >>> torch.allclose(d, new[0] - table[3] + table.mean(0))
+        True
     """
     totals, _, b = _sums(deltas, None, resolve(process_group))
     return [_direction(p, mean, total, b, decay)
@@ -121,6 +131,22 @@ def saga_step(params: Sequence[Tensor], deltas: Sequence[Tensor], table_means: S
             (so a repeated example updates ḡ once); None when the batch has no repeats.
 
     The table rows themselves are written by the caller (their layout, dense or GLM, is its business).
+
+    Example:
+        Least squares, ℓ_i(θ) = (x_iᵀθ − y_i)²/2, one example per step:
+
+        >>> import torch
+        >>> from gradest.optim import saga_step
+        >>> _ = torch.manual_seed(0)
+        >>> X, y = torch.randn(20, 2), torch.randn(20)
+        >>> w, table = torch.zeros(2), torch.zeros(20, 2)        # θ and the stored gradients g_i
+        >>> mean, lr = table.mean(0), 1 / (3 * X.square().sum(1).max().item())
+        >>> for j in torch.randint(20, (2000, 1)):
+        ...     new = (X[j] @ w - y[j])[:, None] * X[j]          # ∇ℓ_j(θ), [1, 2]
+        ...     saga_step([w], [new - table[j]], [mean], lr=lr, weight_decay=0.0, num_examples=20)
+        ...     table[j] = new
+        >>> torch.allclose(w, torch.linalg.lstsq(X, y[:, None]).solution[:, 0], atol=1e-4)
+        True
     """
     totals, firsts, b = _sums(deltas, first, resolve(process_group))
     for p, mean, total, first_total, rate, decay in zip(

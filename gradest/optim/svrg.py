@@ -56,6 +56,17 @@ def svrg_direction(params: Sequence[Tensor], grads: Sequence[Tensor], snapshot_b
 
     Returns:
         d, each ``[*p.shape]``.
+
+    Example:
+        At the snapshot itself (θ = θ̃) the direction is the full gradient:
+
+        >>> import torch
+        >>> from gradest.optim import svrg_direction
+        >>> _ = torch.manual_seed(0)
+        >>> w, batch, full = torch.randn(2), torch.randn(2), torch.randn(2)
+        >>> d, = svrg_direction([w], [batch], [batch], [full], weight_decay=0.1)
+        >>> torch.allclose(d, full + 0.1 * w)
+        True
     """
     out = []
     for p, g, gs, mu in zip(params, grads, snapshot_batch_grads, snapshot_grads, strict=True):
@@ -69,7 +80,24 @@ def svrg_direction(params: Sequence[Tensor], grads: Sequence[Tensor], snapshot_b
 @torch.no_grad()
 def svrg_step(params: Sequence[Tensor], grads: Sequence[Tensor], snapshot_batch_grads: Sequence[Tensor],
               snapshot_grads: Sequence[Tensor], *, lr: float, weight_decay: float) -> None:
-    """One SVRG update, in place: θ ← θ − η d, with d from :func:`svrg_direction` and η = ``lr``."""
+    """One SVRG update, in place: θ ← θ − η d, with d from :func:`svrg_direction` and η = ``lr``.
+
+    Example:
+        Least squares, ℓ_i(θ) = (x_iᵀθ − y_i)²/2, a snapshot every 40 steps:
+
+        >>> import torch
+        >>> from gradest.optim import svrg_step
+        >>> _ = torch.manual_seed(0)
+        >>> X, y = torch.randn(20, 2), torch.randn(20)
+        >>> grad = lambda w, i: (X[i] @ w - y[i]) @ X[i] / len(i)      # the batch-mean gradient
+        >>> w, lr = torch.zeros(2), 1 / (3 * X.square().sum(1).max().item())
+        >>> for _ in range(20):
+        ...     snapshot = w.clone(); full = grad(snapshot, torch.arange(20))
+        ...     for j in torch.randint(20, (40, 1)):
+        ...         svrg_step([w], [grad(w, j)], [grad(snapshot, j)], [full], lr=lr, weight_decay=0.0)
+        >>> torch.allclose(w, torch.linalg.lstsq(X, y[:, None]).solution[:, 0], atol=1e-4)
+        True
+    """
     for p, d in zip(params, svrg_direction(params, grads, snapshot_batch_grads, snapshot_grads,
                                            weight_decay=weight_decay), strict=True):
         p.add_(d, alpha=-lr)

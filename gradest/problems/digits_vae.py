@@ -31,6 +31,12 @@ class DigitsVAE(Problem):
     digits, ``[images, 20, 10]``. The joint support (10²⁰ per image) is far too large to enumerate,
     so the exact gradient is unknown: ``compare`` measures bias against a high-precision reference
     (``reference``).
+
+    Example:
+        >>> from gradest.problems import DigitsVAE
+        >>> problem = DigitsVAE(images=2, steps=5)       # needs scikit-learn (the cli extra)
+        >>> problem.dist(*problem.params()).event_shape, problem.exact
+        (torch.Size([20, 10]), False)
     """
 
     exact = False

@@ -17,6 +17,11 @@ class BernoulliToy(Problem):
     .. math:: J = σ(η)(1 − t)^2 + (1 − σ(η))t^2, \qquad ∇_η J = σ(η)(1−σ(η))(1 − 2t)
 
     With t = 0.499 the signal is tiny against the noise: the classic hard case for score functions.
+
+    Example:
+        >>> from gradest.problems import BernoulliToy
+        >>> BernoulliToy(0.499).exact_gradient()     # σ(0)(1 − σ(0))(1 − 2t) = 0.25 · 0.002
+        tensor([0.0005], dtype=torch.float64)
     """
 
     def __init__(self, target: float = 0.45, *, logit: float = 0.0) -> None:
@@ -38,7 +43,17 @@ class BernoulliToy(Problem):
 
 
 class CategoricalTable(Problem):
-    """J(logits) = Σ_k softmax(logits)_k · table[k], for a random table (seeded, reproducible)."""
+    """J(logits) = Σ_k softmax(logits)_k · table[k], for a random table (seeded, reproducible).
+
+    Example:
+        >>> import torch
+        >>> from gradest.problems import CategoricalTable
+        >>> problem = CategoricalTable(10, seed=0)
+        >>> float(problem.f(torch.tensor(3))) == float(problem.f(torch.eye(10, dtype=torch.float64)[3]))
+        True
+        >>> problem.exact_gradient().shape
+        torch.Size([10])
+    """
 
     def __init__(self, k: int = 10, *, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -65,7 +80,14 @@ class CategoricalTable(Problem):
 
 
 class BernoulliTable(Problem):
-    """J(logits) = E_{b∼Π_j Bern(σ(logits_j))}[table[b]] over all 2^d states, for a random table."""
+    """J(logits) = E_{b∼Π_j Bern(σ(logits_j))}[table[b]] over all 2^d states, for a random table.
+
+    Example:
+        >>> from gradest.problems import BernoulliTable
+        >>> problem = BernoulliTable(3, seed=0)
+        >>> problem.dist(*problem.params())        # three bits, one joint state of 2³
+        Independent(Bernoulli(logits: torch.Size([3])), 1)
+    """
 
     def __init__(self, d: int = 3, *, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)

@@ -36,6 +36,14 @@ class Gaussian(Problem):
     cos            cos(kx)                cos(kμ) e^{−k²σ²/2}
     bump           exp(−kx²)              (1 + 2kσ²)^{−1/2} exp(−kμ²/(1 + 2kσ²))
     ============== ====================== ==============================================
+
+    Example:
+        >>> from gradest.problems import Gaussian
+        >>> problem = Gaussian("cos", k=3.0)
+        >>> problem.params()          # (μ, σ), leaf tensors
+        (tensor(0.5000, dtype=torch.float64, requires_grad=True), tensor(1., dtype=torch.float64, requires_grad=True))
+        >>> [round(g, 4) for g in problem.exact_gradient().tolist()]   # J = cos(3μ) exp(−9σ²/2): ∂J/∂μ, ∂J/∂σ
+        [-0.0332, -0.0071]
     """
 
     def __init__(self, cost: str = "square", *, k: float = 1.0, mu: float = 0.5, sigma: float = 1.0) -> None:

@@ -42,6 +42,12 @@ class LogisticRegression(Problem):
     pathwise estimators alike. This is the variational part of the ELBO (the Gaussian prior's KL is
     analytic and has no estimator).
 
+    Example:
+        >>> from gradest.problems import LogisticRegression
+        >>> problem = LogisticRegression()               # needs scikit-learn (the cli extra)
+        >>> [p.shape for p in problem.params()], problem.exact_gradient().shape
+        ([torch.Size([31]), torch.Size([31])], torch.Size([62]))
+
     References:
         Mohamed et al. (2020). Monte Carlo Gradient Estimation in Machine Learning, §8. JMLR.
         arXiv:1906.10652.

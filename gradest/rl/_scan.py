@@ -27,7 +27,13 @@ No Python loop runs over time steps. Two vectorised algorithms:
   small (its rounding error grows like ``eps · min(T, 1/(1 − c)) · max|a|``); otherwise it calls
   :func:`reverse_scan`.
 
-Both are plain torch, differentiable, and run unchanged on CUDA.
+* :func:`window_reverse_scan` (any ``b``, at most ``n`` terms): the same recurrence cut after ``n``
+  steps, :math:`y_t = \sum_{j<n} \bigl(\prod_{i<j} b_{t+i}\bigr) a_{t+j}`, for n-step returns: n
+  fused multiply-adds over the whole rollout for short windows; for long ones the doubling steps of
+  the scan give the windows of width 1, 2, 4, ... and the binary digits of ``n`` join them,
+  ``O(T log n)`` work, again only products and sums of the recurrence's own terms.
+
+All are plain torch, differentiable, and run unchanged on CUDA.
 """
 
 from __future__ import annotations
@@ -37,10 +43,12 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["reverse_scan", "discounted_reverse_scan"]
+__all__ = ["reverse_scan", "discounted_reverse_scan", "window_reverse_scan"]
 
 _CHUNK = 16  # steps per chunk of the blocked scan (a power of two)
 _FLAT = 64  # at most this many steps: one flat doubling scan, no chunks
+_HORNER = 24  # windows of at most this many steps: n multiply-adds rather than doubling (measured: the
+# crossover is between 16 and 32 steps at the task-2 sizes)
 _CLOSED_FORM_STEPS = 256  # the closed form of discounted_reverse_scan runs up to this many steps ...
 _CLOSED_FORM_ELEMENTS = 1 << 14  # ... and this many elements
 _CLOSED_FORM_RANGE_BITS = {torch.float32: 60.0, torch.float64: 400.0}  # bound on log2(c^-T)
@@ -86,6 +94,72 @@ def discounted_reverse_scan(a: Tensor, discount: float, reset: Tensor | None) ->
     if reset is None:
         return reverse_scan(a, torch.full_like(a, discount))
     return reverse_scan(a, torch.where(reset, a.new_zeros(()), discount))  # faster than masked_fill_ on bool
+
+
+def window_reverse_scan(a: Tensor, b: Tensor, n: int, tail: Tensor | None = None) -> Tensor:
+    r"""The reverse recurrence cut after ``n`` terms, closed by ``tail`` at the window's end.
+
+    .. math::
+        y_t = \sum_{j=0}^{n-1} \Bigl(\prod_{i=0}^{j-1} b_{t+i}\Bigr) a_{t+j}
+            + \Bigl(\prod_{i=0}^{n-1} b_{t+i}\Bigr)\, \mathrm{tail}_{t+n-1},
+
+    with :math:`a_s = b_s = 0` past the end (s ≥ T), and tail = 0 when None. Up to ``_HORNER`` terms it
+    runs the window backwards from its end, :math:`y \leftarrow a_{t+i} + b_{t+i}\, y` for i = n-1, ..., 0
+    (n fused multiply-adds over the whole rollout, RLax's n-step loop); beyond, the doubling steps of
+    the scan give the windows of width 1, 2, 4, ... and the binary digits of n join them (``O(T log n)``
+    work). Both form only products and sums of the recurrence's own terms. For n > T it is
+    :func:`reverse_scan` (every window runs past the end).
+
+    Args:
+        a: ``[T, *B]`` floating tensor.
+        b: ``[T, *B]`` tensor of the same shape, dtype and device.
+        n: the window, an int >= 1.
+        tail: ``[T, *B]`` tensor, the value at each step that closes a window ending there, or None.
+
+    Returns:
+        ``[T, *B]`` tensor ``y``.
+    """
+    steps = a.shape[0]
+    if n > steps or a.numel() == 0:
+        return reverse_scan(a, b)
+    if n <= _HORNER:
+        pad = a.new_zeros((n - 1, *a.shape[1:]))
+        a_pad, b_pad = torch.cat([a, pad]), torch.cat([b, pad])
+        if tail is None:
+            out = a_pad[n - 1:]
+        else:
+            out = torch.addcmul(a_pad[n - 1:], b_pad[n - 1:], torch.cat([tail, pad])[n - 1:])
+        for i in range(n - 2, -1, -1):
+            out = torch.addcmul(a_pad[i: i + steps], b_pad[i: i + steps], out)
+        return out
+    y_w, g_w, w = a, b, 1  # the windows of width w = 1, 2, 4, ...
+    y: Tensor | None = None  # the result so far, over the first m steps (m = the low bits of n)
+    g: Tensor | None = None
+    m = 0
+    while True:
+        if n & w:
+            if y is None or g is None:
+                y, g = y_w, g_w
+            else:  # append the window of width w at offset m: y += g * y_w[t + m], g *= g_w[t + m]
+                y = torch.cat([torch.addcmul(y[:-m], g[:-m], y_w[m:]), y[-m:]])
+                g = torch.cat([g[:-m] * g_w[m:], g.new_zeros((m, *g.shape[1:]))])
+            m += w
+        if 2 * w > n:
+            break
+        y_w, g_w = _double(y_w, g_w, w)
+        w *= 2
+    assert y is not None and g is not None
+    if tail is not None:  # windows that run past the end have g = 0
+        y = torch.cat([torch.addcmul(y[: steps - n + 1], g[: steps - n + 1], tail[n - 1:]), y[steps - n + 1:]])
+    return y
+
+
+def _double(y: Tensor, g: Tensor, w: int) -> tuple[Tensor, Tensor]:
+    """Windows of width w to width 2w: ``y[t] + g[t] y[t+w]`` and ``g[t] g[t+w]`` (zero past the end)."""
+    if w >= y.shape[0]:
+        return y, torch.zeros_like(g)
+    return (torch.cat([torch.addcmul(y[:-w], g[:-w], y[w:]), y[-w:]]),
+            torch.cat([g[:-w] * g[w:], g.new_zeros((w, *g.shape[1:]))]))
 
 
 def _flat(a: Tensor, b: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from gradest._distributed import all_reduce_flat, check_process_group, resolve
 from gradest._validation import check_positive, check_tensor, unit_interval
-from gradest.rl._checks import check_args, explain
+from gradest.rl._checks import check_args, check_values, explain, to_caller
 from gradest.rl._scan import discounted_reverse_scan, reverse_scan
 
 __all__ = ["gae", "vtrace", "group_advantages"]
@@ -32,6 +32,7 @@ def gae(
     truncated: Tensor | None = None,
     gamma: float,
     lambda_: float,
+    time_dim: int = 0,
 ) -> Tensor:
     r"""Generalised advantage estimates :math:`\hat A_t`, exact at terminations and truncations.
 
@@ -57,14 +58,18 @@ def gae(
         truncated: ``[T, *B]`` bool, the episode was cut after step t (bootstrap), or None.
         gamma: discount γ in [0, 1].
         lambda_: λ in [0, 1].
+        time_dim: the dim that is time in every tensor: 0 for time-major ``[T, *B]`` (the default),
+            1 for batch-major ``[B, T, ...]`` (TorchRL's and Stable-Baselines3's layout). The inputs are
+            read through ``movedim`` views (no copy) and the results come back in the same layout. Not
+            an int naming a dim of the tensors: a TypeError or ValueError.
 
     Returns:
         ``[T, *B]`` advantages, without autograd history; ``gae(...) + values`` are the λ-returns.
 
     Raises:
         TypeError: an argument is not a tensor, a value tensor is not floating, a flag is not bool.
-        ValueError: shapes or devices differ, gamma or lambda_ is outside [0, 1], or a step is both
-            terminated and truncated (while validation is on).
+        ValueError: shapes or devices differ, gamma or lambda_ is outside [0, 1], or (while validation
+            is on) a step is both terminated and truncated or a value is NaN or ±inf.
 
     Note:
         Advantages are weights of the score, never something to differentiate, so they are computed
@@ -89,14 +94,16 @@ def gae(
     """
     where = "gae"
     tensors, flags = (rewards, values, next_values), (terminated, truncated)
-    check_args(where, _GAE_ARGS, tensors, flags)
+    (rewards, values, next_values), (terminated, truncated) = check_args(where, _GAE_ARGS, tensors, flags, time_dim)
     gamma = unit_interval(where, "gamma", gamma)
     lambda_ = unit_interval(where, "lambda_", lambda_)
     try:
         if rewards.requires_grad or values.requires_grad or next_values.requires_grad:
             with torch.no_grad():
-                return _gae(rewards, values, next_values, terminated, truncated, gamma, lambda_)
-        return _gae(rewards, values, next_values, terminated, truncated, gamma, lambda_)
+                out = _gae(rewards, values, next_values, terminated, truncated, gamma, lambda_)
+        else:
+            out = _gae(rewards, values, next_values, terminated, truncated, gamma, lambda_)
+        return to_caller(out, time_dim)
     except (RuntimeError, TypeError):
         explain(where, _GAE_ARGS, tensors, flags)  # a dtype or device torch rejected first: name the argument
         raise
@@ -127,6 +134,7 @@ def vtrace(
     lambda_: float = 1.0,
     rho_bar: float = 1.0,
     c_bar: float = 1.0,
+    time_dim: int = 0,
 ) -> tuple[Tensor, Tensor]:
     r"""V-trace value targets and policy-gradient advantages for off-policy actor-critic (IMPALA).
 
@@ -162,6 +170,10 @@ def vtrace(
         lambda_: λ in [0, 1] (Espeholt et al., Remark 2); 1 by default.
         rho_bar: clip :math:`\bar\rho > 0` of the TD and policy-gradient weights.
         c_bar: clip :math:`\bar c > 0` of the traces.
+        time_dim: the dim that is time in every tensor: 0 for time-major ``[T, *B]`` (the default),
+            1 for batch-major ``[B, T, ...]`` (TorchRL's and Stable-Baselines3's layout). The inputs are
+            read through ``movedim`` views (no copy) and the results come back in the same layout. Not
+            an int naming a dim of the tensors: a TypeError or ValueError.
 
     Returns:
         ``(vs, pg_advantages)``, both ``[T, *B]`` and without autograd history.
@@ -169,7 +181,8 @@ def vtrace(
     Raises:
         TypeError: an argument is not a tensor, a value tensor is not floating, a flag is not bool.
         ValueError: shapes or devices differ, gamma or lambda_ is outside [0, 1], rho_bar or c_bar is
-            not > 0, or a step is both terminated and truncated (while validation is on).
+            not > 0, or (while validation is on) a step is both terminated and truncated, a value is
+            NaN or ±inf, or log_rhos is NaN or +inf (-inf is a ratio of 0).
 
     Note:
         Targets carry no gradient (computed under ``torch.no_grad()``), as in the paper and rlax's
@@ -193,7 +206,8 @@ def vtrace(
     """
     where = "vtrace"
     tensors, flags = (log_rhos, rewards, values, next_values), (terminated, truncated)
-    check_args(where, _VTRACE_ARGS, tensors, flags)
+    (log_rhos, rewards, values, next_values), (terminated, truncated) = check_args(
+        where, _VTRACE_ARGS, tensors, flags, time_dim)
     gamma = unit_interval(where, "gamma", gamma)
     lambda_ = unit_interval(where, "lambda_", lambda_)
     rho_bar = check_positive(where, "rho_bar", rho_bar, "1.0 is the paper's choice")
@@ -211,7 +225,7 @@ def vtrace(
             vs_next = torch.where(done, next_values, torch.cat([vs[1:], next_values[-1:]]))
             vs_next.masked_fill_(terminated, 0.0)
             pg_advantages = rho * torch.add(rewards - values, vs_next, alpha=gamma)
-            return vs, pg_advantages
+            return to_caller(vs, time_dim), to_caller(pg_advantages, time_dim)
     except (RuntimeError, TypeError):
         explain(where, _VTRACE_ARGS, tensors, flags)
         raise
@@ -260,7 +274,7 @@ def group_advantages(*, rewards: Tensor, normalize: bool = False, eps: float = 1
         TypeError: rewards is not a floating tensor, or process_group is not None, "world" or a
             ProcessGroup.
         ValueError: rewards has fewer than 2 samples along dim 0 (over all ranks, with a process
-            group), or eps is not > 0.
+            group), eps is not > 0, or rewards holds NaN or ±inf (while validation is on).
 
     Example:
         >>> import torch
@@ -278,6 +292,7 @@ def group_advantages(*, rewards: Tensor, normalize: bool = False, eps: float = 1
     """
     where = "group_advantages"
     rewards = check_tensor(where, "rewards", rewards)
+    check_values(where, ("rewards",), (rewards,))
     group = resolve(check_process_group(where, process_group))
     if group is not None:
         if not isinstance(normalize, bool):

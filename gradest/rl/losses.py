@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 
 from gradest._validation import check_positive, check_tensor
+from gradest.rl._checks import check_values
+from gradest.surrogate import magic_box, stop_gradient
 
 __all__ = ["policy_gradient_loss"]
 
@@ -47,11 +49,13 @@ def policy_gradient_loss(
 
     Raises:
         TypeError: an argument is not a floating tensor.
-        ValueError: shapes differ, or clip is not > 0.
+        ValueError: shapes differ, clip is not > 0, or a value is NaN or ±inf (while validation is on).
 
     Note:
-        The magic box is written out here (``exp(log_probs - log_probs.detach())``) rather than
-        imported from :mod:`gradest.surrogate`, because ``gradest.rl`` depends only on torch.
+        The ratio is :func:`gradest.surrogate.magic_box` of ``log_probs`` (value 1, gradient
+        :math:`\nabla\log\pi`, correct under repeated differentiation), times the ratio to
+        ``old_log_probs`` as a constant when they are given: the same value and derivatives as
+        :math:`\exp(\log\pi_\theta - \bot\log\pi_{\text{old}})`.
 
     Example:
         >>> import torch
@@ -85,9 +89,11 @@ def policy_gradient_loss(
             )
     if clip is not None:
         clip = check_positive(where, "clip", clip, "0.1 to 0.3 is typical")
-    old = log_probs.detach() if old_log_probs is None else old_log_probs.detach()
-    ratio = torch.exp(log_probs - old)
-    advantages = advantages.detach()
+    check_values(where, ("log_probs", "advantages", "old_log_probs"), (log_probs, advantages, old_log_probs))
+    ratio = magic_box(log_probs)
+    if old_log_probs is not None:
+        ratio = ratio * stop_gradient(torch.exp(log_probs - old_log_probs))
+    advantages = stop_gradient(advantages)
     surrogate = ratio * advantages
     if clip is not None:
         surrogate = torch.minimum(surrogate, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from gradest._validation import unit_interval
-from gradest.rl._checks import check_args, explain
+from gradest.rl._checks import check_args, explain, to_caller
 from gradest.rl._scan import discounted_reverse_scan
 
 __all__ = ["discounted_returns", "td_lambda"]
@@ -28,6 +28,7 @@ def discounted_returns(
     truncated: Tensor | None = None,
     gamma: float,
     next_values: Tensor | None = None,
+    time_dim: int = 0,
 ) -> Tensor:
     r"""Discounted returns :math:`G_t`, reset at episode ends, optionally bootstrapped.
 
@@ -51,14 +52,18 @@ def discounted_returns(
         truncated: ``[T, *B]`` bool, the episode was cut after step t (bootstrap), or None.
         gamma: discount γ in [0, 1].
         next_values: ``[T, *B]`` value of the observation after step t, or None for no bootstrap.
+        time_dim: the dim that is time in every tensor: 0 for time-major ``[T, *B]`` (the default),
+            1 for batch-major ``[B, T, ...]`` (TorchRL's and Stable-Baselines3's layout). The inputs are
+            read through ``movedim`` views (no copy) and the results come back in the same layout. Not
+            an int naming a dim of the tensors: a TypeError or ValueError.
 
     Returns:
         ``[T, *B]`` returns, without autograd history.
 
     Raises:
         TypeError: an argument is not a tensor, rewards is not floating, a flag is not bool.
-        ValueError: shapes or devices differ, gamma is outside [0, 1], or a step is both terminated
-            and truncated (while validation is on).
+        ValueError: shapes or devices differ, gamma is outside [0, 1], or (while validation is on) a
+            step is both terminated and truncated or a value is NaN or ±inf.
 
     Note:
         The result is a regression target (for a critic, or the REINFORCE weight), so it is computed
@@ -78,7 +83,7 @@ def discounted_returns(
     """
     where = "discounted_returns"
     tensors, flags = (rewards, next_values), (terminated, truncated)
-    check_args(where, _ARGS, tensors, flags)
+    (rewards, next_values), (terminated, truncated) = check_args(where, _ARGS, tensors, flags, time_dim)
     gamma = unit_interval(where, "gamma", gamma)
     try:
         with torch.no_grad():
@@ -90,7 +95,7 @@ def discounted_returns(
                 cut[-1] = True
                 cut &= ~terminated
                 a = torch.addcmul(rewards, next_values, cut.to(rewards.dtype), value=gamma)
-            return discounted_reverse_scan(a, gamma, done)
+            return to_caller(discounted_reverse_scan(a, gamma, done), time_dim)
     except (RuntimeError, TypeError):
         explain(where, _ARGS, tensors, flags)  # a dtype or device torch rejected first: name the argument
         raise
@@ -107,6 +112,7 @@ def td_lambda(
     truncated: Tensor | None = None,
     gamma: float,
     lambda_: float,
+    time_dim: int = 0,
 ) -> Tensor:
     r"""λ-returns :math:`G^\lambda_t`: TD(λ) targets, exact at terminations and truncations.
 
@@ -133,14 +139,18 @@ def td_lambda(
         truncated: ``[T, *B]`` bool, the episode was cut after step t (bootstrap), or None.
         gamma: discount γ in [0, 1].
         lambda_: λ in [0, 1].
+        time_dim: the dim that is time in every tensor: 0 for time-major ``[T, *B]`` (the default),
+            1 for batch-major ``[B, T, ...]`` (TorchRL's and Stable-Baselines3's layout). The inputs are
+            read through ``movedim`` views (no copy) and the results come back in the same layout. Not
+            an int naming a dim of the tensors: a TypeError or ValueError.
 
     Returns:
         ``[T, *B]`` λ-returns, without autograd history.
 
     Raises:
         TypeError: an argument is not a tensor, a value tensor is not floating, a flag is not bool.
-        ValueError: shapes or devices differ, gamma or lambda_ is outside [0, 1], or a step is both
-            terminated and truncated (while validation is on).
+        ValueError: shapes or devices differ, gamma or lambda_ is outside [0, 1], or (while validation
+            is on) a step is both terminated and truncated or a value is NaN or ±inf.
 
     Note:
         The result is a regression target, so it is computed under ``torch.no_grad()``.
@@ -163,20 +173,20 @@ def td_lambda(
     """
     where = "td_lambda"
     tensors, flags = (rewards, next_values), (terminated, truncated)
-    check_args(where, _ARGS, tensors, flags)
+    (rewards, next_values), (terminated, truncated) = check_args(where, _ARGS, tensors, flags, time_dim)
     gamma = unit_interval(where, "gamma", gamma)
     lambda_ = unit_interval(where, "lambda_", lambda_)
     try:
         with torch.no_grad():
             if rewards.shape[0] == 0:
-                return torch.empty_like(rewards)
+                return to_caller(torch.empty_like(rewards), time_dim)
             done = terminated if truncated is None else terminated | truncated
             # a_t = r_t + γ V'_t [(1 - terminated_t) - λ (1 - done_t)], with the last step counted as done.
             carried = ~done
             carried[-1] = False
             weight = (~terminated).to(rewards.dtype).sub_(carried.to(rewards.dtype), alpha=lambda_)
             a = torch.addcmul(rewards, next_values, weight, value=gamma)
-            return discounted_reverse_scan(a, gamma * lambda_, done)
+            return to_caller(discounted_reverse_scan(a, gamma * lambda_, done), time_dim)
     except (RuntimeError, TypeError):
         explain(where, _ARGS, tensors, flags)
         raise

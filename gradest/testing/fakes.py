@@ -60,6 +60,21 @@ class SelfInclusiveMean(Baseline):
     its unbiasedness harness has the power to catch a realistic bug: never use it to train anything.
 
     Bias: the gradient is ``(n − 1)/n`` times the true one (zero for n = 1).
+
+    Example:
+        The power case of a test: the harness must reject a gradient shrunk to 3/4 (0.1875, not 0.25).
+
+        >>> import torch, gradest
+        >>> from gradest.testing import SelfInclusiveMean, assert_unbiased
+        >>> def gradient():
+        ...     logits = torch.zeros(3, requires_grad=True)
+        ...     dist = torch.distributions.Bernoulli(logits=logits)
+        ...     s = gradest.expectation(lambda x: x, dist, gradest.ScoreFunction(SelfInclusiveMean()), n=4)
+        ...     return torch.autograd.grad(s.sum(), logits)[0]
+        >>> _ = torch.manual_seed(0)
+        >>> assert_unbiased(torch.stack([gradient() for _ in range(500)]), torch.full((3,), 0.25))
+        Traceback (most recent call last):
+        AssertionError: biased at [0, 1, 2]: ...
     """
 
     def forward(self, draw: Draw, cost: Tensor) -> Tensor:

@@ -11,14 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from gradest.diagnostics._stats import sample_variance_se, z_for
+
 __all__ = ["z_for", "assert_unbiased", "assert_variance", "sample_variance_se"]
-
-
-def z_for(false_alarm: float, tests: int, dtype: torch.dtype = torch.float64) -> float:
-    """Two-sided normal quantile for a family-wise ``false_alarm`` rate over ``tests`` comparisons."""
-    if not 0 < false_alarm < 1:
-        raise ValueError(f"z_for: false_alarm={false_alarm} must lie in (0, 1); 1e-6 is typical.")
-    return float(torch.special.ndtri(torch.tensor(1 - false_alarm / (2 * tests), dtype=dtype)))
 
 
 def _as_2d(draws: Tensor, exact: Tensor) -> tuple[Tensor, Tensor]:
@@ -48,6 +43,17 @@ def assert_unbiased(
 
     Raises:
         AssertionError: biased coordinates (with their z-scores) or an underpowered check.
+
+    Example:
+        >>> import torch, gradest
+        >>> from gradest.testing import assert_unbiased
+        >>> def gradient():      # one estimate of d/dlogits E[x] for x ~ Bernoulli(0.5); exactly p(1 − p)
+        ...     logits = torch.zeros(3, requires_grad=True)
+        ...     dist = torch.distributions.Bernoulli(logits=logits)
+        ...     s = gradest.expectation(lambda x: x, dist, gradest.ScoreFunction(gradest.LeaveOneOut()), n=4)
+        ...     return torch.autograd.grad(s.sum(), logits)[0]
+        >>> _ = torch.manual_seed(0)
+        >>> assert_unbiased(torch.stack([gradient() for _ in range(500)]), torch.full((3,), 0.25))
     """
     draws, exact = _as_2d(draws, exact)
     r = draws.shape[0]
@@ -68,20 +74,6 @@ def assert_unbiased(
         )
 
 
-def sample_variance_se(draws: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-coordinate sample variance of ``draws`` ``[R, D]`` and its standard error.
-
-    Var(s²) ≈ (μ₄ − σ⁴ (R−3)/(R−1)) / R, with μ₄ the fourth central moment.
-    """
-    draws = draws.reshape(draws.shape[0], -1).to(torch.float64)
-    r = draws.shape[0]
-    c = draws - draws.mean(0)
-    var = c.square().sum(0) / (r - 1)
-    m4 = c.pow(4).mean(0)
-    se = ((m4 - var.square() * (r - 3) / (r - 1)).clamp_min(0) / r).sqrt()
-    return var, se
-
-
 def assert_variance(
     draws: Tensor, exact_variance: Tensor, *, false_alarm: float = 1e-6, power: float = 0.1
 ) -> None:
@@ -89,6 +81,16 @@ def assert_variance(
 
     The tolerance is z·SE of the sample variance, the SE taken from the fourth central moment; the
     check is underpowered when that SE exceeds ``power`` times the exact variance.
+
+    Example:
+        >>> import torch, gradest
+        >>> from gradest.testing import assert_variance
+        >>> loc = torch.zeros(2, requires_grad=True)
+        >>> def gradient():      # the pathwise estimate 2x of d/dloc E[x²], x ~ Normal(loc, 1): variance 4
+        ...     s = gradest.expectation(lambda x: x**2, torch.distributions.Normal(loc, 1.0), gradest.Pathwise())
+        ...     return torch.autograd.grad(s.sum(), loc)[0]
+        >>> _ = torch.manual_seed(0)
+        >>> assert_variance(torch.stack([gradient() for _ in range(2000)]), torch.full((2,), 4.0))
     """
     draws, exact = _as_2d(draws, exact_variance)
     var, se = sample_variance_se(draws)

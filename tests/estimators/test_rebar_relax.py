@@ -338,7 +338,7 @@ def test_rebar_learn_temperature_is_the_parameter() -> None:
     est.temperature = 0.25  # an annealing schedule writes into the learned parameter
     assert math.isclose(float(est.log_temperature.detach()), math.log(0.25), rel_tol=1e-6)
     assert est.log_temperature.requires_grad and "learn=True" in repr(est)
-    with pytest.raises(ValueError, match="REBAR: temperature=-1.0 must be > 0"):
+    with pytest.raises(ValueError, match="REBAR: temperature=-1.0 must be a finite float > 0"):
         est.temperature = -1.0
 
 

@@ -102,3 +102,41 @@ def per_decision_importance_weights(log_rhos, terminated, truncated, clip=None):
         prev = out[t - 1] if t > 0 else torch.ones_like(rho[t])
         out[t] = rho[t] * (keep * prev + (1 - keep))
     return out
+
+
+def retrace(q_values, next_values, rewards, log_rhos, terminated, truncated, gamma, lambda_):
+    """Munos et al.'s target, one step at a time in RLax's form:
+    G_t = r_t + γ(1 - term_t) E_π Q(s'_t) + γ (1 - done_t) c_{t+1} (G_{t+1} - Q(s_{t+1}, a_{t+1}))."""
+    q, nv, r, lr = q_values.double(), next_values.double(), rewards.double(), log_rhos.double()
+    term, done = _flags(terminated, truncated)
+    steps = r.shape[0]
+    out = torch.empty_like(r)
+    for t in range(steps - 1, -1, -1):
+        g = r[t] + gamma * (1 - term[t]) * nv[t]
+        if t < steps - 1:
+            c = lambda_ * lr[t + 1].exp().clamp(max=1.0)
+            g = g + gamma * (1 - done[t]) * c * (out[t + 1] - q[t + 1])
+        out[t] = g
+    return out
+
+
+def n_step_returns(rewards, next_values, terminated, truncated, gamma, n):
+    """Sum up to n rewards from t, stopping after the episode's last step, then bootstrap unless it terminated."""
+    r, nv = rewards.double(), next_values.double()
+    term, done = _flags(terminated, truncated)
+    steps = r.shape[0]
+    out = torch.empty_like(r)
+    for t in range(steps):
+        for b in range(r[t].numel()):
+            idx = (t, *torch.unravel_index(torch.tensor(b), r.shape[1:])) if r.dim() > 1 else (t,)
+            total, k = 0.0, t
+            while True:
+                total += gamma ** (k - t) * float(r[(k, *idx[1:])])
+                last = k == t + n - 1 or k == steps - 1 or bool(done[(k, *idx[1:])])
+                if last:
+                    if not bool(term[(k, *idx[1:])]):
+                        total += gamma ** (k - t + 1) * float(nv[(k, *idx[1:])])
+                    break
+                k += 1
+            out[idx] = total
+    return out

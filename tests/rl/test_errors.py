@@ -6,6 +6,8 @@ import re
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gradest
 from gradest import rl
@@ -173,3 +175,114 @@ def test_policy_gradient_loss_errors():
 def test_mixed_floating_dtypes_promote_as_in_torch():
     kw = _args(values=torch.zeros(T_, B_, dtype=torch.float64))
     assert _call(rl.gae, kw).dtype == torch.float64
+
+
+# --- non-finite values (validation on by default; set_validation(False) keeps the fast path) --------
+
+FLOAT_ARGS = {
+    rl.gae: ("rewards", "values", "next_values"),
+    rl.td_lambda: ("rewards", "next_values"),
+    rl.discounted_returns: ("rewards", "next_values"),
+    rl.vtrace: ("log_rhos", "rewards", "values", "next_values"),
+}
+NONFINITE = [(float("nan"), "NaN"), (float("inf"), "+inf"), (float("-inf"), "-inf")]
+
+
+def _with(value, index=(3, 1)):
+    t = torch.randn(T_, B_, generator=torch.Generator().manual_seed(1))
+    t[index] = value
+    return t
+
+
+@pytest.mark.parametrize("fn,name", [(fn, name) for fn, names in FLOAT_ARGS.items() for name in names])
+@pytest.mark.parametrize("value,word", NONFINITE)
+def test_nonfinite_values_are_refused(fn, name, value, word):
+    if name == "log_rhos" and word == "-inf":
+        pytest.skip("a log-ratio of -inf is a ratio of 0 (tested below)")
+    kw = _args(**{name: _with(value)})
+    with pytest.raises(ValueError, match=re.escape(f"{fn.__name__}: {name} contains {word} (1 of 10 elements); ")):
+        _call(fn, kw)
+
+
+@pytest.mark.parametrize("fn", TIME_MAJOR)
+def test_the_first_argument_at_fault_is_named_with_every_count(fn):
+    bad = torch.full((T_, B_), float("nan"))
+    bad[0, 0], bad[1, 0] = float("inf"), float("-inf")
+    kw = _args(rewards=torch.ones(T_, B_), next_values=bad)
+    with pytest.raises(ValueError, match=re.escape(
+            "next_values contains NaN (8 of 10 elements) and +inf (1 of 10 elements) and -inf (1 of 10 elements)")):
+        _call(fn, kw)
+
+
+@pytest.mark.parametrize("fn", TIME_MAJOR)
+def test_nonfinite_values_pass_unchecked_without_validation(fn):
+    kw = _args(rewards=_with(float("nan")))
+    before = gradest.is_validation_enabled()
+    gradest.set_validation(False)
+    try:
+        out = _call(fn, kw)
+    finally:
+        gradest.set_validation(before)
+    out = out[0] if isinstance(out, tuple) else out
+    assert torch.isnan(out).any()  # today's fast path: no check, no sync
+
+
+def test_log_rhos_may_be_minus_inf_but_not_plus_inf_or_nan():
+    terminated = torch.zeros(T_, B_, dtype=torch.bool)
+    for word, value in (("NaN", float("nan")), ("+inf", float("inf"))):
+        match = re.escape(f"log_rhos contains {word} (1 of 10 elements); log_rhos = log π(a|s) - log μ(a|s)")
+        with pytest.raises(ValueError, match="importance_weights: " + match):
+            rl.importance_weights(log_rhos=_with(value))
+        with pytest.raises(ValueError, match="per_decision_importance_weights: " + match):
+            rl.per_decision_importance_weights(log_rhos=_with(value), terminated=terminated)
+    w = rl.importance_weights(log_rhos=_with(float("-inf")))
+    assert w[3, 1] == 0 and torch.isfinite(w).all()
+
+
+def test_overflowing_sums_of_finite_values_are_not_refused():
+    from gradest.rl._checks import check_values
+
+    big = torch.full((4,), 3e38)  # float32: the sum is inf, every element is finite
+    check_values("f", ("rewards", "log_rhos"), (big, big))
+    check_values("f", ("rewards",), (big,))
+    check_values("f", ("log_rhos",), (-big,))
+
+
+def test_group_advantages_and_policy_gradient_loss_refuse_nonfinite_values():
+    with pytest.raises(ValueError, match=re.escape("group_advantages: rewards contains +inf (1 of 10 elements)")):
+        rl.group_advantages(rewards=_with(float("inf")))
+    lp = torch.zeros(T_, B_, requires_grad=True)
+    for name, word, value in (("advantages", "NaN", float("nan")), ("old_log_probs", "-inf", float("-inf")),
+                              ("log_probs", "-inf", float("-inf"))):
+        kw = dict(log_probs=lp, advantages=torch.ones(T_, B_), old_log_probs=torch.zeros(T_, B_))
+        kw[name] = _with(value)
+        with pytest.raises(ValueError, match=re.escape(f"policy_gradient_loss: {name} contains {word} (1 of 10")):
+            rl.policy_gradient_loss(**kw)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)  # the same examples in every run
+@given(data=st.data())
+def test_property_every_nonfinite_value_is_named_or_the_result_is_finite(data):
+    """Random function, shape, argument and position: a NaN or ±inf gives the error naming that argument
+    (log_rhos: -inf is a ratio of 0 and gives a finite result); finite inputs give a finite result."""
+    fn = data.draw(st.sampled_from(TIME_MAJOR))
+    steps = data.draw(st.integers(1, 300))
+    batch = data.draw(st.sampled_from([(), (1,), (3,), (2, 2)]))
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
+    shape = (steps, *batch)
+    kw = {name: torch.randn(shape, generator=g, dtype=dtype) for name in FLOAT_ARGS[fn]}
+    u = torch.rand(shape, generator=g)
+    kw.update(terminated=u < 0.05, truncated=(u >= 0.05) & (u < 0.1), gamma=0.99, lambda_=0.95)
+    name = data.draw(st.sampled_from(FLOAT_ARGS[fn] + (None,)))
+    value = data.draw(st.sampled_from([float("nan"), float("inf"), float("-inf")]))
+    if name is not None:
+        index = tuple(data.draw(st.integers(0, n - 1)) for n in shape)
+        kw[name][index] = value
+    if name is None or (name == "log_rhos" and value == float("-inf")):
+        out = fn(**{k: v for k, v in kw.items() if k != "lambda_" or fn is not rl.discounted_returns})
+        for o in out if isinstance(out, tuple) else (out,):
+            assert torch.isfinite(o).all()
+        return
+    with pytest.raises(ValueError, match=re.escape(f"{fn.__name__}: {name} contains ")):
+        fn(**{k: v for k, v in kw.items() if k != "lambda_" or fn is not rl.discounted_returns})

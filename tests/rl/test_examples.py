@@ -127,3 +127,69 @@ def test_sequence_benchmark_hand_written_losses_equal_gradest_and_it_runs():
         torch.set_num_threads(threads)
     assert set(result) == set(list(bench.CONFIGS)[:2])
     assert "hand-written" in bench.table(result)
+
+
+# --- off-policy and offline examples (issue 14) -----------------------------------------------------
+
+
+def test_offline_example_runs(tmp_path, capsys):
+    pytest.importorskip("gymnasium")
+    plot = _plot_args(tmp_path, "offline.png")
+    out = _run("offline_cartpole.py", ["--episodes", "64", "--truth-episodes", "64", "--fqe-iterations", "3",
+                                       "--steps", "4", "--refit-every", "2", "--check-every", "2",
+                                       "--eval-episodes", "16"] + plot, capsys)
+    for method in ("is", "pdis", "wis", "wpdis", "dr", "wdr"):
+        assert f"\n  {method} " in out
+    assert "the behaviour policy by the stated margin" in out
+    if plot[0] == "--plot":
+        assert (tmp_path / "offline.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # about a minute: fewer logged episodes and steps than the defaults
+def test_offline_example_learns_a_policy_that_beats_the_behaviour_policy(tmp_path, capsys):
+    pytest.importorskip("gymnasium")
+    out = _run("offline_cartpole.py", ["--episodes", "500", "--truth-episodes", "500", "--steps", "150",
+                                       "--eval-episodes", "200", "--no-plot"], capsys)
+    assert "the learned policy beats the behaviour policy by the stated margin" in out, out
+
+
+@pytest.mark.parametrize("correction", [[], ["--no-correction"]])
+def test_impala_example_runs(tmp_path, capsys, correction):
+    pytest.importorskip("gymnasium")
+    plot = _plot_args(tmp_path, "impala.png")
+    out = _run("impala_cartpole.py", ["--steps", "2048", "--actors", "2", "--envs", "2", "--rollout", "16",
+                                      "--lag", "2"] + correction + plot, capsys)
+    assert ("V-trace off" in out) == bool(correction)
+    assert "not solved within" in out and "mean policy lag" in out
+    if plot[0] == "--plot":
+        assert (tmp_path / "impala.png").stat().st_size > 0
+
+
+def test_offline_benchmark_runs_and_every_port_is_correct():
+    spec = importlib.util.spec_from_file_location("rl_offline", ROOT / "benchmarks" / "rl_offline.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        results = [bench.run_size(task, list(bench.IMPLS[task]), 40, 3, 0, rounds=2, budget_s=0.0, log=lambda s: None)
+                   for task in bench.TASKS]
+    finally:
+        torch.set_num_threads(threads)
+    for r in results:
+        for name, x in r["impls"].items():
+            assert x["correct"] and x["median_ms"] > 0, (r["task"], name, x["max_abs_error"])
+    assert "gradest" in bench.table(results)
+
+
+def test_offline_benchmark_reference_is_the_tested_loop():
+    """The benchmark's float64 loops are the definitions the tests use (terminated episodes only)."""
+    spec = importlib.util.spec_from_file_location("rl_offline", ROOT / "benchmarks" / "rl_offline.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from . import references as ref
+
+    d = bench.Data(30, 2, 1)
+    torch.testing.assert_close(bench.retrace_loop64(d), ref.retrace(d.q, d.next_value, d.reward, d.log_rhos, d.done,
+                                                                    None, bench.GAMMA, bench.LAMBDA))
+    torch.testing.assert_close(bench.n_step_loop64(d, 5), ref.n_step_returns(d.reward, d.next_value, d.done, None,
+                                                                             bench.GAMMA, 5))

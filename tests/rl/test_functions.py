@@ -346,8 +346,46 @@ def test_gradest_rl_imports_only_torch_surrogate_validation_and_distributed():
 def test_docstring_examples_run():
     import doctest
 
-    from gradest.rl import advantages, importance, losses, returns
+    from gradest.rl import advantages, importance, losses, offline, returns
 
-    for module in (returns, advantages, importance, losses):
+    for module in (returns, advantages, importance, losses, offline):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+@pytest.mark.parametrize("steps", [7, 300, 1000])  # the closed form and the blocked scan
+def test_a_log_ratio_of_minus_inf_is_a_ratio_of_zero(steps):
+    d = make_rollout((steps, 3), seed=5, p_terminated=0.05, p_truncated=0.05)
+    log_rhos = d.log_rhos.clone()
+    log_rhos[torch.rand(log_rhos.shape, generator=torch.Generator().manual_seed(6)) < 0.1] = float("-inf")
+    log_rhos[2, 0] = float("-inf")
+    w = rl.per_decision_importance_weights(log_rhos=log_rhos, terminated=d.terminated, truncated=d.truncated)
+    want = ref.per_decision_importance_weights(log_rhos, d.terminated, d.truncated)
+    assert (want == 0).any() and (want > 0).any()
+    torch.testing.assert_close(w, want, rtol=1e-9, atol=0.0)
+    vs, adv = rl.vtrace(log_rhos=log_rhos, rewards=d.rewards, values=d.values, next_values=d.next_values,
+                        terminated=d.terminated, truncated=d.truncated, gamma=0.9)
+    want_vs, want_adv = ref.vtrace(log_rhos, d.rewards, d.values, d.next_values, d.terminated, d.truncated,
+                                   0.9, 1.0, 1.0, 1.0)
+    torch.testing.assert_close(vs, want_vs, **TOL)
+    torch.testing.assert_close(adv, want_adv, **TOL)
+
+
+@pytest.mark.parametrize("with_old", [False, True])
+def test_policy_gradient_loss_second_derivative_is_the_score_functions(with_old):
+    """The magic box keeps second derivatives right: d²/dθ² of the loss, with and without old_log_probs,
+    equals that of -A·exp(log π_θ - ⊥log π_old) computed directly."""
+    theta = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    a = torch.tensor([0, 1, 1])
+    adv = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    old = torch.tensor([-0.9, -0.5, -0.7], dtype=torch.float64) if with_old else None
+
+    def hessian(fn):
+        lp = torch.distributions.Categorical(logits=theta).log_prob(a)
+        (g,) = torch.autograd.grad(fn(lp).sum(), theta, create_graph=True)
+        return torch.stack([torch.autograd.grad(g[i], theta, retain_graph=True)[0] for i in range(2)])
+
+    got = hessian(lambda lp: rl.policy_gradient_loss(log_probs=lp, advantages=adv, old_log_probs=old))
+    want = hessian(lambda lp: -adv * torch.exp(lp - (lp.detach() if old is None else old)))
+    assert want.abs().max() > 0.1
+    torch.testing.assert_close(got, want, **TOL)

@@ -162,3 +162,35 @@ def test_cuda_matches_cpu(steps):
     want = discounted_reverse_scan(a, 0.95, reset)
     got = discounted_reverse_scan(a.cuda(), 0.95, reset.cuda()).cpu()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _window_loop(a, b, n, tail):
+    """y_t = Σ_{j<n} (Π_{i<j} b_{t+i}) a_{t+j} + (Π_{i<n} b_{t+i}) tail_{t+n-1}, zero past the end."""
+    steps = a.shape[0]
+    out = torch.zeros_like(a)
+    for t in range(steps):
+        prod = torch.ones_like(a[0])
+        for j in range(n):
+            if t + j >= steps:
+                prod = torch.zeros_like(prod)
+                break
+            out[t] += prod * a[t + j]
+            prod = prod * b[t + j]
+        if tail is not None and t + n - 1 < steps:
+            out[t] += prod * tail[t + n - 1]
+    return out
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 16, 17, 40])
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 16, 17, 31, 32, 33, 41])
+@pytest.mark.parametrize("with_tail", [False, True])
+def test_window_reverse_scan_matches_the_loop(steps, n, with_tail):
+    """Both paths (n multiply-adds up to _HORNER, doubling above) and n past the end."""
+    g = torch.Generator().manual_seed(steps * 100 + n)
+    a = torch.randn(steps, 3, generator=g, dtype=torch.float64)
+    b = torch.rand(steps, 3, generator=g, dtype=torch.float64) * 1.02
+    b[torch.rand(steps, 3, generator=g) < 0.1] = 0.0
+    tail = torch.randn(steps, 3, generator=g, dtype=torch.float64) if with_tail else None
+    got = _scan.window_reverse_scan(a, b, n, tail)
+    want = _window_loop(a, b, n, tail) if n <= steps else ref.reverse_scan(a, b)
+    _close(got, want)
