@@ -20,8 +20,8 @@ gradest has no decoding API, so the script decodes the regimes itself, from the 
 small forward-backward pass (posterior marginals p(z_t | y), also a check of the graph's log-likelihood)
 and Viterbi (the most probable path). Both are written below in ~25 lines of log-space torch.
 
-Run (100 Adam steps; 3.6 minutes on a loaded 2-core CPU, about 2 s a step: a tracked graph of 1046
-steps, see benchmark task 4 in BENCHMARKS.md):
+Run (100 Adam steps: 83 s on a quiet 2-core CPU, 0.8 s a step for a tracked graph of 1046 steps; see
+benchmark task 4 in BENCHMARKS.md):
 
     python examples/hmm.py
     python examples/hmm.py --states 3 --steps 200   # a third regime takes the largest jumps
