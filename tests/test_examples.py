@@ -61,3 +61,29 @@ def test_graph_hard_attention_critic(baseline, capsys, tmp_path):
     assert 0.0 <= out["accuracy"] <= 1.0
     assert [step for step, _ in out["history"]] == [2, 4]
     assert "final: baseline" in capsys.readouterr().out
+
+
+def test_hmm_example_fits_decodes_and_agrees_with_its_forward_pass(tmp_path, capsys):
+    """examples/hmm.py on the first 100 returns, 3 Adam steps: the log-likelihood rises, the graph's value
+    equals the example's own forward pass, Viterbi labels every day, the figure is written."""
+    pytest.importorskip("matplotlib")
+    import re
+    import runpy
+    import sys
+
+    plot = tmp_path / "hmm.png"
+    saved_argv, threads = sys.argv, torch.get_num_threads()
+    sys.argv = ["hmm.py", "--steps", "3", "--length", "100", "--plot", str(plot)]
+    try:
+        runpy.run_path(str(EXAMPLES / "hmm.py"), run_name="__main__")
+    finally:
+        sys.argv = saved_argv
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    before, after = map(float, re.search(r"log-likelihood (\S+) -> (\S+) nats per day", out).groups())
+    assert after > before
+    forward, graph = map(float, re.search(r"forward pass gives (\S+) nats per day, the graph (\S+)", out).groups())
+    assert forward == pytest.approx(graph, abs=2e-4)
+    days = [int(d) for d in re.findall(r"(\d+) days on the Viterbi path", out)]
+    assert len(days) == 2 and sum(days) == 100
+    assert plot.stat().st_size > 0
