@@ -111,7 +111,9 @@ class Graph:
     ``cost`` takes the nodes it depends on from ``depends_on=`` (names; their ancestors are added),
     and without it from every node sampled so far. Crediting a cost to a node it does not depend on
     keeps the estimate unbiased (the term is zero in expectation) but adds variance; a node declared
-    independent of one it does depend on gives a biased gradient. ``track=False`` is the mode for
+    independent of one it does depend on gives a biased gradient, and where that node is enumerated a
+    wrong value too (its sample dim is read as a batch dim): the graph cannot check what it does not
+    track. ``track=False`` is the mode for
     ``torch.compile`` (with ``fullgraph=True``): torch's compiler cannot trace the subclass.
 
     Args:
@@ -330,7 +332,8 @@ class Graph:
                     raise ValueError(
                         f"Graph.sample: node {name!r} (step {chain.step} of Graph.markov(history={chain.history})) "
                         f"is drawn from a distribution computed from node {self.nodes[a].name!r} of step "
-                        f"{step[1]}, more than history={chain.history} steps back; raise history."
+                        f"{step[1]}, more than history={chain.history} steps back; raise history"
+                        f"{_UNDECLARED if not self.track and depends_on is None else ''}."
                     )
         else:
             estimator = estimator.delegate(dist, n)
@@ -569,7 +572,8 @@ class Graph:
         replayed = shadows_of([log_prob])
         log_prob = plain(log_prob)
         self._check_layout("Graph.observe", f"log-probability of {name!r}", log_prob.shape, depth, deps,
-                           self._scope_of(direct), "build dist from the samples without reducing their sample dims")
+                           self._scope_of(direct), "build dist from the samples without reducing their sample dims"
+                           + (_UNDECLARED if not self.track and depends_on is None else ""))
         # NaN and +inf log-probabilities are found by loss() from its value, in one sync for all of them
         auxiliary = self._auxiliary("Graph.observe", f"log-probability of {name!r}", deps, replayed,
                                     tuple(log_prob.shape))
@@ -631,7 +635,8 @@ class Graph:
                     "in torch ops, or pass depends_on=() if this cost truly depends on no node."
                 )
         self._check_layout("Graph.cost", f"cost {name!r}", value.shape, depth, deps, scope,
-                           "keep the sample dims in the cost (the graph averages over them)")
+                           "keep the sample dims in the cost (the graph averages over them)"
+                           + (_UNDECLARED if not self.track and depends_on is None else ""))
         auxiliary = self._auxiliary("Graph.cost", f"cost {name!r}", deps, replayed, tuple(value.shape))
         record = Cost(value, name, frozenset(deps), depth, auxiliary, direct=frozenset(direct))
         self.costs.append(self._differentiable("Graph.cost", f"cost {name!r}", record))
@@ -777,6 +782,8 @@ class Graph:
 
 
 _MAX_POSITIONS = 32  # sample dims a graph may use (chains under Graph.markov reuse theirs)
+_UNDECLARED = (" (or, as this graph has track=False and no depends_on= was given, it was taken to depend on every "
+               "node so far: name the nodes it was computed from with depends_on=)")
 
 
 def _refuse_clamped_probabilities(name: str, dist: Distribution) -> None:
