@@ -27,9 +27,10 @@ times; with ``--phases``, also the median CPU time of each phase of the two grap
 argument validation is pinned off for all (``set_default_validate_args(False)``, as in task 1);
 gradest's own validation keeps its default (on).
 
-Run (5 seconds on a 2-core CPU; 15 with --phases):
+Run (5 seconds on a 2-core CPU; 15 with --phases; --floor also times the decoder's forward pass on a
+subclass that only keeps its class, the least a per-op tracker can cost):
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/graph_task5.py --phases --json graph_task5.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/graph_task5.py --phases --floor --json graph_task5.json
 """
 
 from __future__ import annotations
@@ -210,6 +211,39 @@ def phases(steps: int = 300, warmup: int = 50) -> dict[str, dict[str, float]]:
             for name, rows in runs.items()}
 
 
+
+class _Floor(Tensor):
+    """A tensor subclass whose ``__torch_function__`` does nothing but keep its class on the results: the
+    least any per-op tracker built on a subclass can cost (``--floor``)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def,override]
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **(kwargs or {}))
+        if type(out) is Tensor:
+            out.__class__ = cls
+        return out
+
+
+def floor(steps: int = 300, warmup: int = 50) -> dict[str, float]:
+    """Median thread CPU ms of the decoder and likelihood's forward pass on the same samples as a plain
+    tensor, as ``_Floor`` and as gradest's tracked samples (an open graph's ``Provenance``), interleaved."""
+    from gradest.graph.dependencies import Provenance, Scope, Tag
+
+    model, x = make_model(), make_batch()
+    z = _posterior(model, x).sample((N,))
+    scope = Scope()
+    make = {"plain": lambda: z, "subclass floor": lambda: z.as_subclass(_Floor),
+            "gradest tracking": lambda: Provenance.wrap(z, (Tag(scope, 0, "z"),))}
+    times: dict[str, list[float]] = {k: [] for k in make}
+    for step in range(warmup + steps):
+        for name in (list(make) if step % 2 else list(make)[::-1]):
+            t = time.thread_time()
+            nll(model.dec, make[name](), x)
+            if step >= warmup:
+                times[name].append(time.thread_time() - t)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
 def table(result: dict[str, dict[str, float]]) -> str:
     lines = ["| implementation | median step (ms) | / rloo | paired / rloo | CPU time / rloo |",
              "|---|---|---|---|---|"]
@@ -228,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=STEPS, help="timed steps after the warm-up")
     p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated; rloo (the reference) always runs")
     p.add_argument("--phases", action="store_true", help="also time the phases of the two graphs (CPU ms)")
+    p.add_argument("--floor", action="store_true",
+                   help="also time the decoder's forward pass on plain, minimally subclassed and tracked samples")
     p.add_argument("--json", metavar="PATH", help="write the results here")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.impls.split(",") if n.strip()]
@@ -251,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n| phase (median CPU ms) | " + " | ".join(rows) + " |\n|---|---|---|")
         for k in keys:
             print(f"| {k} | " + " | ".join(f"{rows[n][k]:.3f}" for n in rows) + " |")
+    if args.floor:
+        out["floor_cpu_ms"] = rows = floor()
+        ops = 2 + 3 * BLOCKS + 5  # the decoder's modules, the flatten and the likelihood's ops
+        print("\n| decoder + likelihood forward | median CPU ms | over plain, per op (µs) |\n|---|---|---|")
+        for k, v in rows.items():
+            print(f"| {k} | {v:.3f} | {(v - rows['plain']) * 1e3 / ops:.1f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
