@@ -184,6 +184,17 @@ class Graph:
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._scope.closed = True
 
+    def _new_name(self, where: str, name: object) -> None:
+        """Refuse a closed graph, a name that is not a str, or one already given to a node or an observation."""
+        self._open(where)
+        if not isinstance(name, str):
+            raise TypeError(f"Graph.{where}: name={name!r} must be a str.")
+        if name in self._names or name in self._observed:
+            raise ValueError(
+                f"Graph.{where}: name={name!r} is already a node or an observation of this graph; give each its "
+                "own name."
+            )
+
     def _open(self, where: str) -> None:
         if self.closed:
             raise RuntimeError(
@@ -272,14 +283,7 @@ class Graph:
             NotImplementedError: nodes with auxiliary points nested, or one in a ``track=False`` graph.
         """
         where = "sample"
-        self._open(where)
-        if not isinstance(name, str):
-            raise TypeError(f"Graph.sample: name={name!r} must be a str.")
-        if name in self._names or name in self._observed:
-            raise ValueError(
-                f"Graph.sample: name={name!r} is already a node or an observation of this graph; give each its "
-                "own name."
-            )
+        self._new_name(where, name)
         dist = check_distribution("Graph.sample", dist)
         n = check_n("Graph.sample", n)
         estimator = resolve_estimator("Graph.sample", estimator, dist, n)
@@ -525,14 +529,7 @@ class Graph:
             True
         """
         where = "observe"
-        self._open(where)
-        if not isinstance(name, str):
-            raise TypeError(f"Graph.observe: name={name!r} must be a str.")
-        if name in self._names or name in self._observed:
-            raise ValueError(
-                f"Graph.observe: name={name!r} is already a node or an observation of this graph; give each its "
-                "own name."
-            )
+        self._new_name(where, name)
         dist = check_distribution("Graph.observe", dist)
         tensors = dist_tensors(dist)
         if not isinstance(value, Tensor):
