@@ -251,6 +251,11 @@ def _eliminate(nodes: list[Node], comp: list[int], factors: list[Factor], budget
             "with Graph.markov, or name a sampling estimator for the widest nodes: "
             "Enumerate(fallback=ScoreFunction(LeaveOneOut()))."
         ) from None
+    except NotImplementedError as err:
+        raise NotImplementedError(
+            f"Graph.loss: {err}; give the shared node the batch dim too, or make the batch one event with "
+            "Independent(...)."
+        ) from None
 
 
 def _term(nodes: list[Node], slots: list[Slot], value: Tensor, depth: int, enum_positions: set[int],

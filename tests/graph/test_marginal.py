@@ -692,3 +692,17 @@ def test_a_shared_first_state_feeding_observed_chains_equals_brute_force(markov:
     loss = g.loss()
     torch.testing.assert_close(loss, exact, **TIGHT)
     torch.testing.assert_close(_grads(loss, params), _grads(exact, params), **TIGHT)
+
+
+def test_crossed_plates_are_an_error() -> None:
+    """a_i (3 copies) and b_j (4 copies) with observations y_ij of both: no plate order sums them out
+    (Pyro's restriction too); an error naming the remedy, never a per-copy answer."""
+    init = torch.zeros(2, dtype=F64, requires_grad=True)
+    locs = torch.tensor([0.0, 1.0], dtype=F64)
+    with Graph() as g:
+        a = g.sample("a", Categorical(logits=init.expand(3, 1, 2)), Enumerate())
+        b = g.sample("b", Categorical(logits=init.expand(1, 4, 2)), Enumerate())
+        g.observe("y", Normal(locs[a] + locs[b], 1.0), torch.zeros(3, 4, dtype=F64))
+    shared = r"Graph.loss: eliminating '[ab]': it is shared by the copies of a plate"
+    with pytest.raises(NotImplementedError, match=shared):
+        g.loss()
