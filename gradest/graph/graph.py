@@ -320,7 +320,9 @@ class Graph:
         chain = self._chains[-1] if self._chains else None
         if estimator.eliminable:
             scope = self._scope_of(parents)
-            limit = support_size(dist) * math.prod(self.nodes[a].size for a in scope)
+            # (a family without an enumerable support is refused by the rule's check below)
+            limit = support_size(dist) * math.prod(self.nodes[a].size for a in scope) \
+                if leaf(dist).has_enumerate_support else 0
             estimator = estimator.delegate(dist, n, too_large=limit > self.enumerate_budget)
             if estimator.eliminable and limit > self.enumerate_budget:
                 raise ValueError(

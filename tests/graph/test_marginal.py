@@ -706,3 +706,10 @@ def test_crossed_plates_are_an_error() -> None:
     shared = r"Graph.loss: eliminating '[ab]': it is shared by the copies of a plate"
     with pytest.raises(NotImplementedError, match=shared):
         g.loss()
+
+
+def test_enumerate_on_a_family_without_a_support_is_refused_by_name_in_a_graph() -> None:
+    """Found by the slow property test: the graph sized the node's factor before the rule's check, and
+    torch's bare NotImplementedError came out of Normal.enumerate_support."""
+    with Graph() as g, pytest.raises(NotImplementedError, match=r"Enumerate: dist=Normal.* has no enumerable support"):
+        g.sample("x", Normal(torch.zeros(2, requires_grad=True), 1.0), Enumerate())
