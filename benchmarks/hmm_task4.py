@@ -61,6 +61,7 @@ if __name__ == "__main__":  # one thread, set before torch loads (not when impor
 
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
+import gc  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -528,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory", action="store_true", help="peak memory per (implementation, T) in subprocesses")
     p.add_argument("--profile", action="store_true", help=f"where the time goes at T={PROFILE_LENGTH}")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 rounds, T = 100 and 300 unless --lengths")
+    p.add_argument("--gc", choices=("on", "freeze"), default="on",
+                   help="freeze: gc.freeze() after the imports, so Python's full collections (about one a call at "
+                        "T=1000) skip the heap of the imported modules; for all implementations alike")
     p.add_argument("--json", metavar="PATH", help="write the results here")
     p.add_argument("--memory-child", nargs=2, metavar=("IMPL", "T"),
                    help="only time one call of IMPL at T and measure its peak memory (run in a fresh process)")
@@ -553,13 +557,16 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [int(s) for s in (args.lengths or ("100,300" if args.quick else ",".join(map(str, LENGTHS)))).split(",")]
     rounds = {t: (3 if args.quick else args.rounds or ROUNDS.get(t, 3)) for t in lengths}
     set_validate_args(on)
+    if args.gc == "freeze":
+        gc.collect()
+        gc.freeze()
 
     print(f"task 4: K={K}, T={lengths}, implementations {names}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s), validate_args={on}, gradest validation "
-          f"{gradest.is_validation_enabled()}, {platform.processor() or platform.machine()}")
+          f"{gradest.is_validation_enabled()}, gc {args.gc}, {platform.processor() or platform.machine()}")
     t0 = time.perf_counter()
-    result: dict = {"config": {"K": K, "lengths": lengths, "validate_args": on, "budget_s": args.budget_s,
-                               "max_call_s": args.max_call_s, "versions": versions()}}
+    result: dict = {"config": {"K": K, "lengths": lengths, "validate_args": on, "gc": args.gc,
+                               "budget_s": args.budget_s, "max_call_s": args.max_call_s, "versions": versions()}}
     result["timings"] = measure(names, lengths, budget_s=args.budget_s, max_call_s=args.max_call_s, rounds=rounds)
     if args.memory:
         result["memory"] = memory(names, lengths, result["timings"], on)
