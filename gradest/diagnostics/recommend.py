@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from gradest.diagnostics.report import Report, Row
+from gradest.diagnostics.report import Report, Row, ranked
 
 __all__ = ["Recommendation", "recommend"]
 
@@ -33,16 +33,12 @@ class Recommendation:
     text: str
 
 
-def _score(r: Row) -> tuple[float, float]:
-    return r.work_normalised_variance, r.seconds
-
-
 def _significantly_better(best: Row, runner: Row) -> bool:
     """Whether best's variance × time is lower than runner's by more than two standard errors of the ratio
     (times are medians, taken as exact)."""
     if best.variance == 0:
         return runner.variance > 0
-    ratio = _score(runner)[0] / _score(best)[0]
+    ratio = runner.work_normalised_variance / best.work_normalised_variance
     rel = math.hypot(best.variance_se / best.variance, runner.variance_se / runner.variance)
     return ratio - 1 > 2 * rel * ratio
 
@@ -85,10 +81,10 @@ def recommend(report: Report, *, margin: float = 10.0) -> list[Recommendation]:
     for p in dict.fromkeys(r.problem for r in rows):
         mine = [r for r in rows if r.problem == p]
         ran = [r for r in mine if r.status == "ok"]
-        unbiased = sorted((r for r in ran if r.verdict in ("unbiased", "unchecked")), key=_score)
-        biased = sorted((r for r in ran if r.verdict in ("biased", "biased by design")), key=_score)
+        unbiased, biased = ranked(mine)
         best = unbiased[0] if unbiased else None
-        alt = biased[0] if biased and (best is None or _score(biased[0])[0] * margin < _score(best)[0]) else None
+        alt = biased[0] if biased and (best is None or biased[0].work_normalised_variance * margin
+                                       < best.work_normalised_variance) else None
         if best is None:
             missing = len(mine) - len(ran)
             text = f"{p}: no unbiased estimator ran" + (f" ({missing} could not run: see the table)." if missing
@@ -99,7 +95,7 @@ def recommend(report: Report, *, margin: float = 10.0) -> list[Recommendation]:
             runner = unbiased[1] if len(unbiased) > 1 else None
             vs = ""
             if runner is not None:
-                ratio = _score(runner)[0] / _score(best)[0]
+                ratio = runner.work_normalised_variance / best.work_normalised_variance
                 vs = (f" ({ratio:.3g}× lower variance × time than {runner.estimator}"
                       + ("" if _significantly_better(best, runner) else ", within the measurement's noise") + ")")
             text = (f"{p}: use {best.estimator} — variance {best.variance:.3g}, "
@@ -107,7 +103,8 @@ def recommend(report: Report, *, margin: float = 10.0) -> list[Recommendation]:
             if best.verdict == "unchecked":
                 text += f" Its bias was not measured ({best.reference})."
         if alt is not None:
-            ratio = _score(best)[0] / _score(alt)[0] if best is not None and _score(alt)[0] > 0 else math.inf
+            alt_cost = alt.work_normalised_variance
+            ratio = best.work_normalised_variance / alt_cost if best is not None and alt_cost > 0 else math.inf
             cheaper = f"{ratio:.3g}× cheaper per unit of variance" if best is not None else "the cheapest"
             if alt.verdict == "biased":
                 how = f"biased (measured bias {alt.bias:.2g}, {alt.bias_z:.1f} SE, significant)"

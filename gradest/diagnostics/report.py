@@ -258,13 +258,16 @@ class Report:
         var×time, and a note: ``★ recommended``, the verdict (``biased, z=…``), or ``n/a:`` and the
         reason. Within each problem, estimators that could not run come last.
         """
-        from gradest.diagnostics.recommend import recommend
-
         if kind not in self.kinds():
             raise ValueError(f"Report.table: kind={kind!r} is not in this report; it has {self.kinds()}.")
         rows = [r for r in self.rows if r.kind == kind]
-        picks = {(p.problem, p.estimator) for p in recommend(self)} if kind == "compare" else set()
         problems = list(dict.fromkeys(r.problem for r in rows))
+        picks = set()
+        if kind == "compare":  # the estimator recommend() picks for each problem
+            for p in problems:
+                unbiased, _ = ranked([r for r in rows if r.problem == p])
+                if unbiased:
+                    picks.add((p, unbiased[0].estimator))
         rows = [r for p in problems for ok in (True, False)
                 for r in rows if r.problem == p and (r.status == "ok") == ok]
         key = [] if kind == "compare" else [kind]
@@ -321,6 +324,16 @@ class Report:
             console.width = max(console.width, sum(widths[:-1]) + min(widths[-1], 60) + 3 * len(widths) + 1)
             console.print(t)
         Console(file=file, width=max(len(self.caption()), 80)).print(self.caption(), style="dim")
+
+
+def ranked(rows: list[Row]) -> tuple[list[Row], list[Row]]:
+    """The rows that ran, split by verdict into unbiased (``unbiased``, ``unchecked``) and biased
+    (``biased``, ``biased by design``), each ordered by variance × time, then time: the order
+    :func:`~gradest.diagnostics.recommend` picks from (the table's ★ is the first unbiased row)."""
+    ran = [r for r in rows if r.status == "ok"]
+    key = lambda r: (r.work_normalised_variance, r.seconds)  # noqa: E731
+    return (sorted((r for r in ran if r.verdict in ("unbiased", "unchecked")), key=key),
+            sorted((r for r in ran if r.verdict in ("biased", "biased by design")), key=key))
 
 
 def _bias_cell(r: Row) -> str:

@@ -7,6 +7,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gradest
 from gradest.diagnostics import Report, Row, compare, recommend
@@ -79,6 +81,23 @@ def test_table_recommendation_json_and_figure_agree_on_bias():
     assert {r["estimator"]: r["verdict"] for r in json.loads(report.to_json())["rows"]} == verdicts
     text = _texts(decision_figure(report))
     assert "biased by design" in text and "biased (40 SE)" in text and "★ loo" in text
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from(["p", "q"]), st.floats(0.0, 8.0), st.booleans(),
+                          st.floats(1e-4, 1e2), st.floats(1e-6, 1e-2), st.booleans()), min_size=1, max_size=8))
+def test_the_tables_star_is_recommends_pick(specs):
+    """The table marks, for each problem, exactly the estimator recommend() picks (ties: the faster)."""
+    rows = []
+    for i, (problem, z, claim, var, seconds, ran) in enumerate(specs):
+        r = _row(f"e{i}", z=z, claim=claim, var=var, seconds=seconds)
+        r.problem = problem
+        if not ran:
+            r.status, r.reason, r.error = "n/a", "could not run", "NotImplementedError"
+        rows.append(r)
+    report = Report(rows, {"false_alarm": 1e-3})
+    starred = {(row[0], row[1]) for row in report.table()[1:] if row[-1] == "★ recommended"}
+    assert starred == {(rec.problem, rec.estimator) for rec in recommend(report) if rec.estimator is not None}
 
 
 def test_the_threshold_is_the_whole_reports_and_adding_reports_retests():
