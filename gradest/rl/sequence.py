@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from gradest._distributed import all_reduce_flat, check_process_group, rank, resolve, world_size
-from gradest._validation import check_positive, describe_nonfinite, is_validation_enabled, summarize
+from gradest._validation import check_finite, check_positive, describe_nonfinite, is_validation_enabled, summarize
 from gradest.surrogate import magic_box, stop_gradient
 
 __all__ = ["sequence_policy_loss", "kl_estimate"]
@@ -368,10 +368,8 @@ def kl_estimate(*, logp: Tensor, ref_logp: Tensor, mask: Tensor | None = None, k
     _check_like(where, "ref_logp", ref_logp, logp)
     m = _check_mask(where, mask, logp)
     if is_validation_enabled():
-        for name, value in (("logp", logp), ("ref_logp", ref_logp)):
-            bad = "" if math.isfinite(float(value.detach().sum())) else describe_nonfinite(value)
-            if bad:
-                raise ValueError(f"{where}: {name} contains {bad}; {_FINITE_FIX}")
+        check_finite(where, "logp", logp, _FINITE_FIX)
+        check_finite(where, "ref_logp", ref_logp, _FINITE_FIX)
         problem = None if mask is None or mask.dtype == torch.bool else _binary_problem(where, mask)
         if problem is not None:
             raise ValueError(problem)
