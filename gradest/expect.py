@@ -91,8 +91,8 @@ def surrogate(estimator: Estimator, draw: Draw, cost: Tensor, *, where: str = "e
     node = Node("x", 0, draw.dist, estimator, draw)
     value, auxiliary = cost, {}
     if draw.points.shape[0] != draw.n:
-        value, rest = cost[: draw.n], cost[draw.n :]
-        auxiliary = {0: rest.split(draw.n)}
+        value, *rest = cost.split(draw.n)
+        auxiliary = {0: tuple(rest)}
     record = Cost(value, "f", frozenset({0}), 1, auxiliary)
     check_differentiable(where, node, record, [node], "f")
     out = terms([node], [Slot(draw.n, estimator.shares_sample_dim, [0])], [record])

@@ -66,8 +66,8 @@ def straight_through(hard: Tensor | float, soft: Tensor) -> Tensor:
         >>> y.sum().backward(); y.tolist(), x.grad.tolist()
         ([0.0, 1.0], [3.0, 3.0])
     """
-    if not isinstance(hard, Tensor):
-        return soft - soft.detach() + hard
+    if not isinstance(hard, Tensor):  # a number; 0 (an auxiliary objective) needs no addition
+        return soft - soft.detach() + hard if hard else soft - soft.detach()
     return hard.detach() + (soft - soft.detach())
 
 

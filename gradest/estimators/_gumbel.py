@@ -63,14 +63,19 @@ def uniform(
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Uniform noise in the open interval (0, 1): ``torch.rand`` clamped to ``[tiny, 1 − ε/2]``.
+    """Uniform noise in the open interval (0, 1), in one kernel: ``uniform_(tiny, 1)``.
 
-    ``torch.rand`` draws from [0, 1) on a grid of spacing ε/2, so the clamp only moves an exact 0.
+    ``torch.rand`` draws from [0, 1) on a grid of spacing 2^-digits (ε/2); ``uniform_(tiny, 1)`` draws
+    the same random numbers from the generator and returns the same values, except that an exact 0
+    becomes the smallest normal number ``tiny`` (adding it to any other grid point rounds back to it),
+    so ``log`` of the noise is finite. (In float16, whose tiny is not negligible beside its grid, the
+    zeros are clamped instead.)
     """
     dtype = torch.get_default_dtype() if dtype is None else dtype
-    u = torch.rand(tuple(shape), dtype=dtype, device=device, generator=generator)
-    info = torch.finfo(dtype)
-    return u.clamp(min=info.tiny, max=1 - info.eps / 2)
+    tiny = torch.finfo(dtype).tiny
+    if dtype == torch.float16:
+        return torch.rand(tuple(shape), dtype=dtype, device=device, generator=generator).clamp_(min=tiny)
+    return torch.empty(tuple(shape), dtype=dtype, device=device).uniform_(tiny, 1.0, generator=generator)
 
 
 def exponential(

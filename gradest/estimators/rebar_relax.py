@@ -124,12 +124,12 @@ def _score_term(inner: Distribution, ell: Tensor, hard: Tensor, r: int) -> Tenso
     return straight_through(0.0, sum_last(term, r))
 
 
-def _relax(inner: Distribution, z: Tensor, temperature: float | Tensor) -> Tensor:
-    """The Concrete relaxation σ_τ(z): ``sigmoid(z / τ)`` for bits (with a derivative that survives
-    rounding, ``relax_binary``), ``softmax(z / τ)`` for categories."""
+def _relax(inner: Distribution, scores: Tensor) -> Tensor:
+    """The Concrete relaxation σ_τ(z) from ``scores`` = z / τ: ``sigmoid`` for bits (with a derivative
+    that survives rounding, ``relax_binary``), ``softmax`` for categories."""
     if isinstance(inner, Bernoulli):
-        return relax_binary(z / temperature)
-    return torch.softmax(z / temperature, -1)
+        return relax_binary(scores)
+    return torch.softmax(scores, -1)
 
 
 def _learned_correction(
@@ -371,10 +371,11 @@ class REBAR(Tempered):
             z, z_tilde, hard, _ = _perturb(inner, ell, n)
             tau = self._temperature
             score = _score_term(inner, ell, hard, event_dims(dist, inner))
-        relaxed = _relax(inner, z, tau)
-        check_relaxation("REBAR", float(stop_gradient(tau)) if isinstance(tau, Tensor) else tau, z / tau,
+        scores = z / tau
+        relaxed = _relax(inner, scores)
+        check_relaxation("REBAR", float(stop_gradient(tau)) if isinstance(tau, Tensor) else tau, scores,
                          None if isinstance(inner, Bernoulli) else relaxed)
-        points = torch.cat([hard, relaxed, _relax(inner, z_tilde, tau)], 0)
+        points = torch.cat([hard, relaxed, _relax(inner, z_tilde / tau)], 0)
         return REBARDraw(points, n, dist, None, z, z_tilde, hard, score, free)
 
     def correction(self, draw: REBARDraw, cost: Tensor) -> Tensor | None:  # type: ignore[override]

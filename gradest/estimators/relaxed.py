@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -68,7 +69,21 @@ class RelaxedDraw(Draw):
     noise: Tensor
     scores: Tensor
     soft: Tensor
-    hard: Tensor
+
+    @cached_property
+    def hard(self) -> Tensor:
+        """The exact sample the relaxed point rounds to (computed when first read)."""
+        inner = leaf(self.dist)
+        return _rounded(logits(inner) + self.noise, self.soft, isinstance(inner, Bernoulli))
+
+
+def _rounded(perturbed: Tensor, soft: Tensor, binary: bool) -> Tensor:
+    """The exact sample from the perturbed logits: bits ``perturbed > 0``, or the one-hot argmax (the
+    Gumbel-max trick), in ``soft``'s dtype."""
+    perturbed = stop_gradient(perturbed)
+    if binary:
+        return (perturbed > 0).to(soft.dtype)
+    return torch.nn.functional.one_hot(perturbed.argmax(-1), perturbed.shape[-1]).to(soft.dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,22 +274,13 @@ class GumbelSoftmax(Tempered):
         tau = self.temperature
         ell = logits(inner)
         binary = isinstance(inner, Bernoulli)
-        if binary:
-            noise = logistic((n, *inner.batch_shape), dtype=ell.dtype, device=ell.device)
-            perturbed = ell + noise
-            scores = perturbed / tau  # the relaxed sample's logit
-            soft = relax_binary(scores)
-            hard = (stop_gradient(perturbed) > 0).to(soft.dtype)
-        else:
-            noise = gumbel((n, *ell.shape), dtype=ell.dtype, device=ell.device)
-            perturbed = ell + noise
-            scores = perturbed / tau
-            soft = torch.softmax(scores, -1)
-            index = stop_gradient(perturbed).argmax(-1)
-            hard = torch.nn.functional.one_hot(index, ell.shape[-1]).to(soft.dtype)
+        noise = (logistic if binary else gumbel)((n, *ell.shape), dtype=ell.dtype, device=ell.device)
+        perturbed = ell + noise
+        scores = perturbed / tau  # the relaxed sample's logits
+        soft = relax_binary(scores) if binary else torch.softmax(scores, -1)
         check_relaxation("GumbelSoftmax", tau, scores, None if binary else soft)
-        value = straight_through(hard, soft) if self.hard else soft
-        return RelaxedDraw(value, n, dist, None, noise, scores, soft, hard)
+        value = straight_through(_rounded(perturbed, soft, binary), soft) if self.hard else soft
+        return RelaxedDraw(value, n, dist, None, noise, scores, soft)
 
     def relaxed_log_prob(self, draw: RelaxedDraw) -> Tensor:
         """Log-density ``[n, *B]`` of the relaxed points ``draw.soft`` under the Concrete

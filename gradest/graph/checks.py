@@ -77,16 +77,25 @@ def check_differentiable(where: str, node: Node, cost: Cost, nodes: list[Node], 
         return
     draw: Draw = node.draw
     others = [n for n in nodes if n.index in cost.deps and n.index != node.index]
+    walked: dict[object, bool] = {}  # by autograd node: the blocks of one call of f share theirs
+
+    def reaches(t: Tensor) -> bool:
+        if t.grad_fn is None:
+            return differentiable_path(t, [draw.points])
+        if t.grad_fn not in walked:
+            walked[t.grad_fn] = differentiable_path(t, [draw.points])
+        return walked[t.grad_fn]
+
     if need == "values":
         via = [cost.value] + [w for n in others if (w := n.estimator.weight(n.draw)) is not None]
-        ok = any(differentiable_path(t, [draw.points]) for t in via)
+        ok = any(reaches(t) for t in via)
     else:
         copies = cost.auxiliary.get(node.index, ())
         ok = bool(copies)
         for copy, c in enumerate(copies):
             via = [c] + [w for n in others if node.index in n.shadow_draws
                          and (w := n.estimator.weight(n.shadow_draws[node.index][copy])) is not None]
-            ok = ok and any(differentiable_path(t, [draw.points]) for t in via)
+            ok = ok and any(reaches(t) for t in via)
     if not ok:
         rule = type(node.estimator).__name__
         at = "its samples" if need == "values" else "its relaxed points"
