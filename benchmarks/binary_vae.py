@@ -128,7 +128,7 @@ PEER_MODULES = {  # estimators other engineers add; used when present
     "relax": "gradest.estimators.rebar_relax",
     "unordered": "gradest.estimators.unordered",
 }
-KINDS = ("gradest", "hand", "storch")
+KINDS = ("gradest", "hand", "storch")  # also "noval": gradest with validation off (opt-in)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -393,6 +393,21 @@ class GradestImpl(Impl):
         return s.mean()
 
 
+class NoValidationImpl(GradestImpl):
+    """``GradestImpl`` with ``gradest.set_validation(False)`` during its steps: the checks that sync
+    (finite parameters and costs, a relaxation that underflows, f differentiable where the rule needs it)
+    are skipped, so the difference to ``gradest-`` is their cost."""
+
+    kind = "noval"
+
+    def step(self, x: Tensor) -> None:
+        gradest.set_validation(False)
+        try:
+            super().step(x)
+        finally:
+            gradest.set_validation(True)
+
+
 class HandImpl(Impl):
     """Minimal hand-written surrogates in raw torch, one per estimator (the overhead reference)."""
 
@@ -590,7 +605,7 @@ class StorchImpl(Impl):
             raise
 
 
-CLASSES: dict[str, type[Impl]] = {c.kind: c for c in (GradestImpl, HandImpl, StorchImpl)}
+CLASSES: dict[str, type[Impl]] = {c.kind: c for c in (GradestImpl, NoValidationImpl, HandImpl, StorchImpl)}
 # hand-written versions
 HAND = {"reinforce", "rloo", "arm", "disarm", "rebar", "rebar-learn", "relax", "gumbel", "unordered"}
 STORCH = {"reinforce", "rloo", "arm", "disarm", "rebar", "relax", "gumbel"}  # Storchastic methods used
@@ -903,6 +918,8 @@ def run(
     labels = []
     for name in estimators:
         labels.append(f"gradest-{name}")
+        if "noval" in kinds:
+            labels.append(f"noval-{name}")
         if "hand" in kinds and name in HAND:
             labels.append(f"hand-{name}")
         if "storch" in kinds and name in STORCH:
@@ -1005,7 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(DATA_DIR), help="folder with binarized_mnist_{train,test}.packbits.npy")
     p.add_argument("--steps", type=int, help=f"Adam steps (default {STEPS}; 200 with --quick)")
     p.add_argument("--estimators", default=",".join(ESTIMATORS), help="comma-separated subset")
-    p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated: gradest,hand,storch")
+    p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated: gradest,hand,storch; noval adds gradest with validation off")
     p.add_argument("--variance-estimates", type=int, help=f"default {VARIANCE_ESTIMATES}; 40 with --quick")
     p.add_argument("--quick", action="store_true", help="a smoke run: 200 steps, 40 variance estimates")
     p.add_argument("--timing-only", action="store_true",
