@@ -1022,7 +1022,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(DATA_DIR), help="folder with binarized_mnist_{train,test}.packbits.npy")
     p.add_argument("--steps", type=int, help=f"Adam steps (default {STEPS}; 200 with --quick)")
     p.add_argument("--estimators", default=",".join(ESTIMATORS), help="comma-separated subset")
-    p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated: gradest,hand,storch; noval adds gradest with validation off")
+    p.add_argument("--kinds", default=",".join(KINDS),
+                   help="comma-separated: gradest,hand,storch; noval adds gradest with validation off")
     p.add_argument("--variance-estimates", type=int, help=f"default {VARIANCE_ESTIMATES}; 40 with --quick")
     p.add_argument("--quick", action="store_true", help="a smoke run: 200 steps, 40 variance estimates")
     p.add_argument("--timing-only", action="store_true",

@@ -68,8 +68,8 @@ def uniform(
     ``torch.rand`` draws from [0, 1) on a grid of spacing 2^-digits (ε/2); ``uniform_(tiny, 1)`` draws
     the same random numbers from the generator and returns the same values, except that an exact 0
     becomes the smallest normal number ``tiny`` (adding it to any other grid point rounds back to it),
-    so ``log`` of the noise is finite. (In float16, whose tiny is not negligible beside its grid, the
-    zeros are clamped instead.)
+    so ``log`` of the noise is finite. (float16 keeps ``rand`` and a clamp: its tiny, 6e-5, is not
+    negligible beside its values, which ``uniform_(tiny, 1)`` would shift.)
     """
     dtype = torch.get_default_dtype() if dtype is None else dtype
     tiny = torch.finfo(dtype).tiny

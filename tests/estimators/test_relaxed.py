@@ -43,7 +43,7 @@ from torch.distributions import (
 )
 
 from gradest import Graph, expectation
-from gradest.estimators._gumbel import conditional_gumbel, conditional_logistic, gumbel, logistic
+from gradest.estimators._gumbel import conditional_gumbel, conditional_logistic, gumbel, logistic, uniform
 from gradest.estimators.arm import ARM, DisARM
 from gradest.estimators.base import Estimator
 from gradest.estimators.measure_valued import MeasureValued
@@ -456,6 +456,38 @@ def test_noise_is_finite_and_differentiable_at_extreme_logits(dtype: torch.dtype
     (g,) = torch.autograd.grad(z.sum() + y.sum(), logits)
     assert bool(torch.isfinite(g).all())
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64, torch.float16, torch.bfloat16], ids=str)
+def test_uniform_noise_is_torch_rand_with_its_zeros_moved_into_the_open_interval(dtype: torch.dtype) -> None:
+    # bfloat16's and float16's grids are coarse enough that 10⁵ draws of torch.rand include exact zeros
+    with seeded(5):
+        reference = torch.rand(100_000, dtype=dtype)
+    with seeded(5):
+        u = uniform((100_000,), dtype=dtype)
+    tiny = torch.finfo(dtype).tiny
+    low = reference < tiny  # exact zeros (and float16's subnormals)
+    assert torch.equal(u[~low], reference[~low])
+    assert bool((u[low] == tiny).all())
+    assert bool((u > 0).all()) and bool((u < 1).all())
+    generator = torch.Generator().manual_seed(5)
+    assert torch.equal(uniform((100_000,), dtype=dtype, generator=generator), u)
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "categorical"])
+@pytest.mark.parametrize("hard", [False, True])
+def test_gumbel_softmax_draws_exact_sample_is_that_of_its_perturbed_logits(family: str, hard: bool) -> None:
+    logits = torch.randn(5, 4, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    dist = Bernoulli(logits=logits) if family == "bernoulli" else OneHotCategorical(logits=logits)
+    with seeded(6):
+        draw = GumbelSoftmax(0.5, hard=hard).draw(dist, 3)
+    perturbed = (logits + draw.noise).detach()
+    if family == "bernoulli":
+        expected = (perturbed > 0).float()
+    else:
+        expected = torch.nn.functional.one_hot(perturbed.argmax(-1), 4).float()
+    assert torch.equal(draw.hard, expected) and not draw.hard.requires_grad
+    assert torch.equal(draw.points, expected if hard else draw.soft)
 
 # ---------------------------------------------------------------------------------------------------
 # GumbelRao: the mean of straight-through Gumbel, lower variance
