@@ -290,45 +290,51 @@ def sequence_policy_loss(
     if beta > 0 and kl.endswith("loss") and ref_logp is not None:
         k = _kl_terms(_masked(logp - stop_gradient(ref_logp), mf), kl[:2])
 
+    # The loss is Σ_i c_i x_i with detached coefficients c (advantages, weights, −1/N, ...) multiplied together
+    # first: one product (a dot product) with the differentiable terms x, one node in the autograd graph.
     counts = None  # Σ_t mask_it ρ_it, when its value is |y_i|
     if ratio == "token":
+        # −(1/N) × the weight of sequence i's tokens (a float, or detached [N] / 0-dim)
+        w = -1.0 / N if divide is None else -1.0 / N / divide
+        if scale is not None:
+            w = w * scale
         if old_logp is None:  # ρ = 1 in value: clipping never binds
             rho = magic_box(logp)
         else:
             log_ratio = _masked(logp - stop_gradient(old_logp), mf)
             logs.append(log_ratio.detach())
             rho = _clipped_ratio(log_ratio, adv[:, None] if token_adv is None else token_adv, clip_range)
-        # Σ_t ρ_it f_it, f the product of the detached factors of each token (mask, TIS weight, per-token
-        # advantage): one [N, L] product with ρ, in the forward and the backward pass, whatever their
-        # number. A sequence's advantage multiplies its sum, not each of its tokens.
+        # the detached factors of each token (mask, TIS weight, per-token advantage) multiplied together first:
+        # one [N, L] product with ρ, in the forward and the backward pass, whatever their number
         factor = _product(mf, tis, token_adv)
-        per_seq = (rho if factor is None else rho * factor).sum(1)
-        if old_logp is None and tis is None and token_adv is None and mf is not None:
-            counts = per_seq.detach()  # ρ = exp(0) = 1 exactly: Σ_t mask_it
-        if token_adv is None:
-            per_seq = per_seq * adv
+        weighted = rho if factor is None else rho * factor
+        if token_adv is None:  # a sequence's advantage multiplies its sum, not each of its tokens
+            rows = weighted.sum(1)
+            if old_logp is None and tis is None and mf is not None:
+                counts = rows.detach()  # ρ = exp(0) = 1 exactly: Σ_t mask_it
+            loss = _dot(rows, adv * w)
+        else:
+            loss = _weighted_sum(weighted, w)
         if k is not None:  # ρA − βk
-            per_seq = torch.add(per_seq, (k if tis is None else k * tis).sum(1), alpha=-beta)
-        loss = _loss(per_seq, divide, scale, N)
+            loss = torch.add(loss, _weighted_sum(k if tis is None else k * tis, w), alpha=-beta)
     else:  # one ratio per sequence: log s_i = Σ_t w_it log ρ_it
         if old_logp is None:
-            per_seq = magic_box(_rows(logp, mf, divide, scale)) * adv
+            s_ratio = magic_box(_rows(logp, mf, divide, scale))
         else:
             log_s = _rows(logp - stop_gradient(old_logp), mf, divide, scale)
             logs.append(log_s.detach())
-            per_seq = _clipped_ratio(log_s, adv, clip_range) * adv
-        if tis is not None:
-            per_seq = per_seq * tis
+            s_ratio = _clipped_ratio(log_s, adv, clip_range)
+        w_seq = -1.0 / N if tis is None else tis * (-1.0 / N)
+        loss = _dot(s_ratio, adv * w_seq)
         if k is not None:
-            kl_rows = _rows(k, None, divide, scale)
-            per_seq = torch.add(per_seq, kl_rows if tis is None else kl_rows * tis, alpha=-beta)
-        loss = _loss(per_seq, None, None, N)
+            loss = torch.add(loss, _weighted_sum(_rows(k, None, divide, scale), w_seq), alpha=-beta)
     if validate:
         # One sync for every value check. A NaN or ±inf in logp, ref_logp or rewards makes the loss NaN or
         # ±inf (masked positions too: 0 · NaN = NaN); one in old_logp or behaviour_logp can instead vanish in
         # a clipped or truncated ratio (exp(−inf) = 0), so the log-ratios before the exponential are summed.
-        # An empty row makes length_norm="sequence" divide 0 by 0; otherwise the check is divided by the
-        # shortest row's length. The inputs are scanned only when the check is not finite.
+        # An empty row makes the loss NaN under length_norm="sequence" (0/0, or its sum 0 times 1/0);
+        # otherwise the check is divided by the shortest row's length. The inputs are scanned only when the
+        # check is not finite.
         check = loss.detach()
         for log in logs:
             check = check + log.sum()
@@ -498,10 +504,21 @@ def _product(*factors: Tensor | None) -> Tensor | None:
     return out
 
 
-def _loss(per_seq: Tensor, divide: Tensor | None, scale: Tensor | float | None, N: int) -> Tensor:
-    """−(1/N) Σ_i per_seq_i, each divided by ``divide`` ``[N]`` and times ``scale`` (None: neither)."""
-    total = (per_seq if divide is None else per_seq / divide).sum()
-    return total * (-1.0 / N if scale is None else scale * (-1.0 / N))
+def _weighted_sum(x: Tensor, weights: Tensor | float) -> Tensor:
+    """Σ_i weights_i x_i for ``x`` ``[N]``, or Σ_i weights_i Σ_t x_it for ``x`` ``[N, L]``; ``weights`` (detached)
+    a float, a 0-dim tensor or ``[N]``."""
+    if not isinstance(weights, Tensor) or weights.dim() == 0:
+        return x.sum() * weights
+    return _dot(x if x.dim() == 1 else x.sum(1), weights)
+
+
+def _dot(x: Tensor, c: Tensor) -> Tensor:
+    """Σ_i x_i c_i for ``[N]`` tensors, in their promoted dtype (as ``(x * c).sum()``: log-probabilities may
+    come in several floating dtypes)."""
+    if x.dtype != c.dtype:
+        dtype = torch.promote_types(x.dtype, c.dtype)
+        x, c = x.to(dtype), c.to(dtype)
+    return torch.dot(x, c)
 
 
 def _group_advantages(totals: Tensor, G: int, advantage: str, group: object, R: int, tokens: Tensor | None,
