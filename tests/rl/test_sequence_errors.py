@@ -186,3 +186,47 @@ def test_an_infinite_ratio_that_a_clip_or_cap_would_hide_is_refused(name: str, v
     args[name][1, 1] = value
     with pytest.raises(ValueError, match=rf"sequence_policy_loss: {name} contains [+-]inf \(1 of 12 elements\)"):
         sequence_policy_loss(**args, clip=0.2, tis_cap=2.0)
+
+
+# --- the one-sync value check, with every option: its triggers differ between the loss's paths ------------
+
+SHAPES = [pytest.param(dict(ratio=r, length_norm=n), id=f"{r}-{n}") for r in ("token", "sequence")
+          for n in ("none", "sequence", "token")]
+EXTRAS = [pytest.param({}, id="on-policy"), pytest.param({"old_logp": True, "clip": 0.2}, id="clip"),
+          pytest.param({"behaviour_logp": True, "tis_cap": 2.0}, id="tis"),
+          pytest.param({"kl": "k3-loss", "kl_coef": 0.1}, id="k3-loss"),
+          pytest.param({"kl": "k1-reward", "kl_coef": 0.1}, id="k1-reward")]
+
+
+def _with(extra: dict) -> dict:
+    return {k: (torch.full((4, 3), -1.0) if v is True else v) for k, v in extra.items()}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("extra", EXTRAS)
+def test_an_empty_row_is_refused_with_every_option(shape: dict, extra: dict) -> None:
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [0, 0, 0], [1, 0, 0]], dtype=torch.bool)
+    _raises(ValueError, r"sequence_policy_loss: mask has no generated token in 1 row\(s\), first row 2",
+            mask=mask, **shape, **_with(extra))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", ["old_logp", "behaviour_logp"])
+@pytest.mark.parametrize("value", [math.inf, -math.inf])
+def test_an_infinite_ratio_is_refused_with_every_option(shape: dict, name: str, value: float) -> None:
+    args = _args(old_logp=torch.full((4, 3), -1.0), behaviour_logp=torch.full((4, 3), -1.0), **shape)
+    args[name][1, 1] = value
+    with pytest.raises(ValueError, match=rf"sequence_policy_loss: {name} contains [+-]inf \(1 of 12 elements\)"):
+        sequence_policy_loss(**args, clip=0.2, tis_cap=2.0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_check_sum_that_overflows_from_finite_inputs_is_no_error(shape: dict) -> None:
+    """Log-ratios of −3e38 are finite but their sum is not: the inputs are scanned, nothing is wrong, and
+    the (clipped, so finite) loss comes back."""
+    old_logp = torch.full((4, 3), -1.0)
+    old_logp[:, 0] = 3e38  # log ρ = logp − 3e38 on the first token of every sequence: ρ = 0, or clipped
+    args = _args(old_logp=old_logp, **shape)
+    loss = sequence_policy_loss(**args, clip=0.2)
+    (grad,) = torch.autograd.grad(loss, args["logp"])
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
