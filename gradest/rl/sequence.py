@@ -338,9 +338,9 @@ def sequence_policy_loss(
         check = loss.detach()
         for log in logs:
             check = check + log.sum()
-        if mf is not None and length_norm != "sequence":
-            check = check / (counts if lengths is None and counts is not None else
-                             lengths if lengths is not None else mf.sum(1)).min()
+        if mf is not None and length_norm != "sequence":  # |y_i|: computed already when possible
+            shortest = lengths if lengths is not None else counts if counts is not None else mf.sum(1)
+            check = check / shortest.min()
         if not math.isfinite(check.item()):
             lengths = lengths if lengths is not None or mf is None else mf.sum(1)
             _raise(_problem(where, rewards, logp, tensors, lengths))
