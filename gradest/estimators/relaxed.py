@@ -62,19 +62,20 @@ __all__ = ["GumbelSoftmax", "StraightThrough", "GumbelRao", "RelaxedDraw", "Stra
 
 @dataclass(frozen=True, eq=False)
 class RelaxedDraw(Draw):
-    """GumbelSoftmax's record: the noise, the relaxed point's log-space ``scores`` ((ℓ + G)/τ), the
-    relaxed sample ``soft`` and the exact sample ``hard`` it rounds to (``points`` is ``soft``, or
-    ``straight_through(hard, soft)`` with ``hard=True``)."""
+    """GumbelSoftmax's record: the noise G, the perturbed logits ℓ + G, the relaxed point's log-space
+    ``scores`` ((ℓ + G)/τ), the relaxed sample ``soft`` and the exact sample ``hard`` it rounds to
+    (``points`` is ``soft``, or ``straight_through(hard, soft)`` with ``hard=True``)."""
 
     noise: Tensor
+    perturbed: Tensor
     scores: Tensor
     soft: Tensor
 
     @cached_property
     def hard(self) -> Tensor:
-        """The exact sample the relaxed point rounds to (computed when first read)."""
-        inner = leaf(self.dist)
-        return _rounded(logits(inner) + self.noise, self.soft, isinstance(inner, Bernoulli))
+        """The exact sample the relaxed point rounds to, computed when first read from the perturbed logits
+        of the draw (not from the distribution, whose parameters an optimiser may have changed since)."""
+        return _rounded(self.perturbed, self.soft, isinstance(leaf(self.dist), Bernoulli))
 
 
 def _rounded(perturbed: Tensor, soft: Tensor, binary: bool) -> Tensor:
@@ -280,7 +281,7 @@ class GumbelSoftmax(Tempered):
         soft = relax_binary(scores) if binary else torch.softmax(scores, -1)
         check_relaxation("GumbelSoftmax", tau, scores, None if binary else soft)
         value = straight_through(_rounded(perturbed, soft, binary), soft) if self.hard else soft
-        return RelaxedDraw(value, n, dist, None, noise, scores, soft)
+        return RelaxedDraw(value, n, dist, None, noise, perturbed, scores, soft)
 
     def relaxed_log_prob(self, draw: RelaxedDraw) -> Tensor:
         """Log-density ``[n, *B]`` of the relaxed points ``draw.soft`` under the Concrete
