@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
 
-from gradest._validation import check_distribution, check_n, describe, is_validation_enabled
+from gradest._validation import check_distribution, check_n, describe, is_validation_enabled, summarize
 from gradest.estimators._families import leaf, support_size
 from gradest.estimators._families import tensors as dist_tensors
 from gradest.estimators.base import Draw, Estimator
@@ -603,6 +603,12 @@ class Graph:
         """
         where = "cost"
         self._open(where)
+        if name is not None and not isinstance(name, str):
+            swapped = " (the arguments look swapped)" if isinstance(value, str) else ""
+            raise TypeError(
+                f"Graph.cost: name={summarize(name)} must be a str{swapped}; the cost comes first: "
+                "g.cost(value, name) (sample and observe take the name first)."
+            )
         name = name if name is not None else f"cost{len(self.costs)}"
         if not isinstance(value, Tensor):
             raise TypeError(

@@ -101,6 +101,17 @@ def test_cost_must_be_a_tensor() -> None:
             g.cost(1.0)
 
 
+def test_cost_name_must_be_a_str_and_swapped_arguments_are_named() -> None:
+    with Graph() as g:
+        z = g.sample("z", Categorical(logits=_logits()), n=4)
+        swapped = (r"Graph.cost: name=tensor\(shape=\(4,\), dtype=torch.float64\) must be a str \(the arguments "
+                   r"look swapped\); the cost comes first: g.cost\(value, name\)")
+        with pytest.raises(TypeError, match=swapped):
+            g.cost("recon", TABLE[z])
+        with pytest.raises(TypeError, match=r"Graph.cost: name=3 must be a str; the cost comes first"):
+            g.cost(TABLE[z], 3)
+
+
 def test_integer_cost() -> None:
     with Graph() as g:
         z = g.sample("z", Categorical(logits=_logits()), n=4)
